@@ -3,21 +3,21 @@
 //! This file is the codemap: one line per module. Arrows point one way:
 //! `api → hosting → (vm, net, cloudinit, proxy) → store`.
 
-/// TOML configuration with embedded defaults; every key validated by name.
-pub mod config;
-/// The only code that opens redb: tables, typed records, transactions, schema.
-pub mod store;
-/// argon2id passwords, JWT issue/verify, username rules, login rate limits.
-pub mod auth;
 /// axum routes, JSON errors, OpenAPI; the only place with HTTP serde types.
 pub mod api;
+/// argon2id passwords, JWT issue/verify, username rules, login rate limits.
+pub mod auth;
 /// `roost check`: the preflight report of what this host can run.
 pub mod check;
-/// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
-pub mod daemon;
 /// NoCloud documents as data and the `cidata` seed image writer.
 pub mod cloudinit;
+/// TOML configuration with embedded defaults; every key validated by name.
+pub mod config;
+/// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
+pub mod daemon;
 /// Bridge and taps over netlink and tun ioctls; IPAM; MAC addresses.
 pub mod net;
+/// The only code that opens redb: tables, typed records, transactions, schema.
+pub mod store;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
 pub mod vm;

@@ -1,1 +1,150 @@
-//! Placeholder: filled in by the foundation work.
+//! The HTTP API: axum routes under `/api/v1`, health endpoints, JSON errors and the
+//! generated OpenAPI document. The only module with serde types for HTTP.
+//!
+//! Handlers validate input and call `auth` (and, later, `hosting`); they never touch
+//! redb tables, QEMU or netlink themselves.
+
+mod accounts;
+pub mod error;
+mod extract;
+mod health;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::store::Store;
+pub use error::{ApiError, ErrorBody};
+
+/// What `/readyz` reports about the parts that come up after start.
+#[derive(Default)]
+pub struct ReadinessState {
+    bridge: Mutex<String>,
+}
+
+impl ReadinessState {
+    pub fn new(bridge: impl Into<String>) -> ReadinessState {
+        ReadinessState {
+            bridge: Mutex::new(bridge.into()),
+        }
+    }
+    pub fn set_bridge(&self, s: impl Into<String>) {
+        if let Ok(mut b) = self.bridge.lock() {
+            *b = s.into();
+        }
+    }
+    pub fn bridge(&self) -> String {
+        self.bridge
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|_| "failed: poisoned".into())
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub auth: Arc<Auth>,
+    pub readiness: Arc<ReadinessState>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "roost", description = "Web hosting on per-user virtual machines."),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The router and the OpenAPI document describing exactly its routes.
+pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(accounts::router())
+        .layer(DefaultBodyLimit::max(state.cfg.http.max_body_bytes));
+    let (router, mut doc) = OpenApiRouter::new()
+        .merge(api)
+        .merge(health::router())
+        .split_for_parts();
+    // The document lists itself too, so that "every route" really is every route.
+    doc.paths.paths.insert(
+        "/api/v1/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This OpenAPI document."))
+                .tag("meta")
+                .response("200", utoipa::openapi::Response::new("OpenAPI 3 JSON")),
+        ),
+    );
+    let doc_json = Arc::new(doc.clone());
+    let router = router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let d = doc_json.clone();
+                async move { Json(d.as_ref().clone()) }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state);
+    (router, doc)
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    app_with_doc(state).0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this route",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an internal error occurred; it has been logged",
+    )
+    .into_response()
+}

@@ -1,1 +1,263 @@
-//! Placeholder: filled in by the foundation work.
+//! Accounts: argon2id hashes, JWT issue/verify, username rules, login rate limits, and
+//! the axum extractors for a signed-in user and an administrator.
+//!
+//! Owns the rules of who may do what. Knows the store's user records but no redb table,
+//! and nothing of hostings or VMs. Errors are mapped to HTTP once, in `api::error`.
+
+pub mod jwt;
+pub mod password;
+pub mod ratelimit;
+pub mod username;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+
+use crate::config::Config;
+use crate::store::{NewUser, Role, Store, StoreError, User, UserId};
+pub use jwt::{Claims, Jwt, TokenError};
+pub use username::{validate_password, validate_username, PasswordPolicyError, UsernameError};
+
+/// Everything that can refuse an account operation.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token")]
+    BadToken(#[source] TokenError),
+    #[error("the account of this token no longer exists")]
+    UserGone,
+    #[error("administrator role required")]
+    Forbidden,
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("too many login attempts")]
+    RateLimited(Duration),
+    #[error("username {0}")]
+    InvalidUsername(#[source] UsernameError),
+    #[error("password {0}")]
+    InvalidPassword(#[source] PasswordPolicyError),
+    #[error("email must look like name@domain and be at most 254 characters")]
+    InvalidEmail,
+    #[error("username is already taken")]
+    UsernameTaken,
+    #[error("store")]
+    Store(#[source] StoreError),
+    #[error("password hashing")]
+    Hash(#[source] password::HashError),
+    #[error("background task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken(_) => AuthError::UsernameTaken,
+            e => AuthError::Store(e),
+        }
+    }
+}
+
+/// A user proven by a valid token whose account still exists.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub username: String,
+    pub role: Role,
+}
+
+/// An [`AuthUser`] whose role is admin.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+/// A freshly issued access token.
+pub struct Token {
+    pub access_token: String,
+    pub expires_in: u64,
+}
+
+/// The account service, shared by the API and the CLI.
+pub struct Auth {
+    store: Store,
+    jwt: Jwt,
+    limiter: ratelimit::LoginLimiter,
+}
+
+impl Auth {
+    pub fn new(store: Store, secret: &[u8], cfg: &Config) -> Auth {
+        Auth {
+            store,
+            jwt: Jwt::new(secret, cfg.auth.token_ttl_secs),
+            limiter: ratelimit::LoginLimiter::new(
+                cfg.auth.login_attempts,
+                Duration::from_secs(cfg.auth.login_window_secs),
+            ),
+        }
+    }
+
+    /// Validates and creates an account. Hashing runs off the async threads.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        email: Option<&str>,
+        role: Role,
+        actor: &str,
+    ) -> Result<User, AuthError> {
+        validate_username(username).map_err(AuthError::InvalidUsername)?;
+        validate_password(password).map_err(AuthError::InvalidPassword)?;
+        if let Some(e) = email {
+            if !valid_email(e) {
+                return Err(AuthError::InvalidEmail);
+            }
+        }
+        if self.store.user_by_name(username)?.is_some() {
+            return Err(AuthError::UsernameTaken);
+        }
+        let pw = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || password::hash_password(&pw))
+            .await
+            .map_err(AuthError::Join)?
+            .map_err(AuthError::Hash)?;
+        let store = self.store.clone();
+        let (username, email, actor) = (
+            username.to_owned(),
+            email.map(str::to_owned),
+            actor.to_owned(),
+        );
+        let user = tokio::task::spawn_blocking(move || {
+            store.create_user(
+                NewUser {
+                    username: &username,
+                    email: email.as_deref(),
+                    password_hash: &hash,
+                    role,
+                },
+                &actor,
+            )
+        })
+        .await
+        .map_err(AuthError::Join)??;
+        tracing::info!(user = %user.username, id = %user.id, role = user.role.as_str(), "account created");
+        Ok(user)
+    }
+
+    /// Checks credentials (rate-limited per address and per username) and issues a token.
+    pub async fn login(
+        &self,
+        peer: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Token, AuthError> {
+        self.limiter
+            .check(peer, username)
+            .map_err(AuthError::RateLimited)?;
+        let user = self.store.user_by_name(username)?;
+        let stored = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| password::dummy_hash().to_owned());
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || password::verify_password(&pw, &stored))
+            .await
+            .map_err(AuthError::Join)?;
+        let user = match (ok, user) {
+            (true, Some(u)) => u,
+            _ => {
+                tracing::info!(user = %username, %peer, "login refused");
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        let access_token = self
+            .jwt
+            .issue(&user.id.to_string(), user.role, jwt::unix_now())
+            .map_err(AuthError::BadToken)?;
+        Ok(Token {
+            access_token,
+            expires_in: self.jwt.ttl_secs(),
+        })
+    }
+
+    /// Resolves a bearer token to a live account.
+    pub fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
+        let claims = self.jwt.verify(token).map_err(AuthError::BadToken)?;
+        let id: UserId = claims.sub.parse().map_err(|_| AuthError::UserGone)?;
+        let user = self.store.user(id)?.ok_or(AuthError::UserGone)?;
+        Ok(AuthUser {
+            id: user.id,
+            username: user.username,
+            // The stored role wins over the token's: a demoted admin loses rights at once.
+            role: user.role,
+        })
+    }
+
+    /// Periodic housekeeping of the rate limiter's memory.
+    pub fn prune(&self) {
+        self.limiter.prune();
+    }
+}
+
+fn valid_email(e: &str) -> bool {
+    e.len() <= 254
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(e.split_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.') && !d.contains('@'))
+}
+
+fn bearer(parts: &Parts) -> Result<&str, AuthError> {
+    let h = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(AuthError::MissingToken)?;
+    let s = h.to_str().map_err(|_| AuthError::MissingToken)?;
+    let (scheme, token) = s.split_once(' ').ok_or(AuthError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    Ok(token.trim())
+}
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Arc::<Auth>::from_ref(state);
+        auth.authenticate(bearer(parts)?)
+    }
+}
+
+impl<S> FromRequestParts<S> for AdminUser
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(AuthError::Forbidden);
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert!(valid_email("a@b.co"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("@b.co"));
+        assert!(!valid_email("a b@c.de"));
+        assert!(!valid_email("a@b@c.de"));
+    }
+}

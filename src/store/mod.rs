@@ -1,1 +1,652 @@
-//! Placeholder: filled in by the foundation work.
+//! The store: the only code that opens redb and knows its tables.
+//!
+//! Every write that belongs together happens in one redb write transaction (redb
+//! serialises writers, so uniqueness checks and inserts cannot interleave). Records are
+//! JSON values under typed keys; unique indexes (usernames, IPs, ports, key fingerprints)
+//! are tables of their own. The schema version is checked at open: an older file is
+//! upgraded in place, a newer one is refused with a clear message.
+//! This module knows nothing about HTTP, QEMU or the network.
+
+mod records;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+pub use records::{
+    AuditEntry, Hosting, HostingId, HostingState, Role, SshKey, SshKeyId, User, UserId,
+};
+
+/// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+const USERNAMES: TableDefinition<&str, u128> = TableDefinition::new("usernames");
+const SSH_KEYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("ssh_keys");
+const HOSTINGS: TableDefinition<u128, &[u8]> = TableDefinition::new("hostings");
+const HOSTINGS_BY_USER: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("hostings_by_user");
+const IP_RESERVATIONS: TableDefinition<u32, u128> = TableDefinition::new("ip_reservations");
+const PORT_RESERVATIONS: TableDefinition<u16, u128> = TableDefinition::new("port_reservations");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// One upgrade step: migrates a file from version `i + 1` to `i + 2`.
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+/// Upgrade steps, oldest first. Empty while there is only schema 1.
+const MIGRATIONS: &[Migration] = &[];
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path} was written by a newer roost (schema {found}, this build knows up to {supported}); upgrade roost or restore a backup")]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("database {path} is in use by another roost process")]
+    Locked { path: PathBuf },
+    #[error("cannot open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("database")]
+    Db(#[source] redb::Error),
+    #[error("corrupt record in table {table}")]
+    Corrupt {
+        table: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("username {0:?} is taken")]
+    UsernameTaken(String),
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("this key is already registered")]
+    DuplicateKey,
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("no such hosting")]
+    NoSuchHosting,
+    #[error("the user already has a hosting")]
+    HostingExists,
+    #[error("address {0} is already reserved")]
+    IpTaken(Ipv4Addr),
+    #[error("port {0} is already reserved")]
+    PortTaken(u16),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain records cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, source })
+}
+
+/// Fields of a new account.
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: Option<&'a str>,
+    pub password_hash: &'a str,
+    pub role: Role,
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/roost.redb`, checks and upgrades the schema.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("roost.redb");
+        let db = Database::create(&path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+            source => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let store = Store {
+            db: std::sync::Arc::new(db),
+            path,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        let found = {
+            let meta = tx.open_table(META)?;
+            let v = meta.get("schema_version")?.map(|g| g.value());
+            v
+        };
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            Some(v) => {
+                for (i, step) in MIGRATIONS.iter().enumerate().skip(v as usize - 1) {
+                    tracing::info!(from = i + 1, to = i + 2, "upgrading store schema");
+                    step(&tx)?;
+                }
+            }
+            None => {}
+        }
+        // Create every table so that read transactions never meet a missing one.
+        tx.open_table(USERS)?;
+        tx.open_table(USERNAMES)?;
+        tx.open_table(SSH_KEYS)?;
+        tx.open_table(HOSTINGS)?;
+        tx.open_table(HOSTINGS_BY_USER)?;
+        tx.open_table(IP_RESERVATIONS)?;
+        tx.open_table(PORT_RESERVATIONS)?;
+        tx.open_table(AUDIT)?;
+        tx.open_table(META)?
+            .insert("schema_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A cheap read that proves the database answers (for `/readyz`).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        tx.open_table(META)?;
+        Ok(())
+    }
+
+    // ----- users -----
+
+    /// Creates an account; the username must be free. Audited in the same transaction.
+    pub fn create_user(&self, new: NewUser<'_>, actor: &str) -> Result<User, StoreError> {
+        let user = User {
+            id: UserId::new(),
+            username: new.username.to_owned(),
+            email: new.email.map(str::to_owned),
+            password_hash: new.password_hash.to_owned(),
+            role: new.role,
+            created_at: now(),
+        };
+        let tx = self.db.begin_write()?;
+        {
+            let mut names = tx.open_table(USERNAMES)?;
+            if names.get(user.username.as_str())?.is_some() {
+                return Err(StoreError::UsernameTaken(user.username));
+            }
+            names.insert(user.username.as_str(), user.id.key())?;
+            tx.open_table(USERS)?
+                .insert(user.id.key(), encode(&user).as_slice())?;
+            append_audit(
+                &tx,
+                actor,
+                "user.create",
+                &user.username,
+                user.role.as_str(),
+            )?;
+        }
+        tx.commit()?;
+        Ok(user)
+    }
+
+    pub fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(USERS)?;
+        let v = t.get(id.key())?;
+        v.map(|g| decode("users", g.value())).transpose()
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let id = tx.open_table(USERNAMES)?.get(username)?.map(|g| g.value());
+        match id {
+            None => Ok(None),
+            Some(id) => {
+                let t = tx.open_table(USERS)?;
+                let v = t.get(id)?;
+                v.map(|g| decode("users", g.value())).transpose()
+            }
+        }
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(USERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("users", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn user_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(USERS)?.len()?)
+    }
+
+    // ----- SSH keys -----
+
+    /// Registers a key for a user; the same fingerprint twice is refused.
+    pub fn add_ssh_key(&self, key: &SshKey) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(USERS)?.get(key.user.key())?.is_none() {
+                return Err(StoreError::NoSuchUser);
+            }
+            let mut t = tx.open_table(SSH_KEYS)?;
+            let user = key.user.key();
+            for row in t.range((user, 0)..=(user, u128::MAX))? {
+                let (_, v) = row?;
+                let k: SshKey = decode("ssh_keys", v.value())?;
+                if k.fingerprint == key.fingerprint {
+                    return Err(StoreError::DuplicateKey);
+                }
+            }
+            t.insert((user, key.id.key()), encode(key).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn ssh_keys(&self, user: UserId) -> Result<Vec<SshKey>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SSH_KEYS)?;
+        let u = user.key();
+        let mut out = Vec::new();
+        for row in t.range((u, 0)..=(u, u128::MAX))? {
+            let (_, v) = row?;
+            out.push(decode("ssh_keys", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_ssh_key(&self, user: UserId, id: SshKeyId) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = tx
+            .open_table(SSH_KEYS)?
+            .remove((user.key(), id.key()))?
+            .is_some();
+        if !removed {
+            return Err(StoreError::NoSuchKey);
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- hostings -----
+
+    /// Inserts a hosting with its IP and port reservations, atomically: the user may have
+    /// no other hosting, and the IP and port must be free (table keys make them unique).
+    pub fn insert_hosting(&self, h: &Hosting, actor: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let u = h.user.key();
+            let mut by_user = tx.open_table(HOSTINGS_BY_USER)?;
+            if by_user.range((u, 0)..=(u, u128::MAX))?.next().is_some() {
+                return Err(StoreError::HostingExists);
+            }
+            let mut ips = tx.open_table(IP_RESERVATIONS)?;
+            if ips.get(u32::from(h.ip))?.is_some() {
+                return Err(StoreError::IpTaken(h.ip));
+            }
+            let mut ports = tx.open_table(PORT_RESERVATIONS)?;
+            if ports.get(h.ssh_port)?.is_some() {
+                return Err(StoreError::PortTaken(h.ssh_port));
+            }
+            ips.insert(u32::from(h.ip), h.id.key())?;
+            ports.insert(h.ssh_port, h.id.key())?;
+            by_user.insert((u, h.id.key()), ())?;
+            tx.open_table(HOSTINGS)?
+                .insert(h.id.key(), encode(h).as_slice())?;
+            append_audit(&tx, actor, "hosting.create", &h.id.to_string(), &h.slug)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a hosting's record (state changes). Reservations are not touched.
+    pub fn update_hosting(&self, h: &Hosting) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(HOSTINGS)?;
+            if t.get(h.id.key())?.is_none() {
+                return Err(StoreError::NoSuchHosting);
+            }
+            let mut h = h.clone();
+            h.updated_at = now();
+            t.insert(h.id.key(), encode(&h).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads, changes and writes one hosting in a single transaction.
+    pub fn modify_hosting(
+        &self,
+        id: HostingId,
+        f: impl FnOnce(&mut Hosting),
+    ) -> Result<Hosting, StoreError> {
+        let tx = self.db.begin_write()?;
+        let h = {
+            let mut t = tx.open_table(HOSTINGS)?;
+            let mut h: Hosting = match t.get(id.key())? {
+                Some(g) => decode("hostings", g.value())?,
+                None => return Err(StoreError::NoSuchHosting),
+            };
+            f(&mut h);
+            h.updated_at = now();
+            t.insert(id.key(), encode(&h).as_slice())?;
+            h
+        };
+        tx.commit()?;
+        Ok(h)
+    }
+
+    /// Removes a hosting and releases its IP and port, atomically.
+    pub fn remove_hosting(&self, id: HostingId, actor: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let h: Hosting = match tx.open_table(HOSTINGS)?.remove(id.key())? {
+                Some(g) => decode("hostings", g.value())?,
+                None => return Err(StoreError::NoSuchHosting),
+            };
+            tx.open_table(HOSTINGS_BY_USER)?
+                .remove((h.user.key(), id.key()))?;
+            tx.open_table(IP_RESERVATIONS)?.remove(u32::from(h.ip))?;
+            tx.open_table(PORT_RESERVATIONS)?.remove(h.ssh_port)?;
+            append_audit(&tx, actor, "hosting.delete", &id.to_string(), &h.slug)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn hosting(&self, id: HostingId) -> Result<Option<Hosting>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(HOSTINGS)?;
+        let v = t.get(id.key())?;
+        v.map(|g| decode("hostings", g.value())).transpose()
+    }
+
+    pub fn hostings(&self) -> Result<Vec<Hosting>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(HOSTINGS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("hostings", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn hostings_of(&self, user: UserId) -> Result<Vec<Hosting>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let idx = tx.open_table(HOSTINGS_BY_USER)?;
+        let t = tx.open_table(HOSTINGS)?;
+        let u = user.key();
+        let mut out = Vec::new();
+        for row in idx.range((u, 0)..=(u, u128::MAX))? {
+            let (k, _) = row?;
+            if let Some(g) = t.get(k.value().1)? {
+                out.push(decode("hostings", g.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reserved IPs and ports, for choosing the lowest free ones.
+    pub fn reserved_ips(&self) -> Result<Vec<Ipv4Addr>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(IP_RESERVATIONS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(Ipv4Addr::from(row?.0.value()));
+        }
+        Ok(out)
+    }
+
+    pub fn reserved_ports(&self) -> Result<Vec<u16>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PORT_RESERVATIONS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(row?.0.value());
+        }
+        Ok(out)
+    }
+
+    // ----- audit log -----
+
+    /// Appends one line to the audit log in its own transaction.
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        append_audit(&tx, actor, action, target, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit lines, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev().take(limit) {
+            let (_, v) = row?;
+            out.push(decode("audit", v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn append_audit(
+    tx: &redb::WriteTransaction,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(AUDIT)?;
+    let seq = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    let e = AuditEntry {
+        seq,
+        at: now(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail: detail.to_owned(),
+    };
+    t.insert(seq, encode(&e).as_slice())?;
+    Ok(())
+}
+
+/// The current time, UTC, truncated to whole seconds (what the API shows).
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        (dir, s)
+    }
+
+    fn new_user<'a>(name: &'a str) -> NewUser<'a> {
+        NewUser {
+            username: name,
+            email: None,
+            password_hash: "$argon2id$x",
+            role: Role::User,
+        }
+    }
+
+    fn hosting(user: UserId, ip: [u8; 4], port: u16) -> Hosting {
+        Hosting {
+            id: HostingId::new(),
+            user,
+            slug: "alice".into(),
+            state: HostingState::Provisioning,
+            reason: None,
+            desired_running: true,
+            ip: Ipv4Addr::from(ip),
+            ssh_port: port,
+            mac: "52:54:00:00:00:01".into(),
+            tap: "rt0".into(),
+            incarnation: 1,
+            ssh_keys: vec![],
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    #[test]
+    fn users_round_trip_and_names_are_unique() {
+        let (_d, s) = store();
+        let u = s.create_user(new_user("alice"), "test").expect("create");
+        assert_eq!(s.user(u.id).expect("read"), Some(u.clone()));
+        assert_eq!(s.user_by_name("alice").expect("read"), Some(u));
+        assert!(matches!(
+            s.create_user(new_user("alice"), "test"),
+            Err(StoreError::UsernameTaken(_))
+        ));
+        assert_eq!(s.user_count().expect("count"), 1);
+        let log = s.audit_log(10).expect("audit");
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].action, "user.create");
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_a_second_open_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.create_user(new_user("bob"), "test").expect("create");
+            assert!(matches!(
+                Store::open(dir.path()),
+                Err(StoreError::Locked { .. })
+            ));
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert!(s.user_by_name("bob").expect("read").is_some());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join("roost.redb")).expect("create");
+            let tx = db.begin_write().expect("tx");
+            tx.open_table(META)
+                .expect("meta")
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .expect("insert");
+            tx.commit().expect("commit");
+        }
+        let e = Store::open(dir.path()).err().expect("must fail");
+        assert!(matches!(e, StoreError::TooNew { .. }));
+        assert!(e.to_string().contains("newer roost"), "{e}");
+    }
+
+    #[test]
+    fn hosting_reservations_are_unique_and_released() {
+        let (_d, s) = store();
+        let a = s.create_user(new_user("alice"), "t").expect("a");
+        let b = s.create_user(new_user("bob"), "t").expect("b");
+        let h = hosting(a.id, [10, 0, 0, 2], 22000);
+        s.insert_hosting(&h, "t").expect("insert");
+        assert!(matches!(
+            s.insert_hosting(&hosting(a.id, [10, 0, 0, 3], 22001), "t"),
+            Err(StoreError::HostingExists)
+        ));
+        assert!(matches!(
+            s.insert_hosting(&hosting(b.id, [10, 0, 0, 2], 22001), "t"),
+            Err(StoreError::IpTaken(_))
+        ));
+        assert!(matches!(
+            s.insert_hosting(&hosting(b.id, [10, 0, 0, 3], 22000), "t"),
+            Err(StoreError::PortTaken(22000))
+        ));
+        assert_eq!(
+            s.reserved_ips().expect("ips"),
+            vec![Ipv4Addr::new(10, 0, 0, 2)]
+        );
+        assert_eq!(s.hostings_of(a.id).expect("of").len(), 1);
+        let h2 = s
+            .modify_hosting(h.id, |h| h.state = HostingState::Running)
+            .expect("modify");
+        assert_eq!(h2.state, HostingState::Running);
+        s.remove_hosting(h.id, "t").expect("remove");
+        assert!(s.reserved_ips().expect("ips").is_empty());
+        assert!(s.reserved_ports().expect("ports").is_empty());
+        assert!(s.hostings_of(a.id).expect("of").is_empty());
+        s.insert_hosting(&hosting(b.id, [10, 0, 0, 2], 22000), "t")
+            .expect("reuse after release");
+    }
+
+    #[test]
+    fn ssh_keys_are_per_user_and_deduplicated() {
+        let (_d, s) = store();
+        let a = s.create_user(new_user("alice"), "t").expect("a");
+        let k = SshKey {
+            id: SshKeyId::new(),
+            user: a.id,
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+            comment: String::new(),
+            created_at: now(),
+        };
+        s.add_ssh_key(&k).expect("add");
+        let dup = SshKey {
+            id: SshKeyId::new(),
+            ..k.clone()
+        };
+        assert!(matches!(s.add_ssh_key(&dup), Err(StoreError::DuplicateKey)));
+        assert_eq!(s.ssh_keys(a.id).expect("list"), vec![k.clone()]);
+        s.delete_ssh_key(a.id, k.id).expect("delete");
+        assert!(matches!(
+            s.delete_ssh_key(a.id, k.id),
+            Err(StoreError::NoSuchKey)
+        ));
+    }
+}

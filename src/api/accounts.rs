@@ -1,0 +1,138 @@
+//! `/api/v1/auth/*`: register, login, me.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, PeerAddr};
+use super::AppState;
+use crate::auth::AuthUser;
+use crate::store::Role;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3-32 of `[a-z0-9-]`, not starting or ending with `-`; becomes the site slug.
+    pub username: String,
+    /// At least 8 characters.
+    pub password: String,
+    pub email: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MeView {
+    pub id: String,
+    pub username: String,
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(me))
+}
+
+/// Creates an account.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = UserView),
+        (status = 409, description = "username taken", body = ErrorBody),
+        (status = 422, description = "a field is invalid", body = ErrorBody),
+    ))]
+async fn register(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let u = st
+        .auth
+        .register(
+            &req.username,
+            &req.password,
+            req.email.as_deref(),
+            Role::User,
+            &req.username,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            id: u.id.to_string(),
+            username: u.username,
+            role: u.role,
+        }),
+    ))
+}
+
+/// Exchanges a username and password for an access token.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = TokenView),
+        (status = 401, description = "wrong credentials", body = ErrorBody),
+        (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
+    ))]
+async fn login(
+    State(st): State<AppState>,
+    PeerAddr(peer): PeerAddr,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<TokenView>, ApiError> {
+    let t = st.auth.login(peer, &req.username, &req.password).await?;
+    Ok(Json(TokenView {
+        access_token: t.access_token,
+        token_type: "Bearer".into(),
+        expires_in: t.expires_in,
+    }))
+}
+
+/// The signed-in account.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = MeView), (status = 401, body = ErrorBody)))]
+async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<MeView>, ApiError> {
+    let u = st
+        .store
+        .user(user.id)?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(MeView {
+        id: u.id.to_string(),
+        username: u.username,
+        role: u.role,
+        created_at: u
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }))
+}

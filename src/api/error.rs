@@ -1,0 +1,208 @@
+//! The one place where errors become HTTP: `{"error": "<code>", "message": "<sentence>"}`.
+//!
+//! Internal causes (store, hashing, I/O) are logged with their whole source chain and
+//! answered with a generic 500; the client never sees them.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `invalid_field`.
+    pub error: String,
+    /// A human sentence saying what is wrong.
+    pub message: String,
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 422 naming the field that is wrong.
+    pub fn field(field: &str, problem: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("{field}: {problem}"),
+        )
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// Logs `err` with its source chain and answers a generic 500.
+    pub fn internal(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        tracing::error!(error = %chain(err), "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use StatusCode as S;
+        match e {
+            AuthError::MissingToken => ApiError::new(
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            ),
+            AuthError::BadToken(crate::auth::TokenError::Expired) => ApiError::new(
+                S::UNAUTHORIZED,
+                "token_expired",
+                "the token has expired; log in again",
+            ),
+            AuthError::BadToken(_) => {
+                ApiError::new(S::UNAUTHORIZED, "invalid_token", "the token is invalid")
+            }
+            AuthError::UserGone => ApiError::new(
+                S::UNAUTHORIZED,
+                "invalid_token",
+                "the account of this token no longer exists",
+            ),
+            AuthError::Forbidden => ApiError::new(
+                S::FORBIDDEN,
+                "forbidden",
+                "this needs the administrator role",
+            ),
+            AuthError::InvalidCredentials => ApiError::new(
+                S::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong username or password",
+            ),
+            AuthError::RateLimited(wait) => ApiError {
+                retry_after: Some(wait.as_secs_f64().ceil() as u64),
+                ..ApiError::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many login attempts; try again later",
+                )
+            },
+            AuthError::InvalidUsername(u) => ApiError::field("username", u),
+            AuthError::InvalidPassword(p) => ApiError::field("password", p),
+            AuthError::InvalidEmail => ApiError::field(
+                "email",
+                "must look like name@domain and be at most 254 characters",
+            ),
+            AuthError::UsernameTaken => {
+                ApiError::new(S::CONFLICT, "conflict", "this username is already taken")
+            }
+            e @ (AuthError::Store(_) | AuthError::Hash(_) | AuthError::Join(_)) => {
+                ApiError::internal(&e)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        use StatusCode as S;
+        match r {
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with Content-Type: application/json",
+            ),
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                S::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {}", inner(&e)),
+            ),
+            JsonRejection::JsonDataError(e) => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_field", inner(&e))
+            }
+            JsonRejection::BytesRejection(e) if e.status() == S::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    S::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                )
+            }
+            other => ApiError::new(S::BAD_REQUEST, "bad_request", other.body_text()),
+        }
+    }
+}
+
+/// serde's own sentence (it names the field), without axum's preamble.
+fn inner(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        last = s.to_string();
+        cur = s.source();
+    }
+    last
+}

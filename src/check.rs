@@ -1,0 +1,186 @@
+//! `roost check`: a preflight report of whether this host can run roost's VMs.
+//!
+//! Reads the host (binaries, capabilities, disk) and reports; it changes nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::config::Config;
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub name: &'static str,
+    pub ok: bool,
+    /// A failing finding that is fatal makes `roost check` exit non-zero.
+    pub fatal: bool,
+    pub detail: String,
+}
+
+/// Runs every check.
+pub fn run(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    out.push(qemu(cfg));
+    out.push(kvm());
+    out.push(net_admin());
+    out.push(state_dir(cfg));
+    out.push(free_disk(cfg));
+    out.push(image(cfg));
+    out
+}
+
+/// Prints the report; returns whether the host can run VMs.
+pub fn print(findings: &[Finding]) -> bool {
+    let mut fine = true;
+    for f in findings {
+        let mark = if f.ok {
+            "ok  "
+        } else if f.fatal {
+            "FAIL"
+        } else {
+            "warn"
+        };
+        println!("{mark} {:<14} {}", f.name, f.detail);
+        fine &= f.ok || !f.fatal;
+    }
+    println!(
+        "{}",
+        if fine {
+            "this host can run roost VMs"
+        } else {
+            "this host cannot run roost VMs"
+        }
+    );
+    fine
+}
+
+fn qemu(cfg: &Config) -> Finding {
+    let r = Command::new(&cfg.vm.qemu).arg("--version").output();
+    match r {
+        Ok(o) if o.status.success() => Finding {
+            name: "qemu",
+            ok: true,
+            fatal: true,
+            detail: String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        },
+        Ok(o) => Finding {
+            name: "qemu",
+            ok: false,
+            fatal: true,
+            detail: format!(
+                "{} --version failed: {}",
+                cfg.vm.qemu.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        },
+        Err(e) => Finding {
+            name: "qemu",
+            ok: false,
+            fatal: true,
+            detail: format!(
+                "{} not runnable: {e} (apt-get install qemu-system-x86)",
+                cfg.vm.qemu.display()
+            ),
+        },
+    }
+}
+
+fn kvm() -> Finding {
+    let present = Path::new("/dev/kvm").exists();
+    Finding {
+        name: "accel",
+        ok: true,
+        fatal: false,
+        detail: if present {
+            "/dev/kvm present; accel=auto probes it before use".into()
+        } else {
+            "no /dev/kvm: TCG (software emulation) will be used".into()
+        },
+    }
+}
+
+/// CAP_NET_ADMIN is bit 12 of the effective capability set.
+fn net_admin() -> Finding {
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned()))
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(0);
+    let ok = caps & (1 << 12) != 0;
+    Finding {
+        name: "net_admin",
+        ok,
+        fatal: true,
+        detail: if ok {
+            "CAP_NET_ADMIN held (bridge and taps can be managed)".into()
+        } else {
+            "CAP_NET_ADMIN missing: run as root (or with the systemd unit)".into()
+        },
+    }
+}
+
+fn state_dir(cfg: &Config) -> Finding {
+    let dir = &cfg.state_dir;
+    let probe = dir.join(".roost-check");
+    let r = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b"x"))
+        .and_then(|_| std::fs::remove_file(&probe));
+    Finding {
+        name: "state_dir",
+        ok: r.is_ok(),
+        fatal: true,
+        detail: match r {
+            Ok(()) => format!("{} writable", dir.display()),
+            Err(e) => format!("{} not writable: {e}", dir.display()),
+        },
+    }
+}
+
+fn free_disk(cfg: &Config) -> Finding {
+    match nix::sys::statvfs::statvfs(&cfg.state_dir) {
+        Ok(s) => {
+            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let need = u64::from(cfg.vm.disk_reserve_gib + cfg.vm.disk_gib) << 30;
+            Finding {
+                name: "free_disk",
+                ok: free >= need,
+                fatal: false,
+                detail: format!(
+                    "{:.1} GiB free in {} (one VM at most {} GiB plus a {} GiB reserve)",
+                    free as f64 / (1u64 << 30) as f64,
+                    cfg.state_dir.display(),
+                    cfg.vm.disk_gib,
+                    cfg.vm.disk_reserve_gib
+                ),
+            }
+        }
+        Err(e) => Finding {
+            name: "free_disk",
+            ok: false,
+            fatal: false,
+            detail: format!("cannot stat {}: {e}", cfg.state_dir.display()),
+        },
+    }
+}
+
+fn image(cfg: &Config) -> Finding {
+    let m = cfg.vm.image.join("manifest.json");
+    let ok = m.is_file();
+    Finding {
+        name: "image",
+        ok,
+        fatal: true,
+        detail: if ok {
+            format!("{} present", m.display())
+        } else {
+            format!("{} missing: run scripts/build-image.sh", m.display())
+        },
+    }
+}

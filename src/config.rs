@@ -1,0 +1,507 @@
+//! Configuration: a TOML file whose every key has an embedded default.
+//!
+//! Owns parsing and validation only. Unknown keys are rejected by name (serde's
+//! `deny_unknown_fields`); invalid values are rejected naming the key and the expected form.
+//! Nothing here touches the host: the values are checked for shape, not for availability.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: expected {expected}, got {got}")]
+    Invalid {
+        key: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+}
+
+/// The whole configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the database, secrets, VM disks, sockets and logs.
+    pub state_dir: PathBuf,
+    /// The public domain: sites answer at `http://DOMAIN/<slug>/` and `http://<slug>.DOMAIN/`.
+    pub domain: String,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub ssh: SshConfig,
+    pub network: NetworkConfig,
+    pub vm: VmConfig,
+    pub limits: LimitsConfig,
+    pub cloudinit: CloudInitConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the API and the reverse proxy.
+    pub listen: SocketAddr,
+    /// Largest request body the API accepts, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of an access token, in seconds.
+    pub token_ttl_secs: u64,
+    /// Login attempts allowed per client address and per username in `login_window_secs`.
+    pub login_attempts: u32,
+    pub login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Host ports handed out to hostings for SSH, `"LOW-HIGH"` inclusive.
+    pub port_range: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Name of the Linux bridge the VMs' taps join.
+    pub bridge: String,
+    /// IPv4 subnet of the VMs, `"a.b.c.d/len"`; the first host address is the gateway.
+    pub subnet: String,
+    /// DNS servers written into every guest's network configuration.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelSetting {
+    /// KVM only when a probe shows that it really runs a guest, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub accel: AccelSetting,
+    /// Guest image directory (with `manifest.json`), as built by `scripts/build-image.sh`.
+    pub image: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub disk_gib: u32,
+    /// Free space the state directory must keep after a new VM's disk, in GiB.
+    pub disk_reserve_gib: u32,
+    /// Unprivileged user QEMU runs as.
+    pub run_as: String,
+    /// QEMU binary.
+    pub qemu: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// VM creations that run at the same time; the rest wait in order.
+    pub max_concurrent_creates: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudInitConfig {
+    /// Directory with operator-edited base documents; the embedded ones are used when unset.
+    pub templates: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/roost"),
+            domain: "localhost".into(),
+            log_level: "info".into(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            ssh: SshConfig::default(),
+            network: NetworkConfig::default(),
+            vm: VmConfig::default(),
+            limits: LimitsConfig::default(),
+            cloudinit: CloudInitConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: 3600,
+            login_attempts: 10,
+            login_window_secs: 60,
+        }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            port_range: "22000-22999".into(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "roost0".into(),
+            subnet: "10.88.0.0/24".into(),
+            dns: vec![Ipv4Addr::new(10, 88, 0, 1)],
+        }
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            accel: AccelSetting::Auto,
+            image: PathBuf::from("/var/cache/roost/images/default"),
+            memory_mib: 512,
+            vcpus: 1,
+            disk_gib: 4,
+            disk_reserve_gib: 2,
+            run_as: "roost-qemu".into(),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_concurrent_creates: 2,
+        }
+    }
+}
+
+/// An inclusive range of TCP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    /// Parses `"LOW-HIGH"` with `1 <= LOW <= HIGH`.
+    pub fn parse(s: &str) -> Option<PortRange> {
+        let (a, b) = s.split_once('-')?;
+        let low: u16 = a.trim().parse().ok()?;
+        let high: u16 = b.trim().parse().ok()?;
+        (low >= 1 && low <= high).then_some(PortRange { low, high })
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+/// An IPv4 subnet as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet {
+    /// Parses `"a.b.c.d/len"`; the address must be the network address and leave room for
+    /// a gateway and at least one guest (`len` from 8 to 30).
+    pub fn parse(s: &str) -> Option<Subnet> {
+        let (a, l) = s.split_once('/')?;
+        let addr: Ipv4Addr = a.parse().ok()?;
+        let prefix_len: u8 = l.parse().ok()?;
+        if !(8..=30).contains(&prefix_len) {
+            return None;
+        }
+        let mask = u32::MAX << (32 - prefix_len);
+        (u32::from(addr) & !mask == 0).then_some(Subnet {
+            network: addr,
+            prefix_len,
+        })
+    }
+
+    /// The first host address, which the bridge holds.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: p.to_path_buf(),
+                        message,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value's form, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(
+            key: &'static str,
+            expected: &'static str,
+            got: impl std::fmt::Debug,
+        ) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                expected,
+                got: format!("{got:?}"),
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(bad("state_dir", "an absolute path", &self.state_dir));
+        }
+        if !valid_domain(&self.domain) {
+            return Err(bad(
+                "domain",
+                "a DNS name or IP address such as \"example.com\"",
+                &self.domain,
+            ));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(bad(
+                "http.max_body_bytes",
+                "at least 1024",
+                self.http.max_body_bytes,
+            ));
+        }
+        if self.auth.token_ttl_secs < 60 || self.auth.token_ttl_secs > 30 * 86400 {
+            return Err(bad(
+                "auth.token_ttl_secs",
+                "seconds from 60 to 2592000",
+                self.auth.token_ttl_secs,
+            ));
+        }
+        if self.auth.login_attempts == 0 {
+            return Err(bad(
+                "auth.login_attempts",
+                "at least 1",
+                self.auth.login_attempts,
+            ));
+        }
+        if self.auth.login_window_secs == 0 {
+            return Err(bad(
+                "auth.login_window_secs",
+                "at least 1",
+                self.auth.login_window_secs,
+            ));
+        }
+        if self.ssh_ports().is_none() {
+            return Err(bad(
+                "ssh.port_range",
+                "\"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535, e.g. \"22000-22999\"",
+                &self.ssh.port_range,
+            ));
+        }
+        let b = &self.network.bridge;
+        if b.is_empty()
+            || b.len() > 15
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(
+                "network.bridge",
+                "an interface name of 1-15 characters [A-Za-z0-9_-]",
+                b,
+            ));
+        }
+        if self.subnet().is_none() {
+            return Err(bad(
+                "network.subnet",
+                "an IPv4 network \"a.b.c.d/len\" with len 8-30 and no host bits, e.g. \"10.88.0.0/24\"",
+                &self.network.subnet,
+            ));
+        }
+        if !self.vm.image.is_absolute() {
+            return Err(bad(
+                "vm.image",
+                "an absolute path to an image directory",
+                &self.vm.image,
+            ));
+        }
+        if !(64..=1024 * 1024).contains(&self.vm.memory_mib) {
+            return Err(bad(
+                "vm.memory_mib",
+                "MiB from 64 to 1048576",
+                self.vm.memory_mib,
+            ));
+        }
+        if !(1..=64).contains(&self.vm.vcpus) {
+            return Err(bad("vm.vcpus", "a count from 1 to 64", self.vm.vcpus));
+        }
+        if !(1..=2048).contains(&self.vm.disk_gib) {
+            return Err(bad("vm.disk_gib", "GiB from 1 to 2048", self.vm.disk_gib));
+        }
+        if self.vm.run_as.is_empty() {
+            return Err(bad("vm.run_as", "a user name", &self.vm.run_as));
+        }
+        if !(1..=64).contains(&self.limits.max_concurrent_creates) {
+            return Err(bad(
+                "limits.max_concurrent_creates",
+                "a count from 1 to 64",
+                self.limits.max_concurrent_creates,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SSH port range; `Some` once validated.
+    pub fn ssh_ports(&self) -> Option<PortRange> {
+        PortRange::parse(&self.ssh.port_range)
+    }
+
+    /// The VM subnet; `Some` once validated.
+    pub fn subnet(&self) -> Option<Subnet> {
+        Subnet::parse(&self.network.subnet)
+    }
+}
+
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("").ok(), Some(Config::default()));
+    }
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../roost.example.toml");
+        assert_eq!(Config::from_toml(text).ok(), Some(Config::default()));
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::from_toml(
+            "domain = \"example.com\"\n[http]\nlisten = \"127.0.0.1:8080\"\n[ssh]\nport_range = \"30000-30009\"\n[network]\nsubnet = \"10.9.0.0/16\"\n[vm]\naccel = \"tcg\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.domain, "example.com");
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(
+            c.ssh_ports(),
+            Some(PortRange {
+                low: 30000,
+                high: 30009
+            })
+        );
+        assert_eq!(
+            c.subnet().map(|s| s.gateway()),
+            Some(Ipv4Addr::new(10, 9, 0, 1))
+        );
+        assert_eq!(c.vm.accel, AccelSetting::Tcg);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(err("colour = 1").contains("colour"));
+        assert!(err("[vm]\nmemory = 5").contains("memory"));
+        assert!(err("[nope]\n").contains("nope"));
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_form() {
+        for (text, key) in [
+            ("[ssh]\nport_range = \"abc\"", "ssh.port_range"),
+            ("[ssh]\nport_range = \"3000-20\"", "ssh.port_range"),
+            ("[ssh]\nport_range = \"1-70000\"", "ssh.port_range"),
+            ("[network]\nsubnet = \"10.0.0.1/24\"", "network.subnet"),
+            ("[network]\nsubnet = \"10.0.0.0/31\"", "network.subnet"),
+            ("[network]\nsubnet = \"banana\"", "network.subnet"),
+            (
+                "[network]\nbridge = \"a-very-long-bridge-name\"",
+                "network.bridge",
+            ),
+            ("[vm]\nvcpus = 0", "vm.vcpus"),
+            ("[vm]\nmemory_mib = 1", "vm.memory_mib"),
+            ("[vm]\ndisk_gib = 0", "vm.disk_gib"),
+            (
+                "[limits]\nmax_concurrent_creates = 0",
+                "limits.max_concurrent_creates",
+            ),
+            ("state_dir = \"relative\"", "state_dir"),
+            ("domain = \"bad domain\"", "domain"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key) && e.contains("expected"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_and_enum_values_are_parse_errors_naming_the_key() {
+        let e = err("[vm]\naccel = \"fast\"");
+        assert!(e.contains("accel") || e.contains("fast"), "{e}");
+        assert!(err("[vm]\nvcpus = \"two\"").contains("vcpus"));
+        assert!(err("[http]\nlisten = \"nowhere\"").contains("listen"));
+    }
+}
