@@ -19,14 +19,14 @@ pub struct Finding {
 
 /// Runs every check.
 pub fn run(cfg: &Config) -> Vec<Finding> {
-    let mut out = Vec::new();
-    out.push(qemu(cfg));
-    out.push(kvm());
-    out.push(net_admin());
-    out.push(state_dir(cfg));
-    out.push(free_disk(cfg));
-    out.push(image(cfg));
-    out
+    vec![
+        qemu(cfg),
+        kvm(),
+        net_admin(),
+        state_dir(cfg),
+        free_disk(cfg),
+        image(cfg),
+    ]
 }
 
 /// Prints the report; returns whether the host can run VMs.
@@ -146,7 +146,7 @@ fn state_dir(cfg: &Config) -> Finding {
 fn free_disk(cfg: &Config) -> Finding {
     match nix::sys::statvfs::statvfs(&cfg.state_dir) {
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available() * s.fragment_size();
             let need = u64::from(cfg.vm.disk_reserve_gib + cfg.vm.disk_gib) << 30;
             Finding {
                 name: "free_disk",

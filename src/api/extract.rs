@@ -43,3 +43,27 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
         ))
     }
 }
+
+/// `axum::extract::Query` whose rejection is roost's JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("query string: {}", e.body_text()),
+                )
+            })
+    }
+}

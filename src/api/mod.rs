@@ -5,6 +5,7 @@
 //! redb tables, QEMU or netlink themselves.
 
 mod accounts;
+mod admin;
 pub mod error;
 mod extract;
 mod health;
@@ -88,6 +89,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(accounts::router())
+        .merge(admin::router())
         .layer(DefaultBodyLimit::max(state.cfg.http.max_body_bytes));
     let (router, mut doc) = OpenApiRouter::new()
         .merge(api)

@@ -55,10 +55,10 @@ pub enum StoreError {
     Open {
         path: PathBuf,
         #[source]
-        source: redb::DatabaseError,
+        source: Box<redb::DatabaseError>,
     },
     #[error("database")]
-    Db(#[source] redb::Error),
+    Db(#[source] Box<redb::Error>),
     #[error("corrupt record in table {table}")]
     Corrupt {
         table: &'static str,
@@ -87,7 +87,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
+                StoreError::Db(Box::new(e.into()))
             }
         }
     )*};
@@ -131,7 +131,7 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
             source => StoreError::Open {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             },
         })?;
         let store = Store {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: formatting, lints, unit and API tests,
+# then the privileged tests (root, network namespaces, real QEMU guests).
+# Idempotent. Fails if a test leaves a QEMU, a roost tap or a network namespace behind.
+source "$(dirname "$0")/lib.sh"
+install_runtime_deps
+install_rust
+build_image
+cd "$ROOT"
+
+qemus_before=$(pgrep -c -x qemu-system-x86_64 || true)
+netns_before=$(ip netns list | wc -l)
+
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy"
+cargo clippy --locked --all-targets -q -- -D warnings
+log "unit and API tests (no root needed)"
+cargo test --locked -q
+log "privileged tests (netns, QEMU)"
+ROOST_PRIVILEGED_TESTS=1 ROOST_TEST_IMAGE="$IMAGE_DIR" cargo test --locked -q -- --test-threads=2
+
+log "leak check"
+leaks=0
+qemus_after=$(pgrep -c -x qemu-system-x86_64 || true)
+if [ "${qemus_after:-0}" -gt "${qemus_before:-0}" ]; then
+    echo "leak: qemu processes left running:" >&2; pgrep -a -x qemu-system-x86_64 >&2 || true; leaks=1
+fi
+if [ "$(ip netns list | wc -l)" -gt "$netns_before" ]; then
+    echo "leak: network namespaces left:" >&2; ip netns list >&2; leaks=1
+fi
+if ip -o link show | awk -F': ' '{print $2}' | grep -E '^rt[a-z0-9]+' >&2; then
+    echo "leak: roost taps left in the host namespace" >&2; leaks=1
+fi
+[ "$leaks" = 0 ] || die "a test left something behind"
+log "all tests passed"

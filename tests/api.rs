@@ -1,0 +1,608 @@
+//! API integration tests: the real `roost` binary on a loopback port with a temp state dir,
+//! driven over HTTP. No root needed.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_roost")
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    fn start_with(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("roost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\ndomain = \"example.test\"\n[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n{extra}",
+                dir.path().join("state").display()
+            ),
+        )
+        .expect("write config");
+        let mut d = Daemon {
+            child: None,
+            port,
+            _dir: dir,
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn roost");
+        self.child = Some(child);
+        let url = self.url("/healthz");
+        common::poll("roost to answer /healthz", Duration::from_secs(20), || {
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.config.parent().expect("dir").join("state")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn register(d: &Daemon, user: &str, pw: &str) -> (StatusCode, Value) {
+    let r = client()
+        .post(d.url("/api/v1/auth/register"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .expect("send");
+    (r.status(), r.json().unwrap_or(Value::Null))
+}
+
+fn login(d: &Daemon, user: &str, pw: &str) -> (StatusCode, Value) {
+    let r = client()
+        .post(d.url("/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .expect("send");
+    (r.status(), r.json().unwrap_or(Value::Null))
+}
+
+fn token(d: &Daemon, user: &str, pw: &str) -> String {
+    let (s, v) = login(d, user, pw);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["access_token"].as_str().expect("token").to_owned()
+}
+
+fn get(d: &Daemon, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut r = client().get(d.url(path));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().expect("send");
+    (r.status(), r.json().unwrap_or(Value::Null))
+}
+
+/// Asserts the error shape: `{"error": code, "message": sentence}`.
+fn assert_error(v: &Value, code: &str) {
+    assert_eq!(v["error"], code, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message missing: {v}"
+    );
+}
+
+#[test]
+fn register_login_me() {
+    let d = Daemon::start();
+    let (s, v) = register(&d, "alice", "correct horse");
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["username"], "alice");
+    assert_eq!(v["role"], "user");
+    let id = v["id"].as_str().expect("id").to_owned();
+
+    let (s, v) = login(&d, "alice", "correct horse");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 3600);
+    let t = v["access_token"].as_str().expect("token");
+
+    let (s, v) = get(&d, "/api/v1/auth/me", Some(t));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["username"], "alice");
+    assert_eq!(v["role"], "user");
+    assert!(
+        v["created_at"].as_str().is_some_and(|c| c.ends_with('Z')),
+        "{v}"
+    );
+}
+
+#[test]
+fn every_error_status_from_real_bad_requests() {
+    let d = Daemon::start_with("[auth]\nlogin_attempts = 5\nlogin_window_secs = 600\n");
+    let c = client();
+    assert_eq!(register(&d, "bob", "password1").0, StatusCode::CREATED);
+    let t = token(&d, "bob", "password1");
+
+    // 400: malformed JSON.
+    let r = c
+        .post(d.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body("{\"username\": ")
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_error(&r.json().expect("json"), "malformed_json");
+
+    // 401: missing, tampered, garbage tokens; wrong password.
+    let (s, v) = get(&d, "/api/v1/auth/me", None);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "unauthorized");
+    let mut tampered = t.clone();
+    let last = tampered.pop().expect("char");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let (s, v) = get(&d, "/api/v1/auth/me", Some(&tampered));
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "invalid_token");
+    assert_eq!(
+        get(&d, "/api/v1/auth/me", Some("x.y.z")).0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, v) = login(&d, "bob", "wrong password");
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "invalid_credentials");
+    let (s, v) = login(&d, "nobody", "wrong password");
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "invalid_credentials");
+
+    // 403: a user on an admin route.
+    let (s, v) = get(&d, "/api/v1/admin/users", Some(&t));
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_error(&v, "forbidden");
+
+    // 404: no such route, JSON too.
+    let (s, v) = get(&d, "/api/v1/nope", None);
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+
+    // 405.
+    let r = c.delete(d.url("/api/v1/auth/login")).send().expect("send");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&r.json().expect("json"), "method_not_allowed");
+
+    // 409: duplicate username.
+    let (s, v) = register(&d, "bob", "password2");
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_error(&v, "conflict");
+
+    // 413: body over the limit (4096 in this config), with and without Content-Length.
+    let big = json!({"username": "carol", "password": "x".repeat(8000)});
+    let r = c
+        .post(d.url("/api/v1/auth/register"))
+        .json(&big)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&r.json().expect("json"), "payload_too_large");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b' '; 3000]), Ok(vec![b' '; 3000])];
+    let r = c
+        .post(d.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+            chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap_or_default())
+                .collect::<Vec<u8>>(),
+        )))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // 415: wrong content type.
+    let r = c
+        .post(d.url("/api/v1/auth/register"))
+        .header("content-type", "text/plain")
+        .body(r#"{"username":"carol","password":"password1"}"#)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(&r.json().expect("json"), "unsupported_media_type");
+
+    // 422: invalid fields, the message names the field.
+    for (body, field) in [
+        (
+            json!({"username": "Carol", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "ab", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "admin", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "-carol", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "carol", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"username": "carol", "password": "password1", "email": "nope"}),
+            "email",
+        ),
+        (json!({"username": "carol"}), "password"),
+        (json!({"username": 5, "password": "password1"}), "username"),
+        (
+            json!({"username": "carol", "password": "password1", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let r = c
+            .post(d.url("/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let v: Value = r.json().expect("json");
+        assert_error(&v, "invalid_field");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(field)),
+            "{body} -> {v}"
+        );
+    }
+    // Nothing was created by the refused requests.
+    assert_eq!(login(&d, "carol", "password1").0, StatusCode::UNAUTHORIZED);
+
+    // 429: login attempts per username (5 per 600 s here; 4 were used above on bob/nobody).
+    let mut limited = None;
+    for _ in 0..6 {
+        let r = c
+            .post(d.url("/api/v1/auth/login"))
+            .json(&json!({"username": "bob", "password": "wrong password"}))
+            .send()
+            .expect("send");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = limited.expect("rate limit reached");
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=600).contains(&retry), "{retry}");
+    assert_error(&r.json().expect("json"), "rate_limited");
+    // Even the right password is refused while limited.
+    assert_eq!(
+        login(&d, "bob", "password1").0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[test]
+fn bad_input_never_makes_a_5xx() {
+    let d = Daemon::start();
+    let c = client();
+    let bodies: [&[u8]; 9] = [
+        b"",
+        b"null",
+        b"[]",
+        b"{}",
+        b"\xff\xfe\x00",
+        b"{\"username\": \"\\u0000\", \"password\": \"\\ud800\"}",
+        b"{\"username\": [1,2,3], \"password\": {}}",
+        b"{\"username\": \"a\", \"username\": \"b\", \"password\": \"password1\"}",
+        b"9999999999999999999999999999",
+    ];
+    for path in ["/api/v1/auth/register", "/api/v1/auth/login"] {
+        for b in bodies {
+            let r = c
+                .post(d.url(path))
+                .header("content-type", "application/json")
+                .body(b.to_vec())
+                .send()
+                .expect("send");
+            assert!(
+                r.status().is_client_error(),
+                "{path} {b:?} -> {}",
+                r.status()
+            );
+            let v: Value = r.json().expect("json error body");
+            assert!(v["error"].is_string(), "{v}");
+        }
+    }
+    for auth in [
+        "Bearer",
+        "Bearer ",
+        "Basic abc",
+        "bearer a.b.c",
+        "Bearer \u{7f}",
+    ] {
+        let r = c
+            .get(d.url("/api/v1/auth/me"))
+            .header("authorization", auth)
+            .send();
+        if let Ok(r) = r {
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        }
+    }
+    let (s, _) = get(&d, "/api/v1/admin/audit?limit=abc", None);
+    assert!(s.is_client_error());
+    assert_eq!(get(&d, "/healthz", None).0, StatusCode::OK);
+}
+
+#[test]
+fn restart_keeps_users_and_the_jwt_secret() {
+    let mut d = Daemon::start();
+    assert_eq!(register(&d, "dora", "password1").0, StatusCode::CREATED);
+    let t = token(&d, "dora", "password1");
+    let secret = std::fs::read(d.state_dir().join("jwt.secret")).expect("secret");
+    d.kill9();
+    d.spawn();
+    assert_eq!(
+        std::fs::read(d.state_dir().join("jwt.secret")).expect("secret"),
+        secret
+    );
+    let (s, v) = get(&d, "/api/v1/auth/me", Some(&t));
+    assert_eq!(s, StatusCode::OK, "old token still valid: {v}");
+    assert_eq!(v["username"], "dora");
+    assert_eq!(login(&d, "dora", "password1").0, StatusCode::OK);
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let mut d = Daemon::start();
+    let mut child = d.child.take().expect("child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let status = common::poll("roost to exit", Duration::from_secs(10), || {
+        child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn concurrent_registrations_of_one_name_give_exactly_one_201() {
+    let d = Daemon::start();
+    let url = d.url("/api/v1/auth/register");
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                client()
+                    .post(url)
+                    .json(&json!({"username": "erin", "password": format!("password{i}")}))
+                    .send()
+                    .expect("send")
+                    .status()
+            })
+        })
+        .collect();
+    let statuses: Vec<StatusCode> = handles
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn cli_user_add_creates_an_admin() {
+    let mut d = Daemon::start();
+    d.kill9();
+    let mut child = Command::new(bin())
+        .args(["user", "add", "root-admin", "--admin", "--config"])
+        .arg(&d.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"admin password\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created admin root-admin"));
+    // A bad name is refused with a message and exit code.
+    let out = Command::new(bin())
+        .args(["user", "add", "Bad Name", "--config"])
+        .arg(&d.config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("username"));
+
+    d.spawn();
+    let t = token(&d, "root-admin", "admin password");
+    let (s, v) = get(&d, "/api/v1/auth/me", Some(&t));
+    assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some("admin")));
+    let (s, v) = get(&d, "/api/v1/admin/users", Some(&t));
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    let (s, v) = get(&d, "/api/v1/admin/audit", Some(&t));
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v[0]["action"], "user.create");
+    assert_eq!(v[0]["actor"], "cli");
+}
+
+#[test]
+fn openapi_covers_every_route_and_health_endpoints_answer() {
+    let d = Daemon::start();
+    let (s, doc) = get(&d, "/api/v1/openapi.json", None);
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/me",
+        "/api/v1/admin/users",
+        "/api/v1/admin/audit",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from OpenAPI");
+    }
+    // And every documented GET without parameters really answers (no 404/405).
+    for (p, item) in paths {
+        if item.get("get").is_some() && !p.contains('{') {
+            let (s, _) = get(&d, p, None);
+            assert!(
+                s != StatusCode::NOT_FOUND && s != StatusCode::METHOD_NOT_ALLOWED,
+                "{p}: {s}"
+            );
+        }
+    }
+    let (s, v) = get(&d, "/readyz", None);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["store"], "ok");
+}
+
+#[test]
+fn check_fails_without_an_image_and_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[vm]\nimage = \"{}\"\n",
+            dir.path().join("s").display(),
+            dir.path().join("no-image").display()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("image") && text.contains("build-image.sh"),
+        "{text}"
+    );
+    assert!(text.contains("cannot run"), "{text}");
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    for (text, key) in [
+        ("[vm]\nvcpu = 2\n", "vcpu"),
+        ("[ssh]\nport_range = \"x\"\n", "ssh.port_range"),
+    ] {
+        std::fs::write(&cfg, text).expect("write");
+        let out = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(key),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!Path::new("/nonexistent-roost-config").exists());
+    let out = Command::new(bin())
+        .args(["serve", "--config", "/nonexistent-roost-config"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
