@@ -81,6 +81,10 @@ pub enum StoreError {
     IpTaken(Ipv4Addr),
     #[error("port {0} is already reserved")]
     PortTaken(u16),
+    #[error("no free address is left in the subnet")]
+    NoFreeIp,
+    #[error("no free port is left in the SSH port range")]
+    NoFreePort,
 }
 
 macro_rules! from_redb {
@@ -334,6 +338,64 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Reserves everything a new hosting needs in one write transaction: the lowest free
+    /// address in `ips` (in order), and the lowest free port in `ports` for which
+    /// `port_usable` holds (e.g. it also binds on the host). `build` gets the chosen pair
+    /// and returns the record to insert. Two concurrent calls can never get the same IP or
+    /// port, because redb serialises write transactions.
+    pub fn reserve_hosting(
+        &self,
+        user: UserId,
+        ips: impl IntoIterator<Item = Ipv4Addr>,
+        ports: std::ops::RangeInclusive<u16>,
+        port_usable: impl Fn(u16) -> bool,
+        build: impl FnOnce(Ipv4Addr, u16) -> Hosting,
+        actor: &str,
+    ) -> Result<Hosting, StoreError> {
+        let tx = self.db.begin_write()?;
+        let h = {
+            let u = user.key();
+            let mut by_user = tx.open_table(HOSTINGS_BY_USER)?;
+            if by_user.range((u, 0)..=(u, u128::MAX))?.next().is_some() {
+                return Err(StoreError::HostingExists);
+            }
+            let mut ip_t = tx.open_table(IP_RESERVATIONS)?;
+            let mut ip = None;
+            for cand in ips {
+                if ip_t.get(u32::from(cand))?.is_none() {
+                    ip = Some(cand);
+                    break;
+                }
+            }
+            let ip = ip.ok_or(StoreError::NoFreeIp)?;
+            let mut port_t = tx.open_table(PORT_RESERVATIONS)?;
+            let mut port = None;
+            for cand in ports {
+                if port_t.get(cand)?.is_none() && port_usable(cand) {
+                    port = Some(cand);
+                    break;
+                }
+            }
+            let port = port.ok_or(StoreError::NoFreePort)?;
+            let h = build(ip, port);
+            ip_t.insert(u32::from(ip), h.id.key())?;
+            port_t.insert(port, h.id.key())?;
+            by_user.insert((u, h.id.key()), ())?;
+            tx.open_table(HOSTINGS)?
+                .insert(h.id.key(), encode(&h).as_slice())?;
+            append_audit(
+                &tx,
+                actor,
+                "hosting.create",
+                &h.id.to_string(),
+                &format!("{} ip={ip} ssh_port={port}", h.slug),
+            )?;
+            h
+        };
+        tx.commit()?;
+        Ok(h)
     }
 
     /// Replaces a hosting's record (state changes). Reservations are not touched.
@@ -622,6 +684,50 @@ mod tests {
         assert!(s.hostings_of(a.id).expect("of").is_empty());
         s.insert_hosting(&hosting(b.id, [10, 0, 0, 2], 22000), "t")
             .expect("reuse after release");
+    }
+
+    #[test]
+    fn reserve_hosting_picks_lowest_free_and_reports_exhaustion() {
+        let (_d, s) = store();
+        let ips = || (2u8..=4).map(|i| Ipv4Addr::new(10, 0, 0, i));
+        let mut got = vec![];
+        for name in ["u1", "u2", "u3"] {
+            let u = s.create_user(new_user(name), "t").expect("user");
+            let h = s
+                .reserve_hosting(
+                    u.id,
+                    ips(),
+                    22000..=22010,
+                    |p| p != 22001,
+                    |ip, port| hosting(u.id, ip.octets(), port),
+                    "t",
+                )
+                .expect("reserve");
+            got.push((h.ip.octets()[3], h.ssh_port));
+        }
+        assert_eq!(got, vec![(2, 22000), (3, 22002), (4, 22003)]);
+        let u4 = s.create_user(new_user("u4"), "t").expect("user");
+        let e = s.reserve_hosting(
+            u4.id,
+            ips(),
+            22000..=22010,
+            |_| true,
+            |ip, port| hosting(u4.id, ip.octets(), port),
+            "t",
+        );
+        assert!(matches!(e, Err(StoreError::NoFreeIp)));
+        let e = s.reserve_hosting(
+            u4.id,
+            [Ipv4Addr::new(10, 0, 0, 9)],
+            22000..=22003,
+            |p| p != 22001,
+            |ip, port| hosting(u4.id, ip.octets(), port),
+            "t",
+        );
+        assert!(matches!(e, Err(StoreError::NoFreePort)));
+        // Refused reservations wrote nothing.
+        assert_eq!(s.reserved_ips().expect("ips").len(), 3);
+        assert!(s.hostings_of(u4.id).expect("of").is_empty());
     }
 
     #[test]
