@@ -15,6 +15,8 @@ pub mod cloudinit;
 pub mod config;
 /// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
 pub mod daemon;
+/// The create/delete saga, the VM supervisor and the reconciler.
+pub mod hosting;
 /// Bridge and taps over netlink and tun ioctls; IPAM; MAC addresses.
 pub mod net;
 /// The only code that opens redb: tables, typed records, transactions, schema.
