@@ -109,6 +109,10 @@ pub struct VmConfig {
     pub run_as: String,
     /// QEMU binary.
     pub qemu: PathBuf,
+    /// A graceful stop (ACPI powerdown) waits this long before QEMU is told to quit.
+    pub stop_timeout_secs: u64,
+    /// A new VM that does not answer on :80 and :22 within this time is marked failed.
+    pub boot_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -190,6 +194,8 @@ impl Default for VmConfig {
             disk_reserve_gib: 2,
             run_as: "roost-qemu".into(),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            stop_timeout_secs: 30,
+            boot_timeout_secs: 300,
         }
     }
 }
@@ -381,6 +387,12 @@ impl Config {
         }
         if !(1..=2048).contains(&self.vm.disk_gib) {
             return Err(bad("vm.disk_gib", "GiB from 1 to 2048", self.vm.disk_gib));
+        }
+        if !(1..=3600).contains(&self.vm.stop_timeout_secs) {
+            return Err(bad("vm.stop_timeout_secs", "seconds from 1 to 3600", self.vm.stop_timeout_secs));
+        }
+        if !(10..=3600).contains(&self.vm.boot_timeout_secs) {
+            return Err(bad("vm.boot_timeout_secs", "seconds from 10 to 3600", self.vm.boot_timeout_secs));
         }
         if self.vm.run_as.is_empty() {
             return Err(bad("vm.run_as", "a user name", &self.vm.run_as));
