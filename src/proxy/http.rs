@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use super::framing::Sniffed;
 use super::headers::{self, Forwarding};
 use super::pages::{self, Page};
 use super::routes::{resolve, Resolution, Route, RouteStatus, Routes};
@@ -90,7 +92,12 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), peer, req));
+        let (stream, ambiguous) = Sniffed::new(stream);
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let refuse = req.headers().contains_key(header::TRANSFER_ENCODING)
+                && ambiguous.swap(false, Ordering::Relaxed);
+            handle(shared.clone(), peer, req, refuse)
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
@@ -112,7 +119,15 @@ async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    ambiguous_framing: bool,
 ) -> Result<Response<Body>, Infallible> {
+    if ambiguous_framing {
+        tracing::info!(%peer, "refused: Content-Length with Transfer-Encoding");
+        let mut resp = pages::render(Page::BadRequest, req.headers());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let table = shared.routes.snapshot();
     let host: Option<String> = match req.uri().authority() {
         Some(a) => Some(a.as_str().to_string()),

@@ -5,6 +5,7 @@
 //! ([`Forwarders`]). It knows nothing of users, the store or QEMU: the hosting module tells
 //! it which slug goes where, and it never terminates TLS or SSH (bytes only).
 
+mod framing;
 mod headers;
 mod http;
 mod pages;

@@ -11,11 +11,12 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::ProxyError;
@@ -50,14 +51,19 @@ struct Port {
     task: JoinHandle<()>,
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
+impl Port {
+    /// Aborts the listener task (and with it every connection task it owns) and waits
+    /// until it is gone, so the socket is closed and the port can be bound again.
+    async fn stop(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }
 
-/// The set of SSH forwards. Cloning gives another handle to the same set; dropping the
-/// last handle stops every listener and connection.
+/// The set of SSH forwards. Cloning gives another handle to the same set.
+///
+/// Operations are serialised by one async lock, so `ensure` and `remove` of the same port
+/// never race. Dropping the runtime stops every listener.
 #[derive(Clone)]
 pub struct Forwarders {
     bind: Ipv4Addr,
@@ -78,35 +84,27 @@ impl Forwarders {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Port>> {
-        match self.ports.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// Makes `port` forward to `target`. Idempotent; a changed target or limits re-binds the
-    /// port (live connections to the old target are closed). Must run inside a Tokio runtime.
-    pub fn ensure(
+    /// port (live connections to the old target are closed).
+    pub async fn ensure(
         &self,
         port: u16,
         target: SocketAddrV4,
         limits: ForwardLimits,
     ) -> Result<(), ProxyError> {
         let rt = tokio::runtime::Handle::try_current().map_err(ProxyError::NoRuntime)?;
-        let mut ports = self.lock();
+        let mut ports = self.ports.lock().await;
         if let Some(p) = ports.get(&port) {
             if p.target == target && p.limits == limits && !p.task.is_finished() {
                 return Ok(());
             }
         }
-        // Release the old socket before binding again.
-        ports.remove(&port);
+        if let Some(old) = ports.remove(&port) {
+            old.stop().await;
+        }
         let listener = bind(self.bind, port)?;
-        let listener = {
-            let _enter = rt.enter();
-            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?
-        };
+        let listener =
+            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?;
         let task = rt.spawn(accept_loop(listener, port, target, limits));
         tracing::info!(port, %target, "ssh forward listening");
         ports.insert(
@@ -120,42 +118,59 @@ impl Forwarders {
         Ok(())
     }
 
-    /// Stops listening on `port` and closes its live connections. False if it was not forwarded.
-    pub fn remove(&self, port: u16) -> bool {
-        let removed = self.lock().remove(&port).is_some();
-        if removed {
-            tracing::info!(port, "ssh forward removed");
+    /// Stops listening on `port` and closes its live connections; when it returns the port
+    /// is free. False if it was not forwarded.
+    pub async fn remove(&self, port: u16) -> bool {
+        let mut ports = self.ports.lock().await;
+        match ports.remove(&port) {
+            Some(p) => {
+                p.stop().await;
+                tracing::info!(port, "ssh forward removed");
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// The forwarded ports with their targets, sorted by port.
-    pub fn ports(&self) -> Vec<(u16, SocketAddrV4)> {
-        let mut v: Vec<_> = self.lock().iter().map(|(p, f)| (*p, f.target)).collect();
+    pub async fn ports(&self) -> Vec<(u16, SocketAddrV4)> {
+        let mut v: Vec<_> = self
+            .ports
+            .lock()
+            .await
+            .iter()
+            .map(|(p, f)| (*p, f.target))
+            .collect();
         v.sort();
         v
     }
 
     /// Converges to exactly `wanted` (e.g. `RouteTable::ssh_forwards()`): removes the rest,
     /// ensures each. Returns the ports that failed, with their errors; the others still apply.
-    pub fn sync(
+    pub async fn sync(
         &self,
         wanted: &[(u16, SocketAddrV4)],
         limits: ForwardLimits,
     ) -> Vec<(u16, ProxyError)> {
         let stale: Vec<u16> = self
+            .ports
             .lock()
+            .await
             .keys()
             .filter(|p| !wanted.iter().any(|(w, _)| w == *p))
             .copied()
             .collect();
         for p in stale {
-            self.remove(p);
+            self.remove(p).await;
         }
-        wanted
-            .iter()
-            .filter_map(|(p, t)| self.ensure(*p, *t, limits).err().map(|e| (*p, e)))
-            .collect()
+        let mut failed = Vec::new();
+        for (p, t) in wanted {
+            if let Err(e) = self.ensure(*p, *t, limits).await {
+                tracing::warn!(port = p, error = %e, "ssh forward not applied");
+                failed.push((*p, e));
+            }
+        }
+        failed
     }
 }
 
