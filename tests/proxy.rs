@@ -283,7 +283,12 @@ fn path_route_strips_prefix_and_sets_forwarding_headers() {
 #[test]
 fn raw_path_is_never_decoded_for_routing() {
     let h = Harness::default();
-    let v = echo_json(client().get(h.url("/alice/..%2fbob/")).send().expect("send"));
+    let v = echo_json(
+        client()
+            .get(h.url("/alice/..%2fbob/"))
+            .send()
+            .expect("send"),
+    );
     assert_eq!(v["path"], "/..%2fbob/");
     let r = client().get(h.url("/alice%2f../")).send().expect("send");
     assert_eq!(r.status(), 404);
@@ -407,8 +412,10 @@ fn upgrade_is_tunnelled() {
     let mut s = TcpStream::connect(h.proxy).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    s.write_all(b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .expect("write");
+    s.write_all(
+        b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("write");
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -418,7 +425,11 @@ fn upgrade_is_tunnelled() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
-    for msg in [&b"hello"[..], &[0u8, 1, 2, 255][..], &vec![7u8; 100_000][..]] {
+    for msg in [
+        &b"hello"[..],
+        &[0u8, 1, 2, 255][..],
+        &vec![7u8; 100_000][..],
+    ] {
         s.write_all(msg).expect("write");
         let mut back = vec![0u8; msg.len()];
         s.read_exact(&mut back).expect("echo");
@@ -491,7 +502,11 @@ fn slowloris_is_cut_off() {
         }
     }
     assert!(closed, "the slow client was never cut off");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -598,7 +613,9 @@ async fn forwarder_roundtrip(splice: bool) {
     let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
     let port = free_port();
     fw.ensure(port, echo, limits(splice)).await.expect("ensure");
-    fw.ensure(port, echo, limits(splice)).await.expect("ensure is idempotent");
+    fw.ensure(port, echo, limits(splice))
+        .await
+        .expect("ensure is idempotent");
     assert_eq!(fw.ports().await, vec![(port, echo)]);
     let payload: Vec<u8> = (0..5 * MB).map(|i| (i % 251) as u8).collect();
     let back = roundtrip(port, &payload).await;

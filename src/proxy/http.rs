@@ -110,8 +110,14 @@ pub async fn serve_http(
     }
     drop(listener);
     let drain = shared.cfg.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "http drain timed out; dropping remaining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "http drain timed out; dropping remaining connections"
+        );
     }
 }
 

@@ -455,7 +455,11 @@ mod tests {
         let t = table();
         let cases: &[(&str, &str, &str)] = &[
             ("alice.example.com", "/", "proxy alice / -"),
-            ("alice.example.com", "/api/v1/x?y", "proxy alice /api/v1/x?y -"),
+            (
+                "alice.example.com",
+                "/api/v1/x?y",
+                "proxy alice /api/v1/x?y -",
+            ),
             ("alice.example.com", "/healthz", "proxy alice /healthz -"),
             ("alice.example.com", "/bob-2/x", "proxy alice /bob-2/x -"),
             ("ALICE.Example.COM", "/a", "proxy alice /a -"),
@@ -502,7 +506,17 @@ mod tests {
         for ok in ["a", "alice", "bob-2", "x1", &"a".repeat(63)] {
             assert!(valid_slug(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "é", "a%2f", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "é",
+            "a%2f",
+            &"a".repeat(64),
+        ] {
             assert!(!valid_slug(bad), "{bad}");
         }
     }

@@ -198,7 +198,12 @@ fn socket2_like_bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
     l.into_std()
 }
 
-async fn accept_loop(listener: TcpListener, port: u16, target: SocketAddrV4, limits: ForwardLimits) {
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    target: SocketAddrV4,
+    limits: ForwardLimits,
+) {
     let mut conns = JoinSet::new();
     loop {
         let (client, peer) = match listener.accept().await {
@@ -364,7 +369,10 @@ async fn splice_bidirectional(
     b: &TcpStream,
     activity: &Activity,
 ) -> std::io::Result<(u64, u64)> {
-    tokio::try_join!(splice_one_way(a, b, activity), splice_one_way(b, a, activity))
+    tokio::try_join!(
+        splice_one_way(a, b, activity),
+        splice_one_way(b, a, activity)
+    )
 }
 
 /// Moves bytes `from` → `to` through a private pipe until `from` reaches EOF, then shuts
