@@ -1,0 +1,103 @@
+//! Benchmark helper for `scripts/bench-proxy.sh`: runs one piece of the proxy on loopback.
+//!
+//! ```text
+//! proxy_bench http    LISTEN UPSTREAM           # serve_http, route "bench" -> UPSTREAM
+//! proxy_bench forward PORT TARGET splice|copy   # one SSH forwarder port on 127.0.0.1
+//! proxy_bench sink    LISTEN                    # accepts, discards, closes on EOF
+//! proxy_bench send    ADDR BYTES                # sends BYTES, waits for close, prints MiB/s
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use roost::proxy::{
+    serve_http, ForwardLimits, Forwarders, ProxyConfig, Route, RouteStatus, Routes,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let arg = |i: usize| args.get(i).cloned().context("missing argument");
+    match arg(0)?.as_str() {
+        "http" => {
+            let listen: SocketAddr = arg(1)?.parse()?;
+            let upstream: SocketAddrV4 = arg(2)?.parse()?;
+            let routes = Routes::new(vec![Route {
+                slug: "bench".into(),
+                hosting_id: "bench".into(),
+                upstream: Some(upstream),
+                ssh: None,
+                status: RouteStatus::Live,
+            }]);
+            let l = tokio::net::TcpListener::bind(listen).await?;
+            serve_http(
+                l,
+                axum::Router::new(),
+                routes,
+                ProxyConfig::new("bench.test"),
+                std::future::pending(),
+            )
+            .await;
+        }
+        "forward" => {
+            let port: u16 = arg(1)?.parse()?;
+            let target: SocketAddrV4 = arg(2)?.parse()?;
+            let splice = arg(3)? == "splice";
+            let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+            let limits = ForwardLimits {
+                splice,
+                ..ForwardLimits::default()
+            };
+            fw.ensure(port, target, limits).await?;
+            std::future::pending::<()>().await;
+        }
+        "sink" => {
+            let l = tokio::net::TcpListener::bind(arg(1)?.parse::<SocketAddr>()?).await?;
+            loop {
+                let (mut s, _) = l.accept().await?;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        }
+        "send" => {
+            let addr: SocketAddr = arg(1)?.parse()?;
+            let total: u64 = arg(2)?.parse()?;
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            let buf = vec![0u8; 1 << 16];
+            let started = Instant::now();
+            let mut left = total;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..k]).await?;
+                left -= k as u64;
+            }
+            s.shutdown().await?;
+            let mut b = [0u8; 16];
+            // The sink closes after EOF: every byte has crossed when this returns 0.
+            let n = tokio::time::timeout(Duration::from_secs(120), s.read(&mut b)).await??;
+            if n != 0 {
+                bail!("unexpected bytes from the sink");
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!("{:.1}", total as f64 / (1 << 20) as f64 / secs);
+        }
+        other => bail!("unknown mode {other}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The proxy: routes HTTP and SSH from the internet to the VMs.
+//!
+//! It owns the route table (pure, swapped atomically: [`Routes`]), the HTTP reverse proxy
+//! that shares one listener with the API ([`serve_http`]) and the SSH TCP forwarder
+//! ([`Forwarders`]). It knows nothing of users, the store or QEMU: the hosting module tells
+//! it which slug goes where, and it never terminates TLS or SSH (bytes only).
+
+mod framing;
+mod headers;
+mod http;
+mod pages;
+mod routes;
+mod tcp;
+
+use std::time::Duration;
+
+pub use headers::{set_forwarded, strip_hop_by_hop, wants_upgrade, Forwarding};
+pub use http::serve_http;
+pub use routes::{
+    resolve, valid_slug, Resolution, Route, RouteDiff, RouteStatus, RouteTable, Routes,
+    RESERVED_SEGMENTS, RETRY_AFTER_SECS,
+};
+pub use tcp::{port_is_free, ForwardLimits, Forwarders};
+
+/// Errors of the proxy and the forwarder. Messages are short; causes are in `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("port {port} is already in use on this host")]
+    PortInUse {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the forwarder must be used inside a Tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("accept failed")]
+    Accept(#[source] std::io::Error),
+}
+
+/// Settings of the HTTP side. `Default` gives production values.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The public domain: `<slug>.DOMAIN` is host-routed, `DOMAIN/<slug>/` path-routed.
+    pub domain: String,
+    /// A request head must arrive completely within this time (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes (at least 8192).
+    pub max_header_bytes: usize,
+    /// Connecting to a VM's web server gives up after this.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections to VMs are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per VM.
+    pub pool_max_idle_per_host: usize,
+    /// How long shutdown waits for in-flight requests before it drops them.
+    pub drain_timeout: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(domain: impl Into<String>) -> ProxyConfig {
+        ProxyConfig {
+            domain: domain.into(),
+            ..ProxyConfig::default()
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            domain: "localhost".into(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            connect_timeout: Duration::from_secs(3),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 64,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}

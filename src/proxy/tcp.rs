@@ -1,0 +1,451 @@
+//! The SSH forwarder: one listening socket per hosting port, bytes copied to the VM's :22.
+//!
+//! It never terminates SSH. Each port caps its live connections (extra ones are accepted
+//! and closed at once), closes connections idle in both directions, and `remove` stops the
+//! listener and closes that port's live connections (they are tasks owned by the listener's
+//! task, so aborting it drops them all). Bytes move with `splice(2)` through a pipe (no
+//! copy into user space), falling back to `copy_bidirectional` if splice is refused.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::ProxyError;
+
+/// Per-port limits of the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// Live connections per port; the next ones are closed at once.
+    pub max_conns: usize,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connecting to the VM gives up after this.
+    pub connect_timeout: Duration,
+    /// Use `splice(2)`; `false` forces `copy_bidirectional` (benchmarks, odd kernels).
+    pub splice: bool,
+}
+
+impl Default for ForwardLimits {
+    fn default() -> Self {
+        ForwardLimits {
+            max_conns: 32,
+            idle_timeout: Duration::from_secs(30 * 60),
+            connect_timeout: Duration::from_secs(5),
+            splice: true,
+        }
+    }
+}
+
+struct Port {
+    target: SocketAddrV4,
+    limits: ForwardLimits,
+    task: JoinHandle<()>,
+}
+
+impl Port {
+    /// Aborts the listener task (and with it every connection task it owns) and waits
+    /// until it is gone, so the socket is closed and the port can be bound again.
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The set of SSH forwards. Cloning gives another handle to the same set.
+///
+/// Operations are serialised by one async lock, so `ensure` and `remove` of the same port
+/// never race. Dropping the runtime stops every listener.
+#[derive(Clone)]
+pub struct Forwarders {
+    bind: Ipv4Addr,
+    ports: Arc<Mutex<HashMap<u16, Port>>>,
+}
+
+/// True when nothing listens on `0.0.0.0:port` (a bind test, so it is only a hint).
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+impl Forwarders {
+    /// Forwarders listening on `bind` (`0.0.0.0` in production, loopback in tests).
+    pub fn new(bind: Ipv4Addr) -> Forwarders {
+        Forwarders {
+            bind,
+            ports: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Makes `port` forward to `target`. Idempotent; a changed target or limits re-binds the
+    /// port (live connections to the old target are closed).
+    pub async fn ensure(
+        &self,
+        port: u16,
+        target: SocketAddrV4,
+        limits: ForwardLimits,
+    ) -> Result<(), ProxyError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(ProxyError::NoRuntime)?;
+        let mut ports = self.ports.lock().await;
+        if let Some(p) = ports.get(&port) {
+            if p.target == target && p.limits == limits && !p.task.is_finished() {
+                return Ok(());
+            }
+        }
+        if let Some(old) = ports.remove(&port) {
+            old.stop().await;
+        }
+        let listener = bind(self.bind, port)?;
+        let listener =
+            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?;
+        let task = rt.spawn(accept_loop(listener, port, target, limits));
+        tracing::info!(port, %target, "ssh forward listening");
+        ports.insert(
+            port,
+            Port {
+                target,
+                limits,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops listening on `port` and closes its live connections; when it returns the port
+    /// is free. False if it was not forwarded.
+    pub async fn remove(&self, port: u16) -> bool {
+        let mut ports = self.ports.lock().await;
+        match ports.remove(&port) {
+            Some(p) => {
+                p.stop().await;
+                tracing::info!(port, "ssh forward removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The forwarded ports with their targets, sorted by port.
+    pub async fn ports(&self) -> Vec<(u16, SocketAddrV4)> {
+        let mut v: Vec<_> = self
+            .ports
+            .lock()
+            .await
+            .iter()
+            .map(|(p, f)| (*p, f.target))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Converges to exactly `wanted` (e.g. `RouteTable::ssh_forwards()`): removes the rest,
+    /// ensures each. Returns the ports that failed, with their errors; the others still apply.
+    pub async fn sync(
+        &self,
+        wanted: &[(u16, SocketAddrV4)],
+        limits: ForwardLimits,
+    ) -> Vec<(u16, ProxyError)> {
+        let stale: Vec<u16> = self
+            .ports
+            .lock()
+            .await
+            .keys()
+            .filter(|p| !wanted.iter().any(|(w, _)| w == *p))
+            .copied()
+            .collect();
+        for p in stale {
+            self.remove(p).await;
+        }
+        let mut failed = Vec::new();
+        for (p, t) in wanted {
+            if let Err(e) = self.ensure(*p, *t, limits).await {
+                tracing::warn!(port = p, error = %e, "ssh forward not applied");
+                failed.push((*p, e));
+            }
+        }
+        failed
+    }
+}
+
+fn bind(ip: Ipv4Addr, port: u16) -> Result<std::net::TcpListener, ProxyError> {
+    let addr = SocketAddr::from((ip, port));
+    let sock = socket2_like_bind(addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ProxyError::PortInUse { port, source }
+        } else {
+            ProxyError::Bind { port, source }
+        }
+    })?;
+    sock.set_nonblocking(true)
+        .map_err(|source| ProxyError::Bind { port, source })?;
+    Ok(sock)
+}
+
+/// Binds with `SO_REUSEADDR` (so a port in TIME_WAIT after a removal can be reused, as
+/// tokio does) but without `SO_REUSEPORT` (so a port someone listens on is an error).
+fn socket2_like_bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    let l = sock.listen(128)?;
+    l.into_std()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    target: SocketAddrV4,
+    limits: ForwardLimits,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "ssh accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= limits.max_conns {
+            tracing::warn!(port, %peer, max = limits.max_conns, "ssh connection refused: per-port cap reached");
+            drop(client);
+            continue;
+        }
+        conns.spawn(async move {
+            match forward(client, target, limits).await {
+                Ok((up, down)) => tracing::debug!(port, %peer, up, down, "ssh connection closed"),
+                Err(e) => tracing::info!(port, %peer, error = %e, "ssh connection ended"),
+            }
+        });
+    }
+}
+
+/// Connects to `target` and moves bytes both ways until both sides close, an error, or
+/// `limits.idle_timeout` without traffic. Returns bytes (client→target, target→client).
+pub(crate) async fn forward(
+    client: TcpStream,
+    target: SocketAddrV4,
+    limits: ForwardLimits,
+) -> std::io::Result<(u64, u64)> {
+    let upstream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(target))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let activity = Activity::new();
+    let copy = async {
+        if limits.splice {
+            match splice_bidirectional(&client, &upstream, &activity).await {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && activity.total() == 0 => {}
+                other => return other,
+            }
+            tracing::debug!("splice refused; using copy_bidirectional");
+        }
+        let (mut c, mut u) = (client, upstream);
+        let mut c2 = Counted::new(&mut c, &activity);
+        tokio::io::copy_bidirectional(&mut c2, &mut u).await
+    };
+    with_idle_timeout(copy, &activity, limits.idle_timeout).await
+}
+
+/// The last time bytes moved, and how many, shared by both directions.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn total(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+async fn with_idle_timeout<T>(
+    work: impl Future<Output = std::io::Result<T>>,
+    activity: &Activity,
+    idle: Duration,
+) -> std::io::Result<T> {
+    let watchdog = async {
+        loop {
+            let left = idle.saturating_sub(activity.idle_for());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+/// A stream wrapper that reports reads to an [`Activity`] (for the copy fallback).
+struct Counted<'a, S> {
+    inner: &'a mut S,
+    activity: &'a Activity,
+}
+
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: &'a mut S, activity: &'a Activity) -> Self {
+        Counted { inner, activity }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.touch(n);
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.activity.touch(*n);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes a pipe holds per splice call.
+const SPLICE_CHUNK: usize = 1 << 16;
+
+/// Both directions with `splice(2)`; returns (a→b, b→a) byte counts.
+async fn splice_bidirectional(
+    a: &TcpStream,
+    b: &TcpStream,
+    activity: &Activity,
+) -> std::io::Result<(u64, u64)> {
+    tokio::try_join!(
+        splice_one_way(a, b, activity),
+        splice_one_way(b, a, activity)
+    )
+}
+
+/// Moves bytes `from` → `to` through a private pipe until `from` reaches EOF, then shuts
+/// down `to`'s write side (so half-closes pass through, as with `copy_bidirectional`).
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity,
+) -> std::io::Result<u64> {
+    let (pipe_r, pipe_w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut total = 0u64;
+    loop {
+        // Socket → pipe.
+        let n = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_fd(), pipe_w.as_fd(), SPLICE_CHUNK)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            // EOF from `from`: pass the half-close on. Shutting down a `&TcpStream` needs
+            // the raw socket call; tokio only offers it on an owned or split stream.
+            let _ = nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+            return Ok(total);
+        }
+        activity.touch(n);
+        // Pipe → socket, until the pipe is empty.
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe_r.as_fd(), to.as_fd(), left)
+            }) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "peer stopped reading",
+                    ))
+                }
+                Ok(m) => {
+                    left -= m;
+                    total += m as u64;
+                    activity.touch(0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One non-blocking `splice(2)` call without offsets (both ends are a socket or a pipe).
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> std::io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call (borrowed), the
+    // offsets are null as splice requires for pipes and sockets, and no memory is passed.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

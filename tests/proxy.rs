@@ -1,0 +1,726 @@
+//! The reverse proxy and the SSH forwarder against real sockets on loopback.
+//!
+//! Not privileged: every server here (upstream, API, proxy, echo) listens on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use roost::proxy::{
+    serve_http, ForwardLimits, Forwarders, ProxyConfig, ProxyError, Route, RouteStatus, Routes,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DOMAIN: &str = "example.test";
+const MB: usize = 1 << 20;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// `n` bytes of `b'x'`, streamed in 64 KiB frames.
+fn stream_of(n: usize) -> BoxBody {
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let frames = futures::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let k = left.min(chunk.len());
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(chunk.slice(..k))),
+                left - k,
+            ))
+        }
+    });
+    StreamBody::new(frames).boxed()
+}
+
+/// The fake VM web server: echoes the request as JSON, serves `/big?n=`, echoes upgrades.
+async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<BoxBody>, hyper::Error> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    if let Some(n) = path.strip_prefix("/big?n=") {
+        let n: usize = n.parse().unwrap_or(0);
+        return Ok(Response::new(stream_of(n)));
+    }
+    if path == "/ws" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(full(""))
+            .expect("response"));
+    }
+    let method = req.method().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let mut body = req.into_body();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            len += d.len();
+        }
+    }
+    let json = serde_json::json!({"method": method, "path": path, "len": len, "headers": headers});
+    Ok(Response::builder()
+        .header("x-upstream", "yes")
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .body(full(json.to_string()))
+        .expect("response"))
+}
+
+async fn run_upstream(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(
+                    TokioIo::new(s),
+                    hyper::service::service_fn(upstream_service),
+                )
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn api_router() -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "api-healthz" }))
+        .route(
+            "/api/v1/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
+        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "api-404") })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An upstream, the proxy with a few routes, and their runtime; dropping it stops all.
+struct Harness {
+    _rt: tokio::runtime::Runtime,
+    proxy: SocketAddr,
+    upstream: SocketAddrV4,
+    routes: Routes,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn route(slug: &str, upstream: SocketAddrV4, status: RouteStatus) -> Route {
+    Route {
+        slug: slug.into(),
+        hosting_id: format!("h-{slug}"),
+        upstream: Some(upstream),
+        ssh: None,
+        status,
+    }
+}
+
+impl Harness {
+    fn start(cfg: ProxyConfig) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (proxy_l, up_l) = rt.block_on(async {
+            (
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
+        });
+        let proxy = proxy_l.local_addr().expect("addr");
+        let upstream = match up_l.local_addr().expect("addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound on 127.0.0.1"),
+        };
+        let down = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+        let routes = Routes::new(vec![
+            route("alice", upstream, RouteStatus::Live),
+            route("bob", upstream, RouteStatus::Live),
+            route("boot", upstream, RouteStatus::Booting),
+            route("off", upstream, RouteStatus::Stopped),
+            route("down", down, RouteStatus::Live),
+        ]);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(run_upstream(up_l));
+        rt.spawn(serve_http(
+            proxy_l,
+            api_router(),
+            routes.clone(),
+            cfg,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            _rt: rt,
+            proxy,
+            upstream,
+            routes,
+            stop: Some(stop),
+        }
+    }
+
+    fn default() -> Harness {
+        Harness::start(ProxyConfig::new(DOMAIN))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+fn echo_json(resp: reqwest::blocking::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), 200, "upstream answer expected");
+    assert_eq!(resp.headers()["x-upstream"], "yes");
+    resp.json().expect("json")
+}
+
+fn header<'a>(v: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    v["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|p| p[0] == name)
+        .filter_map(|p| p[1].as_str())
+        .collect()
+}
+
+/// Sends raw bytes and reads until the server closes (or 10 s pass).
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn path_route_strips_prefix_and_sets_forwarding_headers() {
+    let h = Harness::default();
+    let v = echo_json(
+        client()
+            .get(h.url("/alice/x/y?q=1&r=/bob/"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-forwarded-prefix", "/evil")
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(v["path"], "/x/y?q=1&r=/bob/");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(header(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(header(&v, "x-forwarded-prefix"), vec!["/alice"]);
+    assert_eq!(header(&v, "x-forwarded-proto"), vec!["http"]);
+    let host = h.proxy.to_string();
+    assert_eq!(header(&v, "x-forwarded-host"), vec![host.as_str()]);
+    assert_eq!(header(&v, "host"), vec![host.as_str()]);
+    assert_eq!(
+        header(&v, "forwarded"),
+        vec![format!("for=127.0.0.1;host=\"{host}\";proto=http").as_str()]
+    );
+}
+
+#[test]
+fn raw_path_is_never_decoded_for_routing() {
+    let h = Harness::default();
+    let v = echo_json(
+        client()
+            .get(h.url("/alice/..%2fbob/"))
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(v["path"], "/..%2fbob/");
+    let r = client().get(h.url("/alice%2f../")).send().expect("send");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().expect("text"), "api-404");
+}
+
+#[test]
+fn host_route_keeps_path_and_has_no_prefix() {
+    let h = Harness::default();
+    let host = format!("ALICE.{DOMAIN}:{}", h.proxy.port());
+    let v = echo_json(
+        client()
+            .get(h.url("/api/v1/anything?x"))
+            .header("host", &host)
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(v["path"], "/api/v1/anything?x");
+    assert!(header(&v, "x-forwarded-prefix").is_empty());
+    assert_eq!(header(&v, "x-forwarded-host"), vec![host.as_str()]);
+}
+
+#[test]
+fn api_requests_reach_the_router_with_the_peer() {
+    let h = Harness::default();
+    let c = client();
+    let r = c.get(h.url("/healthz")).send().expect("send");
+    assert_eq!(r.text().expect("text"), "api-healthz");
+    let r = c
+        .get(h.url("/api/v1/peer"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .send()
+        .expect("send");
+    assert_eq!(r.text().expect("text"), "127.0.0.1");
+    let r = c.get(h.url("/")).send().expect("send");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().expect("text"), "api-404");
+}
+
+#[test]
+fn slug_without_slash_redirects_with_query() {
+    let h = Harness::default();
+    let r = client().get(h.url("/alice?a=1&b")).send().expect("send");
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/alice/?a=1&b");
+}
+
+#[test]
+fn error_pages_by_state() {
+    let h = Harness::default();
+    let c = client();
+    let r = c.get(h.url("/nobody/")).send().expect("send");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().expect("text").contains("no site"));
+    let r = c
+        .get(h.url("/nobody/"))
+        .header("accept", "application/json")
+        .send()
+        .expect("send");
+    let v: serde_json::Value = r.json().expect("json");
+    assert_eq!(v["error"]["code"], "no_site");
+
+    let r = c.get(h.url("/boot/")).send().expect("send");
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let r = c.get(h.url("/off/")).send().expect("send");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_none());
+
+    let started = Instant::now();
+    let r = c.get(h.url("/down/")).send().expect("send");
+    assert_eq!(r.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_are_removed_both_ways() {
+    let h = Harness::default();
+    let out = raw(
+        h.proxy,
+        b"GET /alice/ HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: basic eA==\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").expect("head end") + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    for gone in ["x-secret", "keep-alive", "te", "proxy-authorization"] {
+        assert!(header(&v, gone).is_empty(), "{gone} reached the upstream");
+    }
+    // The upstream's `Connection: x-hop` named `X-Hop`: it must not reach the client.
+    let head = out[..out.find("\r\n\r\n").expect("head end")].to_ascii_lowercase();
+    assert!(!head.contains("x-hop"), "{head}");
+}
+
+#[test]
+fn large_upload_and_download_stream_through() {
+    let h = Harness::default();
+    let n = 50 * MB;
+    let body = reqwest::blocking::Body::new(std::io::repeat(b'u').take(n as u64));
+    let v = echo_json(
+        client()
+            .post(h.url("/alice/upload"))
+            .body(body)
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(v["len"], n);
+
+    let r = client()
+        .get(h.url(&format!("/alice/big?n={n}")))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().expect("bytes").len();
+    assert_eq!(got, n);
+}
+
+#[test]
+fn upgrade_is_tunnelled() {
+    let h = Harness::default();
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read"), 1, "closed before 101");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [
+        &b"hello"[..],
+        &[0u8, 1, 2, 255][..],
+        &vec![7u8; 100_000][..],
+    ] {
+        s.write_all(msg).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg);
+    }
+}
+
+#[test]
+fn ambiguous_framing_is_refused() {
+    let h = Harness::default();
+    // Two different Content-Length values: hyper refuses the request outright.
+    let out = raw(
+        h.proxy,
+        b"POST /alice/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Content-Length with Transfer-Encoding.
+    let out = raw(
+        h.proxy,
+        b"POST /alice/ HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /bob/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(!out.contains("smuggled"), "{out}");
+    // Transfer-Encoding that does not end in chunked.
+    let out = raw(
+        h.proxy,
+        b"POST /alice/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[test]
+fn slowloris_is_cut_off() {
+    let h = Harness::start(ProxyConfig {
+        header_read_timeout: Duration::from_millis(800),
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let request = b"GET /alice/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let mut closed = false;
+    // One byte per ~100 ms: the whole head would take ~10 s, far beyond the 0.8 s limit.
+    for b in request.iter() {
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                // hyper answers 408 before closing; what matters is that it closes.
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                closed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the slow client was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn route_swap_does_not_break_other_routes_connections() {
+    let h = Harness::default();
+    let n = 200 * MB;
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(format!("GET /bob/big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = s.read(&mut buf).expect("first bytes");
+    assert!(got > 0);
+
+    // Swap the whole table (alice gone, carol added, bob changed to a copy of itself)
+    // while bob's download is in flight, then keep reading it.
+    let diff = h.routes.replace(vec![
+        route("bob", h.upstream, RouteStatus::Live),
+        route("carol", h.upstream, RouteStatus::Live),
+    ]);
+    assert_eq!(diff.added, vec!["carol"]);
+    assert!(diff.removed.contains(&"alice".to_string()));
+    let r = client().get(h.url("/alice/")).send().expect("send");
+    assert_eq!(r.status(), 404);
+    let v = echo_json(client().get(h.url("/carol/")).send().expect("send"));
+    assert_eq!(v["path"], "/");
+
+    let mut head_end = None;
+    let mut all = buf[..got].to_vec();
+    loop {
+        if head_end.is_none() {
+            head_end = all.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        if let Some(e) = head_end {
+            let head = String::from_utf8_lossy(&all[..e]).to_ascii_lowercase();
+            let body_len = all.len() - e;
+            // The upstream streams chunked; count decoded bytes roughly by reading to the end.
+            if head.contains("transfer-encoding: chunked") && all.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+            if head.contains(&format!("content-length: {n}")) && body_len == n {
+                break;
+            }
+        }
+        let k = s.read(&mut buf).expect("download continues");
+        assert!(k > 0, "download cut after {got} bytes");
+        got += k;
+        all.extend_from_slice(&buf[..k]);
+    }
+    assert!(got > n, "got {got} of {n}");
+}
+
+// ---- SSH forwarder ----
+
+/// An echo server on loopback; returns its address. Runs until the runtime ends.
+async fn echo_server() -> SocketAddrV4 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = match l.local_addr().expect("addr") {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!("bound on 127.0.0.1"),
+    };
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn limits(splice: bool) -> ForwardLimits {
+    ForwardLimits {
+        max_conns: 2,
+        idle_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(2),
+        splice,
+    }
+}
+
+async fn roundtrip(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .expect("connect");
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(payload).await.expect("write");
+        w.shutdown().await.expect("half-close");
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(write, read);
+    n.expect("read");
+    back
+}
+
+async fn forwarder_roundtrip(splice: bool) {
+    let echo = echo_server().await;
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let port = free_port();
+    fw.ensure(port, echo, limits(splice)).await.expect("ensure");
+    fw.ensure(port, echo, limits(splice))
+        .await
+        .expect("ensure is idempotent");
+    assert_eq!(fw.ports().await, vec![(port, echo)]);
+    let payload: Vec<u8> = (0..5 * MB).map(|i| (i % 251) as u8).collect();
+    let back = roundtrip(port, &payload).await;
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "bytes differ");
+    assert!(fw.remove(port).await);
+    assert!(fw.ports().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_roundtrip_splice() {
+    forwarder_roundtrip(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_roundtrip_copy() {
+    forwarder_roundtrip(false).await;
+}
+
+/// True once the peer closed `s` (EOF or reset) within `deadline`.
+async fn closed_within(s: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+    let mut b = [0u8; 16];
+    matches!(
+        tokio::time::timeout(deadline, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn ping(s: &mut tokio::net::TcpStream) {
+    s.write_all(b"ping").await.expect("write");
+    let mut b = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&b, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_caps_connections_and_removal_closes_them() {
+    let echo = echo_server().await;
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let port = free_port();
+    fw.ensure(port, echo, limits(true)).await.expect("ensure");
+    let connect = || tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+    let mut a = connect().await.expect("a");
+    ping(&mut a).await;
+    let mut b = connect().await.expect("b");
+    ping(&mut b).await;
+    let mut c = connect().await.expect("c");
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5)).await,
+        "third connection should be closed by the cap of 2"
+    );
+    ping(&mut a).await;
+
+    assert!(fw.remove(port).await);
+    assert!(closed_within(&mut a, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut b, Duration::from_secs(5)).await);
+    assert!(connect().await.is_err(), "nothing listens after remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_closes_idle_connections() {
+    let echo = echo_server().await;
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let port = free_port();
+    for splice in [true, false] {
+        let l = ForwardLimits {
+            idle_timeout: Duration::from_millis(400),
+            ..limits(splice)
+        };
+        fw.ensure(port, echo, l).await.expect("ensure");
+        let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .expect("connect");
+        ping(&mut s).await;
+        let started = Instant::now();
+        assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_reports_port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+    match fw.ensure(port, target, ForwardLimits::default()).await {
+        Err(ProxyError::PortInUse { port: p, .. }) => assert_eq!(p, port),
+        other => panic!("expected PortInUse, got {other:?}"),
+    }
+    assert!(fw.ports().await.is_empty());
+    assert!(!roost::proxy::port_is_free(port));
+    drop(taken);
+}
+
+#[test]
+fn forwarder_outside_a_runtime_is_an_error() {
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let r = futures::executor::block_on(fw.ensure(
+        free_port(),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9),
+        ForwardLimits::default(),
+    ));
+    assert!(matches!(r, Err(ProxyError::NoRuntime(_))));
+}
