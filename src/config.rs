@@ -389,10 +389,18 @@ impl Config {
             return Err(bad("vm.disk_gib", "GiB from 1 to 2048", self.vm.disk_gib));
         }
         if !(1..=3600).contains(&self.vm.stop_timeout_secs) {
-            return Err(bad("vm.stop_timeout_secs", "seconds from 1 to 3600", self.vm.stop_timeout_secs));
+            return Err(bad(
+                "vm.stop_timeout_secs",
+                "seconds from 1 to 3600",
+                self.vm.stop_timeout_secs,
+            ));
         }
         if !(10..=3600).contains(&self.vm.boot_timeout_secs) {
-            return Err(bad("vm.boot_timeout_secs", "seconds from 10 to 3600", self.vm.boot_timeout_secs));
+            return Err(bad(
+                "vm.boot_timeout_secs",
+                "seconds from 10 to 3600",
+                self.vm.boot_timeout_secs,
+            ));
         }
         if self.vm.run_as.is_empty() {
             return Err(bad("vm.run_as", "a user name", &self.vm.run_as));

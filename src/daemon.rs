@@ -4,7 +4,6 @@
 //! Shutdown (SIGTERM, SIGINT) stops accepting, drains requests and returns. It never stops
 //! a VM: QEMU processes run in their own sessions and are adopted by the next start.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState, ReadinessState};
 use crate::auth::{jwt, Auth};
 use crate::config::Config;
+use crate::proxy;
 use crate::store::Store;
 
 /// Creates the state directory (mode 0700) if needed.
@@ -36,6 +36,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "disabled: VM networking is not managed by this build",
     ));
     let cfg = Arc::new(cfg);
+    let routes = proxy::Routes::new(Vec::new());
     let state = AppState {
         cfg: cfg.clone(),
         store,
@@ -63,13 +64,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let app = api::app(state);
-    axum::serve(
+    // One listener for the API and every site: the proxy resolves each request and hands
+    // API requests (with the peer address) to the axum router.
+    proxy::serve_http(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        routes,
+        proxy::ProxyConfig::new(cfg.domain.clone()),
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("http server")?;
+    .await;
     housekeeping.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped; VMs keep running");

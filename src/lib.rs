@@ -19,6 +19,8 @@ pub mod daemon;
 pub mod hosting;
 /// Bridge and taps over netlink and tun ioctls; IPAM; MAC addresses.
 pub mod net;
+/// Route table (pure), HTTP reverse proxy and SSH TCP forwarder.
+pub mod proxy;
 /// The only code that opens redb: tables, typed records, transactions, schema.
 pub mod store;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
