@@ -249,3 +249,42 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 }
+
+/// Rewrites a `Location` from a VM served under a path prefix, as nginx's `proxy_redirect
+/// default` does: a VM knows nothing of `/<slug>`, so its `/dir/` must become
+/// `/<slug>/dir/`. Absolute URLs on the request's own host are rewritten the same way;
+/// anything else (other hosts, relative paths, `//host`) is left alone (`None`).
+pub fn rewrite_location(location: &str, prefix: &str, host: Option<&str>) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(format!("{prefix}{location}"));
+    }
+    let host = host?;
+    let rest = location.strip_prefix("http://")?;
+    let (h, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    h.eq_ignore_ascii_case(host)
+        .then(|| format!("http://{h}{prefix}{path}"))
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::rewrite_location;
+
+    #[test]
+    fn locations() {
+        assert_eq!(rewrite_location("/dir/", "/alice", None).as_deref(), Some("/alice/dir/"));
+        assert_eq!(
+            rewrite_location("http://example.com/dir/", "/alice", Some("example.com")).as_deref(),
+            Some("http://example.com/alice/dir/")
+        );
+        assert_eq!(
+            rewrite_location("http://example.com", "/alice", Some("example.com")).as_deref(),
+            Some("http://example.com/alice/")
+        );
+        assert_eq!(rewrite_location("http://other.org/x", "/alice", Some("example.com")), None);
+        assert_eq!(rewrite_location("//evil.org/x", "/alice", Some("example.com")), None);
+        assert_eq!(rewrite_location("next.html", "/alice", Some("example.com")), None);
+    }
+}

@@ -246,6 +246,17 @@ async fn proxy(
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+    if let Some(prefix) = prefix {
+        let rewritten = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| headers::rewrite_location(l, prefix, host))
+            .and_then(|l| HeaderValue::from_str(&l).ok());
+        if let Some(l) = rewritten {
+            resp.headers_mut().insert(header::LOCATION, l);
+        }
+    }
     if switching {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
