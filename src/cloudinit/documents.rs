@@ -102,11 +102,7 @@ fn shape(name: &'static str, reason: &str) -> CloudInitError {
     }
 }
 
-fn parse_template(
-    name: &'static str,
-    text: &str,
-    known: &[&str],
-) -> Result<Value, CloudInitError> {
+fn parse_template(name: &'static str, text: &str, known: &[&str]) -> Result<Value, CloudInitError> {
     let value: Value = serde_yaml::from_str(text)
         .map_err(|source| CloudInitError::TemplateYaml { name, source })?;
     if !value.is_mapping() {
@@ -236,7 +232,10 @@ fn validate_network(input: &SeedInput) -> Result<(), CloudInitError> {
         return Err(invalid("ip", "is the gateway's address"));
     }
     if ip & !mask == 0 || ip & !mask == !mask {
-        return Err(invalid("ip", "is the subnet's network or broadcast address"));
+        return Err(invalid(
+            "ip",
+            "is the subnet's network or broadcast address",
+        ));
     }
     if input.mac[0] & 1 == 1 || input.mac == [0; 6] {
         return Err(invalid("mac", "must be a unicast address"));

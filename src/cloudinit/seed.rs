@@ -62,8 +62,7 @@ fn sync_parent(path: &Path) -> Result<(), CloudInitError> {
 
 fn write_image(tmp: &Path, seed: &Seed) -> Result<(), CloudInitError> {
     let err = io_err(tmp);
-    let payload =
-        (seed.meta_data.len() + seed.user_data.len() + seed.network_config.len()) as u64;
+    let payload = (seed.meta_data.len() + seed.user_data.len() + seed.network_config.len()) as u64;
     // Twice the payload rounded up to whole MiB leaves room for FAT overhead and clusters.
     let size = (payload * 2)
         .div_ceil(MIN_IMAGE_BYTES)

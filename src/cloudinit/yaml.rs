@@ -14,9 +14,7 @@ use serde_yaml::{Mapping, Value};
 use super::CloudInitError;
 
 /// Words YAML 1.1 resolves to booleans or null when unquoted (compared case-insensitively).
-const YAML11_WORDS: &[&str] = &[
-    "y", "n", "yes", "no", "on", "off", "true", "false", "null",
-];
+const YAML11_WORDS: &[&str] = &["y", "n", "yes", "no", "on", "off", "true", "false", "null"];
 
 /// Serialises `value` as block YAML safe for PyYAML. Tagged values are refused.
 pub fn to_cloud_yaml(value: &Value) -> Result<String, CloudInitError> {
@@ -37,7 +35,7 @@ fn err() -> CloudInitError {
 }
 
 fn pad(indent: usize, out: &mut String) {
-    out.extend(std::iter::repeat(' ').take(indent));
+    out.extend(std::iter::repeat_n(' ', indent));
 }
 
 /// Writes a block mapping at `indent`; when `inline_first`, the first key continues the
@@ -165,7 +163,8 @@ fn plain_ok(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '/');
     first_ok
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '@' | '+' | '-'))
+        && chars
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '@' | '+' | '-'))
         && !YAML11_WORDS.iter().any(|w| w.eq_ignore_ascii_case(s))
 }
 
@@ -238,7 +237,14 @@ mod tests {
             let text = round_trip(&Value::String(s.to_owned()));
             assert!(text.starts_with('"'), "{s:?} emitted as {text}");
         }
-        for s in ["/bin/bash", "alice", "nginx", "eth0", "ssh-ed25519", "a.b-c_d"] {
+        for s in [
+            "/bin/bash",
+            "alice",
+            "nginx",
+            "eth0",
+            "ssh-ed25519",
+            "a.b-c_d",
+        ] {
             let text = round_trip(&Value::String(s.to_owned()));
             assert_eq!(text, format!("{s}\n"));
         }

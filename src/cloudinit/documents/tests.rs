@@ -178,9 +178,12 @@ fn hostile_key_comment_stays_data() {
     assert_eq!(keys_of(&ud).len(), 8);
 }
 
+/// Sets one field of a [`SeedInput`].
+type Setter = fn(&mut SeedInput, &str);
+
 #[test]
 fn hostile_names_are_rejected() {
-    let cases: Vec<(&str, fn(&mut SeedInput, &str))> = vec![
+    let cases: Vec<(&str, Setter)> = vec![
         ("username", |i, v| i.username = v.into()),
         ("hostname", |i, v| i.hostname = v.into()),
         ("slug", |i, v| i.slug = v.into()),
