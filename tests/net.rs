@@ -79,7 +79,9 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         assert_eq!(b.addresses, vec![(s.gateway(), 24)]);
 
         // A link of another kind under the bridge's name is refused, not adopted.
-        ip(&["link", "add", "notabr0", "type", "veth", "peer", "name", "notabr1"]);
+        ip(&[
+            "link", "add", "notabr0", "type", "veth", "peer", "name", "notabr1",
+        ]);
         let err = rt
             .block_on(net::ensure_bridge(&h, "notabr0", s.gateway(), s.prefix()))
             .expect_err("dummy is not a bridge");
@@ -90,9 +92,11 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         let mut fds = Vec::new();
         for n in &names {
             fds.push(net::open_tap(n).expect("open tap"));
-            rt.block_on(net::attach_isolated(&h, n, first)).expect("attach");
+            rt.block_on(net::attach_isolated(&h, n, first))
+                .expect("attach");
             // Attaching twice is harmless.
-            rt.block_on(net::attach_isolated(&h, n, first)).expect("attach again");
+            rt.block_on(net::attach_isolated(&h, n, first))
+                .expect("attach again");
             let shown = ip(&["-d", "link", "show", "dev", n]);
             assert!(shown.contains("isolated on"), "{shown}");
             assert!(shown.contains(&format!("master {BRIDGE}")), "{shown}");
@@ -105,7 +109,10 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
             assert!(l.isolated && l.up, "{l:?}");
             assert_eq!(l.kind.as_deref(), Some("tun"), "{l:?}");
         }
-        let bridge = links.iter().find(|l| l.name == BRIDGE).expect("bridge listed");
+        let bridge = links
+            .iter()
+            .find(|l| l.name == BRIDGE)
+            .expect("bridge listed");
         assert!(!net::is_roost_tap(&bridge.name));
 
         // A tap held by someone (QEMU, later) cannot be opened a second time.
@@ -113,8 +120,12 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         assert!(matches!(busy, NetError::Tun { .. }), "{busy}");
 
         // Deleting is idempotent, also while the fd is still open.
-        assert!(rt.block_on(net::delete_link(&h, &names[0])).expect("delete"));
-        assert!(!rt.block_on(net::delete_link(&h, &names[0])).expect("delete again"));
+        assert!(rt
+            .block_on(net::delete_link(&h, &names[0]))
+            .expect("delete"));
+        assert!(!rt
+            .block_on(net::delete_link(&h, &names[0]))
+            .expect("delete again"));
 
         // Taps are not persistent: closing the last fd removes the other one.
         drop(fds);
@@ -123,7 +134,9 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
             (!links.iter().any(|l| net::is_roost_tap(&l.name))).then_some(())
         });
 
-        assert!(rt.block_on(net::delete_link(&h, BRIDGE)).expect("delete bridge"));
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
         assert!(rt
             .block_on(net::find_link(&h, BRIDGE))
             .expect("find")
@@ -194,7 +207,13 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(rt: &tokio::runtime::Runtime, h: &net::Handle, id: &str, ip: Ipv4Addr, bridge: u32) -> Peer {
+    fn new(
+        rt: &tokio::runtime::Runtime,
+        h: &net::Handle,
+        id: &str,
+        ip: Ipv4Addr,
+        bridge: u32,
+    ) -> Peer {
         let port = net::tap_name(id.as_bytes());
         let mac = net::mac_for(id.as_bytes());
         let (ns, ns_fd) = ChildNs::new();
@@ -204,8 +223,13 @@ impl Peer {
             .block_on(net::find_link(h, &peer))
             .expect("find peer")
             .expect("peer exists");
-        rt.block_on(h.link().set(peer_link.ifindex).setns_by_fd(ns_fd.as_raw_fd()).execute())
-            .expect("move peer into child namespace");
+        rt.block_on(
+            h.link()
+                .set(peer_link.ifindex)
+                .setns_by_fd(ns_fd.as_raw_fd())
+                .execute(),
+        )
+        .expect("move peer into child namespace");
         let (mac_s, cidr) = (mac.to_string(), format!("{ip}/24"));
         ns.run(move || {
             self::ip(&["link", "set", "lo", "up"]);
@@ -261,7 +285,8 @@ fn isolated_ports_and_firewall_with_real_traffic() {
 
         let a = Peer::new(&rt, &h, "vm-a", Ipv4Addr::new(10, 88, 0, 2), br);
         let b = Peer::new(&rt, &h, "vm-b", Ipv4Addr::new(10, 88, 0, 3), br);
-        let b_listener = b.ns.run(|| TcpListener::bind("10.88.0.3:8080").expect("listen in b"));
+        let b_listener =
+            b.ns.run(|| TcpListener::bind("10.88.0.3:8080").expect("listen in b"));
         let to_b: SocketAddr = b_listener.local_addr().expect("addr");
         let shown = ip(&["-d", "link", "show", "dev", &a.port]);
         assert!(shown.contains("isolated on"), "{shown}");
@@ -271,20 +296,66 @@ fn isolated_ports_and_firewall_with_real_traffic() {
             common::poll("peer to reach the gateway", Duration::from_secs(10), || {
                 p.connects(to_allowed, Duration::from_secs(1)).then_some(())
             });
-            assert!(p.connects(to_closed, NO), "no firewall yet: every host port is open");
+            assert!(
+                p.connects(to_closed, NO),
+                "no firewall yet: every host port is open"
+            );
         }
-        assert!(!a.connects(to_b, NO), "isolated ports must not reach each other");
+        assert!(
+            !a.connects(to_b, NO),
+            "isolated ports must not reach each other"
+        );
 
         // Control: without isolation a does reach b, so the check above is meaningful.
-        ip(&["link", "set", "dev", &a.port, "type", "bridge_slave", "isolated", "off"]);
-        ip(&["link", "set", "dev", &b.port, "type", "bridge_slave", "isolated", "off"]);
-        common::poll("a to reach b without isolation", Duration::from_secs(10), || {
-            a.connects(to_b, Duration::from_secs(1)).then_some(())
-        });
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &a.port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "off",
+        ]);
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &b.port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "off",
+        ]);
+        common::poll(
+            "a to reach b without isolation",
+            Duration::from_secs(10),
+            || a.connects(to_b, Duration::from_secs(1)).then_some(()),
+        );
         for p in [&a, &b] {
-            rt.block_on(net::attach_isolated(&h, &p.port, br)).expect("re-isolate");
+            rt.block_on(net::attach_isolated(&h, &p.port, br))
+                .expect("re-isolate");
         }
         assert!(!a.connects(to_b, NO), "isolation restored");
+
+        // Port isolation is L2 only: with forwarding on (as on many hosts) and routes via the
+        // gateway, the host would route a's packets back out of the bridge to b.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
+        for conf in ["all", BRIDGE] {
+            // Redirects would tell a to go direct, which isolation blocks; keep routing via the host.
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects"),
+                "0",
+            )
+            .expect("send_redirects");
+        }
+        a.ip(&["route", "add", "10.88.0.3/32", "via", "10.88.0.1"]);
+        b.ip(&["route", "add", "10.88.0.2/32", "via", "10.88.0.1"]);
+        common::poll(
+            "a to reach b through the host's routing",
+            Duration::from_secs(10),
+            || a.connects(to_b, Duration::from_secs(1)).then_some(()),
+        );
 
         // With the firewall: only the listed gateway port, only from the right MAC and IP.
         let mut plan = net::FirewallPlan::new(BRIDGE, s);
@@ -297,28 +368,52 @@ fn isolated_ports_and_firewall_with_real_traffic() {
                 ip: p.ip,
             })
             .collect();
-        rt.block_on(net::apply_firewall(&plan)).expect("apply firewall");
-        rt.block_on(net::apply_firewall(&plan)).expect("re-apply firewall");
+        rt.block_on(net::apply_firewall(&plan))
+            .expect("apply firewall");
+        rt.block_on(net::apply_firewall(&plan))
+            .expect("re-apply firewall");
         assert!(a.connects(to_allowed, Duration::from_secs(3)));
         assert!(b.connects(to_allowed, Duration::from_secs(3)));
-        assert!(!a.connects(to_closed, NO), "unlisted host port must be closed to VMs");
-        assert!(!a.connects(to_b, NO));
+        assert!(
+            !a.connects(to_closed, NO),
+            "unlisted host port must be closed to VMs"
+        );
+        assert!(
+            !a.connects(to_b, NO),
+            "routing through the host must not bypass isolation"
+        );
 
         // IP spoofing: a sends from an address that is not its own.
         a.ip(&["addr", "add", "10.88.0.50/32", "dev", "eth0"]);
-        a.ip(&["route", "add", "10.88.0.1/32", "dev", "eth0", "src", "10.88.0.50"]);
-        assert!(!a.connects(to_allowed, NO), "spoofed source IP must be dropped");
+        a.ip(&[
+            "route",
+            "add",
+            "10.88.0.1/32",
+            "dev",
+            "eth0",
+            "src",
+            "10.88.0.50",
+        ]);
+        assert!(
+            !a.connects(to_allowed, NO),
+            "spoofed source IP must be dropped"
+        );
         a.ip(&["route", "del", "10.88.0.1/32"]);
-        assert!(a.connects(to_allowed, Duration::from_secs(3)), "own address works again");
+        assert!(
+            a.connects(to_allowed, Duration::from_secs(3)),
+            "own address works again"
+        );
 
         // MAC spoofing: a sends with a MAC that is not its own.
         let mac = a.mac.to_string();
         a.ip(&["link", "set", "eth0", "address", "52:54:00:99:99:99"]);
         assert!(!a.connects(to_allowed, NO), "spoofed MAC must be dropped");
         a.ns.run(move || ip(&["link", "set", "eth0", "address", &mac]));
-        common::poll("a to reach the gateway with its own MAC", Duration::from_secs(10), || {
-            a.connects(to_allowed, Duration::from_secs(1)).then_some(())
-        });
+        common::poll(
+            "a to reach the gateway with its own MAC",
+            Duration::from_secs(10),
+            || a.connects(to_allowed, Duration::from_secs(1)).then_some(()),
+        );
 
         // Byte counters for the admin view move with traffic.
         let links = rt.block_on(net::list_links(&h)).expect("list links");
@@ -326,20 +421,29 @@ fn isolated_ports_and_firewall_with_real_traffic() {
         assert!(la.rx_bytes > 0 && la.tx_bytes > 0, "{la:?}");
         assert_eq!((la.master, la.isolated), (Some(br), true), "{la:?}");
 
-        rt.block_on(net::remove_firewall()).expect("remove firewall");
-        rt.block_on(net::remove_firewall()).expect("remove firewall again");
-        let tables = Command::new("nft").args(["list", "tables"]).output().expect("nft");
+        rt.block_on(net::remove_firewall())
+            .expect("remove firewall");
+        rt.block_on(net::remove_firewall())
+            .expect("remove firewall again");
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
         assert!(!String::from_utf8_lossy(&tables.stdout).contains("roost"));
 
         // Deleting one end of a veth removes the pair; the namespaces end on drop.
         for p in [&a, &b] {
-            assert!(rt.block_on(net::delete_link(&h, &p.port)).expect("delete veth"));
+            assert!(rt
+                .block_on(net::delete_link(&h, &p.port))
+                .expect("delete veth"));
         }
         drop((a, b, b_listener));
         common::poll("veths to vanish", Duration::from_secs(5), || {
             let links = rt.block_on(net::list_links(&h)).expect("list links");
             (!links.iter().any(|l| net::is_roost_tap(&l.name))).then_some(())
         });
-        assert!(rt.block_on(net::delete_link(&h, BRIDGE)).expect("delete bridge"));
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
     });
 }

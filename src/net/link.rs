@@ -4,6 +4,8 @@
 //! [`LinkInfo`] values so the orphan reaper and the admin byte counters never see netlink
 //! types.
 
+use std::collections::BTreeSet;
+
 use futures::TryStreamExt;
 use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::link::{
@@ -14,6 +16,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 use tracing::info;
 
+use super::ident::is_roost_tap;
 use super::{is_errno, valid_ifname, NetError};
 
 /// What roost needs to know about one network interface.
@@ -159,6 +162,20 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetError> 
     }
 }
 
+/// The roost taps in `links` that no hosting claims: what the orphan reaper should delete.
+///
+/// Only names [`is_roost_tap`] recognises are candidates, so links roost did not create
+/// are never touched, whatever `claimed` holds.
+pub fn orphan_taps<'a>(
+    links: &'a [LinkInfo],
+    claimed: &BTreeSet<String>,
+) -> impl Iterator<Item = &'a LinkInfo> + 'a {
+    let claimed = claimed.clone();
+    links
+        .iter()
+        .filter(move |l| is_roost_tap(&l.name) && !claimed.contains(&l.name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +235,32 @@ mod tests {
                 )])),
             ])]
         );
+    }
+
+    #[test]
+    fn orphans_are_unclaimed_roost_taps_only() {
+        let link = |name: &str| LinkInfo {
+            name: name.into(),
+            ifindex: 1,
+            master: None,
+            isolated: false,
+            kind: None,
+            up: true,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        };
+        let (mine, gone) = (crate::net::tap_name(b"a"), crate::net::tap_name(b"b"));
+        let links = [
+            link("lo"),
+            link("roost0"),
+            link("tap0"),
+            link(&mine),
+            link(&gone),
+        ];
+        let claimed: BTreeSet<String> = [mine.clone(), "tap0".to_owned()].into();
+        let orphans: Vec<&str> = orphan_taps(&links, &claimed)
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(orphans, vec![gone.as_str()]);
     }
 }

@@ -22,7 +22,7 @@ pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
 pub use ident::{is_roost_tap, mac_for, tap_name, MacAddr};
 pub use ipam::{lowest_free, Ipv4Net};
-pub use link::{attach_isolated, delete_link, find_link, list_links, LinkInfo};
+pub use link::{attach_isolated, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
 
 /// A netlink handle, re-exported so callers need not depend on `rtnetlink` themselves.
