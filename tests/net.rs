@@ -447,3 +447,111 @@ fn isolated_ports_and_firewall_with_real_traffic() {
             .expect("delete bridge"));
     });
 }
+
+/// Kills and reaps a spawned process on drop, so a failing test leaves no QEMU behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The integration the daemon needs: open the tap, hand the fd to QEMU as `fd=3`, close
+/// ours. The tap then lives exactly as long as QEMU (a daemon restart keeps it).
+#[test]
+fn qemu_holds_the_tap_fd_and_the_tap_dies_with_it() {
+    if !common::privileged("net::qemu_holds_the_tap_fd_and_the_tap_dies_with_it") {
+        return;
+    }
+    common::in_netns(|| {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::net::UnixStream;
+        use std::os::unix::process::CommandExt;
+
+        let rt = runtime();
+        let h = {
+            let _enter = rt.enter();
+            net::netlink().expect("netlink")
+        };
+        let s = subnet();
+        let br = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("bridge");
+        let name = net::tap_name(b"qemu-vm");
+        let mac = net::mac_for(b"qemu-vm");
+        let fd = net::open_tap(&name).expect("open tap");
+        rt.block_on(net::attach_isolated(&h, &name, br))
+            .expect("attach");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let qmp = dir.path().join("qmp.sock");
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "q35",
+            "-accel",
+            "tcg",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+        .stdout(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself keeps FD_CLOEXEC, so clear it explicitly in that case.
+                let r = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut qemu = Reaped(cmd.spawn().expect("spawn qemu"));
+        // The daemon closes its copy right after spawning.
+        drop(fd);
+
+        // QEMU sends the QMP greeting from its main loop, i.e. after the netdev is set up.
+        let greeting = common::poll("QMP greeting", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = qemu.0.try_wait() {
+                panic!("qemu exited early: {status}");
+            }
+            let stream = UnixStream::connect(&qmp).ok()?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).ok()?;
+            Some(line)
+        });
+        assert!(greeting.contains("QMP"), "{greeting}");
+
+        let tap = rt
+            .block_on(net::find_link(&h, &name))
+            .expect("find")
+            .expect("tap lives while QEMU holds the fd");
+        assert!(tap.isolated && tap.master == Some(br), "{tap:?}");
+        let shown = ip(&["-d", "link", "show", "dev", &name]);
+        assert!(shown.contains("vnet_hdr"), "{shown}");
+
+        drop(qemu);
+        common::poll("tap to die with QEMU", Duration::from_secs(5), || {
+            rt.block_on(net::find_link(&h, &name))
+                .expect("find")
+                .is_none()
+                .then_some(())
+        });
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
+    });
+}
