@@ -69,6 +69,7 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         // A bridge that lost its address and went down is repaired in place.
         ip(&["addr", "flush", "dev", BRIDGE]);
         ip(&["link", "set", BRIDGE, "down"]);
+        ip(&["link", "set", BRIDGE, "address", "02:00:00:00:00:01"]);
         let repaired = rt
             .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
             .expect("repair bridge");
@@ -77,6 +78,7 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         let b = b.expect("bridge exists");
         assert!(b.up);
         assert_eq!(b.addresses, vec![(s.gateway(), 24)]);
+        assert_eq!(b.mac, Some(net::bridge::bridge_mac(BRIDGE)));
 
         // A link of another kind under the bridge's name is refused, not adopted.
         ip(&[
@@ -114,6 +116,8 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
             .find(|l| l.name == BRIDGE)
             .expect("bridge listed");
         assert!(!net::is_roost_tap(&bridge.name));
+        // Ports joining do not change the gateway's MAC (VMs' ARP caches stay valid).
+        assert_eq!(bridge.mac, Some(net::bridge::bridge_mac(BRIDGE)));
 
         // A tap held by someone (QEMU, later) cannot be opened a second time.
         let busy = net::open_tap(&names[0]).expect_err("tap is held");

@@ -3,6 +3,10 @@
 //! The bridge carries the gateway address; VMs' taps are isolated ports of it. Ensuring is
 //! idempotent: an existing bridge is adopted, a missing address is added, a down bridge is
 //! brought up. Addresses roost did not put there are left alone.
+//!
+//! The bridge gets a fixed MAC derived from its name. Without one, Linux gives a bridge the
+//! lowest MAC among its ports, so it would change as taps come and go and leave every VM
+//! with a stale ARP entry for its gateway.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -11,6 +15,7 @@ use netlink_packet_route::address::AddressAttribute;
 use rtnetlink::Handle;
 use tracing::info;
 
+use super::ident::{mac_for, MacAddr};
 use super::link::{find_link, LinkInfo};
 use super::{is_errno, valid_ifname, NetError};
 
@@ -21,6 +26,7 @@ pub struct ObservedBridge {
     /// `IFLA_INFO_KIND` of the link with the bridge's name.
     pub kind: Option<String>,
     pub up: bool,
+    pub mac: Option<MacAddr>,
     /// IPv4 addresses with their prefix lengths.
     pub addresses: Vec<(Ipv4Addr, u8)>,
 }
@@ -28,8 +34,18 @@ pub struct ObservedBridge {
 /// One change to make the bridge match the desired state, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BridgeStep {
-    Create,
-    AddAddress { address: Ipv4Addr, prefix: u8 },
+    /// Create the bridge with this MAC.
+    Create {
+        mac: MacAddr,
+    },
+    /// Pin the MAC of an adopted bridge.
+    SetMac {
+        mac: MacAddr,
+    },
+    AddAddress {
+        address: Ipv4Addr,
+        prefix: u8,
+    },
     SetUp,
 }
 
@@ -51,13 +67,17 @@ impl BridgePlan {
             address: gateway,
             prefix,
         };
+        let mac = bridge_mac(name);
         let steps = match observed {
-            None => vec![BridgeStep::Create, add, BridgeStep::SetUp],
+            None => vec![BridgeStep::Create { mac }, add, BridgeStep::SetUp],
             Some(b) if b.kind.as_deref() != Some("bridge") => {
                 return Err(NetError::NotABridge(name.to_owned()))
             }
             Some(b) => {
                 let mut steps = Vec::new();
+                if b.mac != Some(mac) {
+                    steps.push(BridgeStep::SetMac { mac });
+                }
                 if !b.addresses.contains(&(gateway, prefix)) {
                     steps.push(add);
                 }
@@ -71,13 +91,22 @@ impl BridgePlan {
     }
 }
 
+/// The bridge's fixed MAC: locally administered, derived from its name.
+pub fn bridge_mac(name: &str) -> MacAddr {
+    mac_for(format!("bridge:{name}").as_bytes())
+}
+
 /// Reads the bridge's current state; `None` when no link has that name.
 pub async fn observe_bridge(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<ObservedBridge>, NetError> {
     let Some(LinkInfo {
-        ifindex, kind, up, ..
+        ifindex,
+        kind,
+        up,
+        mac,
+        ..
     }) = find_link(handle, name).await?
     else {
         return Ok(None);
@@ -100,6 +129,7 @@ pub async fn observe_bridge(
         ifindex,
         kind,
         up,
+        mac,
         addresses,
     }))
 }
@@ -120,8 +150,9 @@ pub async fn ensure_bridge(
     let mut ifindex = observed.map(|b| b.ifindex);
     for step in &plan.steps {
         match step {
-            BridgeStep::Create => {
-                match handle.link().add().bridge(name.to_owned()).execute().await {
+            BridgeStep::Create { mac } => {
+                let add = handle.link().add().bridge(name.to_owned());
+                match add.address(mac.octets().to_vec()).execute().await {
                     Ok(()) => info!(bridge = name, "bridge created"),
                     // Created concurrently by someone else: adopt it.
                     Err(e) if is_errno(&e, libc::EEXIST) => {}
@@ -131,6 +162,12 @@ pub async fn ensure_bridge(
                     .await?
                     .ok_or_else(|| NetError::LinkNotFound(name.to_owned()))?;
                 ifindex = Some(link.ifindex);
+            }
+            BridgeStep::SetMac { mac } => {
+                let index = ifindex.ok_or_else(|| NetError::LinkNotFound(name.to_owned()))?;
+                let set = handle.link().set(index);
+                set.address(mac.octets().to_vec()).execute().await?;
+                info!(bridge = name, %mac, "bridge MAC pinned");
             }
             BridgeStep::AddAddress { address, prefix } => {
                 let index = ifindex.ok_or_else(|| NetError::LinkNotFound(name.to_owned()))?;
@@ -166,6 +203,7 @@ mod tests {
             ifindex: 4,
             kind: Some("bridge".into()),
             up,
+            mac: Some(bridge_mac("roost0")),
             addresses: addresses.to_vec(),
         }
     }
@@ -177,11 +215,14 @@ mod tests {
             prefix: 24,
         };
         let other = (Ipv4Addr::new(192, 0, 2, 1), 24);
+        let mac = bridge_mac("roost0");
+        let mut drifted = bridge(true, &[(GW, 24)]);
+        drifted.mac = Some(MacAddr([0x02, 0, 0, 0, 0, 1]));
         let cases: Vec<(&str, Option<ObservedBridge>, Vec<BridgeStep>)> = vec![
             (
                 "missing",
                 None,
-                vec![BridgeStep::Create, add.clone(), BridgeStep::SetUp],
+                vec![BridgeStep::Create { mac }, add.clone(), BridgeStep::SetUp],
             ),
             ("complete", Some(bridge(true, &[(GW, 24)])), vec![]),
             (
@@ -220,5 +261,13 @@ mod tests {
         assert_eq!(err.to_string(), "link roost0 exists and is not a bridge");
         b.kind = None;
         assert!(BridgePlan::new("roost0", GW, 24, Some(&b)).is_err());
+    }
+
+    #[test]
+    fn bridge_mac_is_stable_local_unicast() {
+        let m = bridge_mac("roost0");
+        assert_eq!(m, bridge_mac("roost0"));
+        assert_ne!(m, bridge_mac("roost1"));
+        assert!(m.is_local() && m.is_unicast());
     }
 }

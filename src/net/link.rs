@@ -16,7 +16,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 use tracing::info;
 
-use super::ident::is_roost_tap;
+use super::ident::{is_roost_tap, MacAddr};
 use super::{is_errno, valid_ifname, NetError};
 
 /// What roost needs to know about one network interface.
@@ -32,6 +32,8 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// The link's own hardware address, when it is an Ethernet one.
+    pub mac: Option<MacAddr>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
 }
@@ -46,12 +48,16 @@ impl LinkInfo {
             isolated: false,
             kind: None,
             up: msg.header.flags.contains(&LinkFlag::Up),
+            mac: None,
             rx_bytes: 0,
             tx_bytes: 0,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::Address(a) => {
+                    info.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr)
+                }
                 LinkAttribute::Controller(m) if *m != 0 => info.master = Some(*m),
                 LinkAttribute::Stats64(s) => {
                     info.rx_bytes = s.rx_bytes;
@@ -190,6 +196,8 @@ mod tests {
         msg.attributes
             .push(LinkAttribute::IfName("rtabcdefghijklm".into()));
         msg.attributes.push(LinkAttribute::Controller(3));
+        msg.attributes
+            .push(LinkAttribute::Address(vec![0x52, 0x54, 0, 0, 0, 9]));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             NlLinkInfo::Kind(InfoKind::Tun),
             NlLinkInfo::PortKind(InfoPortKind::Bridge),
@@ -208,6 +216,7 @@ mod tests {
                 isolated: true,
                 kind: Some("tun".into()),
                 up: true,
+                mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, 9])),
                 rx_bytes: 0,
                 tx_bytes: 0,
             }
@@ -246,6 +255,7 @@ mod tests {
             isolated: false,
             kind: None,
             up: true,
+            mac: None,
             rx_bytes: 0,
             tx_bytes: 0,
         };
