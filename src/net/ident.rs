@@ -1,11 +1,12 @@
 //! Stable per-hosting identities on the wire, pure: MAC addresses and tap names.
 //!
-//! Both are derived from the hosting's id bytes with SHA-256, so the same hosting gets the
-//! same MAC and tap name after a daemon restart. `store` still reserves them by unique key:
+//! Both are derived from the hosting's id bytes with SHA-256 (or, for the MAC, from its
+//! reserved IP), so the same hosting gets the same MAC and tap name after a daemon restart. `store` still reserves them by unique key:
 //! a (very unlikely) hash collision shows as a reservation conflict, never as two VMs
 //! sharing a name.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
@@ -88,11 +89,21 @@ impl From<MacAddr> for String {
 
 /// The MAC address for a hosting: `52:54` (QEMU's locally administered unicast prefix,
 /// recognisable in `ip neigh`) followed by 32 bits of SHA-256 of `id_bytes`.
+///
+/// 32 bits collide with even odds near 77,000 hostings; where the store keys MACs uniquely,
+/// [`mac_for_ip`] cannot collide at all.
 pub fn mac_for(id_bytes: &[u8]) -> MacAddr {
     let h = Sha256::new_with_prefix(b"roost-mac\0")
         .chain_update(id_bytes)
         .finalize();
     MacAddr([0x52, 0x54, h[0], h[1], h[2], h[3]])
+}
+
+/// The MAC address for a VM's reserved IPv4 address: `52:54` followed by its four octets.
+/// Unique whenever the addresses are, and stable as long as the reservation is.
+pub fn mac_for_ip(ip: Ipv4Addr) -> MacAddr {
+    let [a, b, c, d] = ip.octets();
+    MacAddr([0x52, 0x54, a, b, c, d])
 }
 
 /// The tap name for a hosting: `rt` + 13 base32 characters of SHA-256 of `id_bytes`
@@ -142,6 +153,14 @@ mod tests {
             assert!(m.is_local() && m.is_unicast());
             assert!(seen.insert(m), "collision at {i}");
         }
+    }
+
+    #[test]
+    fn mac_for_ip_embeds_the_address() {
+        let m = mac_for_ip(Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(m.to_string(), "52:54:0a:58:00:02");
+        assert!(m.is_local() && m.is_unicast());
+        assert_ne!(m, mac_for_ip(Ipv4Addr::new(10, 88, 0, 3)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod tap;
 
 pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
-pub use ident::{is_roost_tap, mac_for, tap_name, MacAddr};
+pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, MacAddr};
 pub use ipam::{lowest_free, Ipv4Net};
 pub use link::{attach_isolated, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
@@ -90,7 +90,7 @@ pub fn valid_ifname(name: &str) -> bool {
 
 /// True when a netlink error carries the given errno (e.g. `libc::ENODEV`).
 pub(crate) fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
 }
 
 #[cfg(test)]
