@@ -1,1 +1,109 @@
-//! Placeholder: filled in by the net work.
+//! Networking for VMs: the bridge, one isolated tap per VM, IPAM, MAC addresses and the firewall.
+//!
+//! This is the only module that touches netlink, `/dev/net/tun` or nftables. It knows nothing
+//! about users, hostings or HTTP: callers pass names, addresses and ids as plain values.
+//!
+//! Layout, pure core first:
+//! - [`ipam`]: subnets and the lowest free address (pure).
+//! - [`ident`]: stable MAC addresses and tap names derived from an id (pure).
+//! - [`firewall`]: the nftables ruleset as data and text (pure), applied with `nft -f -`.
+//! - [`bridge`]: the bridge's desired state as a [`bridge::BridgePlan`], applied over netlink.
+//! - [`tap`]: opening a tap through `/dev/net/tun` (an fd for QEMU).
+//! - [`link`]: enslaving a port with isolation, deleting and listing links over netlink.
+
+pub mod bridge;
+pub mod firewall;
+pub mod ident;
+pub mod ipam;
+pub mod link;
+pub mod tap;
+
+pub use bridge::{ensure_bridge, BridgePlan};
+pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
+pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, MacAddr};
+pub use ipam::{lowest_free, Ipv4Net};
+pub use link::{attach_isolated, delete_link, find_link, list_links, orphan_taps, LinkInfo};
+pub use tap::open_tap;
+
+/// A netlink handle, re-exported so callers need not depend on `rtnetlink` themselves.
+pub use rtnetlink::Handle;
+
+/// Errors of the `net` module. Messages are short; the cause is in `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A subnet string that does not parse, or a subnet too small to hold a VM.
+    #[error("invalid subnet {input:?}: {reason}")]
+    InvalidSubnet { input: String, reason: &'static str },
+    /// Every host address of the subnet is in use.
+    #[error("address pool {0} is exhausted")]
+    PoolExhausted(Ipv4Net),
+    /// An interface name the kernel would reject (empty, too long, bad characters).
+    #[error("invalid interface name {0:?}")]
+    InvalidName(String),
+    /// A link with the bridge's name exists but is not a bridge.
+    #[error("link {0} exists and is not a bridge")]
+    NotABridge(String),
+    /// A link that must exist does not.
+    #[error("link {0} not found")]
+    LinkNotFound(String),
+    /// Opening the netlink socket failed.
+    #[error("netlink socket")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused a netlink request.
+    #[error("netlink request failed")]
+    Netlink(#[from] rtnetlink::Error),
+    /// A tun/tap open or ioctl failed.
+    #[error("tap {name}: {op}")]
+    Tun {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    /// Running `nft` failed to start or to finish.
+    #[error("running nft")]
+    FirewallIo(#[source] std::io::Error),
+    /// `nft` rejected the ruleset; the payload is its stderr.
+    #[error("nft rejected the ruleset: {0}")]
+    FirewallRejected(String),
+}
+
+/// Opens a netlink connection in the calling thread's network namespace and spawns its
+/// driver on the current tokio runtime. Call it from inside a runtime.
+pub fn netlink() -> Result<Handle, NetError> {
+    let (conn, handle, _messages) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Checks an interface name the way the kernel does (`dev_valid_name`): 1..=15 bytes,
+/// not `.` or `..`, no `/`, `:` or whitespace.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// True when a netlink error carries the given errno (e.g. `libc::ENODEV`).
+pub(crate) fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        for ok in ["roost0", "rtabcdefghijklm", "a", "br-x_1"] {
+            assert!(valid_ifname(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+            assert!(!valid_ifname(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! Privileged tests of `roost::net` against the real kernel, each in a private network
+//! namespace: the bridge, taps, isolated ports, and the nftables firewall with real traffic.
+mod common;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use roost::net::{self, bridge::observe_bridge, Ipv4Net, NetError};
+
+const BRIDGE: &str = "roostt0";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn subnet() -> Ipv4Net {
+    "10.88.0.0/24".parse().expect("subnet")
+}
+
+/// Runs `ip ARGS` in the calling thread's namespace and returns stdout; panics on failure.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bridge_is_idempotent_and_taps_are_isolated_ports() {
+    if !common::privileged("net::bridge_is_idempotent_and_taps_are_isolated_ports") {
+        return;
+    }
+    common::in_netns(|| {
+        let rt = runtime();
+        let h = {
+            let _enter = rt.enter();
+            net::netlink().expect("netlink")
+        };
+        let s = subnet();
+
+        // Create, then adopt: same ifindex, address present, up.
+        let first = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("create bridge");
+        let again = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("adopt bridge");
+        assert_eq!(first, again);
+        let b = rt
+            .block_on(observe_bridge(&h, BRIDGE))
+            .expect("observe")
+            .expect("bridge exists");
+        assert_eq!(b.kind.as_deref(), Some("bridge"));
+        assert!(b.up);
+        assert_eq!(b.addresses, vec![(s.gateway(), 24)]);
+        assert!(ip(&["-4", "addr", "show", "dev", BRIDGE]).contains("inet 10.88.0.1/24"));
+
+        // A bridge that lost its address and went down is repaired in place.
+        ip(&["addr", "flush", "dev", BRIDGE]);
+        ip(&["link", "set", BRIDGE, "down"]);
+        ip(&["link", "set", BRIDGE, "address", "02:00:00:00:00:01"]);
+        let repaired = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("repair bridge");
+        assert_eq!(repaired, first);
+        let b = rt.block_on(observe_bridge(&h, BRIDGE)).expect("observe");
+        let b = b.expect("bridge exists");
+        assert!(b.up);
+        assert_eq!(b.addresses, vec![(s.gateway(), 24)]);
+        assert_eq!(b.mac, Some(net::bridge::bridge_mac(BRIDGE)));
+
+        // A link of another kind under the bridge's name is refused, not adopted.
+        ip(&[
+            "link", "add", "notabr0", "type", "veth", "peer", "name", "notabr1",
+        ]);
+        let err = rt
+            .block_on(net::ensure_bridge(&h, "notabr0", s.gateway(), s.prefix()))
+            .expect_err("dummy is not a bridge");
+        assert!(matches!(err, NetError::NotABridge(_)), "{err}");
+
+        // Two taps, attached as isolated ports.
+        let names = [net::tap_name(b"tap-a"), net::tap_name(b"tap-b")];
+        let mut fds = Vec::new();
+        for n in &names {
+            fds.push(net::open_tap(n).expect("open tap"));
+            rt.block_on(net::attach_isolated(&h, n, first))
+                .expect("attach");
+            // Attaching twice is harmless.
+            rt.block_on(net::attach_isolated(&h, n, first))
+                .expect("attach again");
+            let shown = ip(&["-d", "link", "show", "dev", n]);
+            assert!(shown.contains("isolated on"), "{shown}");
+            assert!(shown.contains(&format!("master {BRIDGE}")), "{shown}");
+            assert!(shown.contains("tun type tap"), "{shown}");
+        }
+        let links = rt.block_on(net::list_links(&h)).expect("list links");
+        for n in &names {
+            let l = links.iter().find(|l| &l.name == n).expect("tap listed");
+            assert_eq!(l.master, Some(first), "{l:?}");
+            assert!(l.isolated && l.up, "{l:?}");
+            assert_eq!(l.kind.as_deref(), Some("tun"), "{l:?}");
+        }
+        let bridge = links
+            .iter()
+            .find(|l| l.name == BRIDGE)
+            .expect("bridge listed");
+        assert!(!net::is_roost_tap(&bridge.name));
+        // Ports joining do not change the gateway's MAC (VMs' ARP caches stay valid).
+        assert_eq!(bridge.mac, Some(net::bridge::bridge_mac(BRIDGE)));
+
+        // A tap held by someone (QEMU, later) cannot be opened a second time.
+        let busy = net::open_tap(&names[0]).expect_err("tap is held");
+        assert!(matches!(busy, NetError::Tun { .. }), "{busy}");
+
+        // Deleting is idempotent, also while the fd is still open.
+        assert!(rt
+            .block_on(net::delete_link(&h, &names[0]))
+            .expect("delete"));
+        assert!(!rt
+            .block_on(net::delete_link(&h, &names[0]))
+            .expect("delete again"));
+
+        // Taps are not persistent: closing the last fd removes the other one.
+        drop(fds);
+        common::poll("taps to vanish", Duration::from_secs(5), || {
+            let links = rt.block_on(net::list_links(&h)).expect("list links");
+            (!links.iter().any(|l| net::is_roost_tap(&l.name))).then_some(())
+        });
+
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
+        assert!(rt
+            .block_on(net::find_link(&h, BRIDGE))
+            .expect("find")
+            .is_none());
+    });
+}
+
+/// A thread in its own network namespace (nested in the test's), standing in for a VM.
+/// Closures sent to it run there; the namespace vanishes when the thread ends on drop.
+struct ChildNs {
+    jobs: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ChildNs {
+    /// Returns the namespace and an fd naming it (for moving a link into it).
+    fn new() -> (ChildNs, File) {
+        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (ns_tx, ns_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            ns_tx
+                .send(File::open("/proc/thread-self/ns/net").expect("open ns"))
+                .expect("send ns fd");
+            for job in rx {
+                job();
+            }
+        });
+        let ns = ns_rx.recv().expect("child namespace");
+        (
+            ChildNs {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            },
+            ns,
+        )
+    }
+
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        let job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .as_ref()
+            .expect("running")
+            .send(job)
+            .expect("child thread alive");
+        rx.recv().expect("job in child namespace panicked")
+    }
+}
+
+impl Drop for ChildNs {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A "VM": a child namespace whose interface `eth0` is a veth peer of an isolated port.
+struct Peer {
+    ns: ChildNs,
+    port: String,
+    mac: net::MacAddr,
+    ip: Ipv4Addr,
+}
+
+impl Peer {
+    fn new(
+        rt: &tokio::runtime::Runtime,
+        h: &net::Handle,
+        id: &str,
+        ip: Ipv4Addr,
+        bridge: u32,
+    ) -> Peer {
+        let port = net::tap_name(id.as_bytes());
+        let mac = net::mac_for(id.as_bytes());
+        let (ns, ns_fd) = ChildNs::new();
+        let peer = format!("p{}", &port[2..]);
+        self::ip(&["link", "add", &port, "type", "veth", "peer", "name", &peer]);
+        let peer_link = rt
+            .block_on(net::find_link(h, &peer))
+            .expect("find peer")
+            .expect("peer exists");
+        rt.block_on(
+            h.link()
+                .set(peer_link.ifindex)
+                .setns_by_fd(ns_fd.as_raw_fd())
+                .execute(),
+        )
+        .expect("move peer into child namespace");
+        let (mac_s, cidr) = (mac.to_string(), format!("{ip}/24"));
+        ns.run(move || {
+            self::ip(&["link", "set", "lo", "up"]);
+            self::ip(&["link", "set", &peer, "name", "eth0"]);
+            self::ip(&["link", "set", "eth0", "address", &mac_s]);
+            self::ip(&["addr", "add", &cidr, "dev", "eth0"]);
+            self::ip(&["link", "set", "eth0", "up"]);
+        });
+        rt.block_on(net::attach_isolated(h, &port, bridge))
+            .expect("attach veth isolated");
+        Peer { ns, port, mac, ip }
+    }
+
+    /// Tries a TCP connection from inside the peer's namespace.
+    fn connects(&self, to: SocketAddr, timeout: Duration) -> bool {
+        self.ns
+            .run(move || TcpStream::connect_timeout(&to, timeout).is_ok())
+    }
+
+    fn ip(&self, args: &'static [&'static str]) {
+        self.ns.run(move || {
+            self::ip(args);
+        });
+    }
+}
+
+const NO: Duration = Duration::from_millis(1500);
+
+#[test]
+fn isolated_ports_and_firewall_with_real_traffic() {
+    if !common::privileged("net::isolated_ports_and_firewall_with_real_traffic") {
+        return;
+    }
+    common::in_netns(|| {
+        let rt = runtime();
+        let h = {
+            let _enter = rt.enter();
+            net::netlink().expect("netlink")
+        };
+        let s = subnet();
+        let gw = s.gateway();
+        let br = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, gw, s.prefix()))
+            .expect("bridge");
+
+        // Listeners on the host side (the gateway) and in VM b.
+        let allowed = TcpListener::bind((gw, 8053)).expect("listen on gateway");
+        let closed = TcpListener::bind((gw, 8054)).expect("listen on gateway");
+        let (to_allowed, to_closed) = (
+            allowed.local_addr().expect("addr"),
+            closed.local_addr().expect("addr"),
+        );
+
+        let a = Peer::new(&rt, &h, "vm-a", Ipv4Addr::new(10, 88, 0, 2), br);
+        let b = Peer::new(&rt, &h, "vm-b", Ipv4Addr::new(10, 88, 0, 3), br);
+        let b_listener =
+            b.ns.run(|| TcpListener::bind("10.88.0.3:8080").expect("listen in b"));
+        let to_b: SocketAddr = b_listener.local_addr().expect("addr");
+        let shown = ip(&["-d", "link", "show", "dev", &a.port]);
+        assert!(shown.contains("isolated on"), "{shown}");
+
+        // Without the firewall: both reach the gateway; isolation alone keeps a from b.
+        for p in [&a, &b] {
+            common::poll("peer to reach the gateway", Duration::from_secs(10), || {
+                p.connects(to_allowed, Duration::from_secs(1)).then_some(())
+            });
+            assert!(
+                p.connects(to_closed, NO),
+                "no firewall yet: every host port is open"
+            );
+        }
+        assert!(
+            !a.connects(to_b, NO),
+            "isolated ports must not reach each other"
+        );
+
+        // Control: without isolation a does reach b, so the check above is meaningful.
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &a.port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "off",
+        ]);
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &b.port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "off",
+        ]);
+        common::poll(
+            "a to reach b without isolation",
+            Duration::from_secs(10),
+            || a.connects(to_b, Duration::from_secs(1)).then_some(()),
+        );
+        for p in [&a, &b] {
+            rt.block_on(net::attach_isolated(&h, &p.port, br))
+                .expect("re-isolate");
+        }
+        assert!(!a.connects(to_b, NO), "isolation restored");
+
+        // Port isolation is L2 only: with forwarding on (as on many hosts) and routes via the
+        // gateway, the host would route a's packets back out of the bridge to b.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
+        for conf in ["all", BRIDGE] {
+            // Redirects would tell a to go direct, which isolation blocks; keep routing via the host.
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects"),
+                "0",
+            )
+            .expect("send_redirects");
+        }
+        a.ip(&["route", "add", "10.88.0.3/32", "via", "10.88.0.1"]);
+        b.ip(&["route", "add", "10.88.0.2/32", "via", "10.88.0.1"]);
+        common::poll(
+            "a to reach b through the host's routing",
+            Duration::from_secs(10),
+            || a.connects(to_b, Duration::from_secs(1)).then_some(()),
+        );
+
+        // With the firewall: only the listed gateway port, only from the right MAC and IP.
+        let mut plan = net::FirewallPlan::new(BRIDGE, s);
+        plan.gateway_tcp_ports = vec![to_allowed.port()];
+        plan.ports = [&a, &b]
+            .iter()
+            .map(|p| net::VmPort {
+                tap: p.port.clone(),
+                mac: p.mac,
+                ip: p.ip,
+            })
+            .collect();
+        rt.block_on(net::apply_firewall(&plan))
+            .expect("apply firewall");
+        rt.block_on(net::apply_firewall(&plan))
+            .expect("re-apply firewall");
+        assert!(a.connects(to_allowed, Duration::from_secs(3)));
+        assert!(b.connects(to_allowed, Duration::from_secs(3)));
+        assert!(
+            !a.connects(to_closed, NO),
+            "unlisted host port must be closed to VMs"
+        );
+        assert!(
+            !a.connects(to_b, NO),
+            "routing through the host must not bypass isolation"
+        );
+
+        // IP spoofing: a sends from an address that is not its own.
+        a.ip(&["addr", "add", "10.88.0.50/32", "dev", "eth0"]);
+        a.ip(&[
+            "route",
+            "add",
+            "10.88.0.1/32",
+            "dev",
+            "eth0",
+            "src",
+            "10.88.0.50",
+        ]);
+        assert!(
+            !a.connects(to_allowed, NO),
+            "spoofed source IP must be dropped"
+        );
+        a.ip(&["route", "del", "10.88.0.1/32"]);
+        assert!(
+            a.connects(to_allowed, Duration::from_secs(3)),
+            "own address works again"
+        );
+
+        // MAC spoofing: a sends with a MAC that is not its own.
+        let mac = a.mac.to_string();
+        a.ip(&["link", "set", "eth0", "address", "52:54:00:99:99:99"]);
+        assert!(!a.connects(to_allowed, NO), "spoofed MAC must be dropped");
+        a.ns.run(move || ip(&["link", "set", "eth0", "address", &mac]));
+        common::poll(
+            "a to reach the gateway with its own MAC",
+            Duration::from_secs(10),
+            || a.connects(to_allowed, Duration::from_secs(1)).then_some(()),
+        );
+
+        // Byte counters for the admin view move with traffic.
+        let links = rt.block_on(net::list_links(&h)).expect("list links");
+        let la = links.iter().find(|l| l.name == a.port).expect("a listed");
+        assert!(la.rx_bytes > 0 && la.tx_bytes > 0, "{la:?}");
+        assert_eq!((la.master, la.isolated), (Some(br), true), "{la:?}");
+
+        rt.block_on(net::remove_firewall())
+            .expect("remove firewall");
+        rt.block_on(net::remove_firewall())
+            .expect("remove firewall again");
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
+        assert!(!String::from_utf8_lossy(&tables.stdout).contains("roost"));
+
+        // Deleting one end of a veth removes the pair; the namespaces end on drop.
+        for p in [&a, &b] {
+            assert!(rt
+                .block_on(net::delete_link(&h, &p.port))
+                .expect("delete veth"));
+        }
+        drop((a, b, b_listener));
+        common::poll("veths to vanish", Duration::from_secs(5), || {
+            let links = rt.block_on(net::list_links(&h)).expect("list links");
+            (!links.iter().any(|l| net::is_roost_tap(&l.name))).then_some(())
+        });
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
+    });
+}
+
+/// Kills and reaps a spawned process on drop, so a failing test leaves no QEMU behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The integration the daemon needs: open the tap, hand the fd to QEMU as `fd=3`, close
+/// ours. The tap then lives exactly as long as QEMU (a daemon restart keeps it).
+#[test]
+fn qemu_holds_the_tap_fd_and_the_tap_dies_with_it() {
+    if !common::privileged("net::qemu_holds_the_tap_fd_and_the_tap_dies_with_it") {
+        return;
+    }
+    common::in_netns(|| {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::net::UnixStream;
+        use std::os::unix::process::CommandExt;
+
+        let rt = runtime();
+        let h = {
+            let _enter = rt.enter();
+            net::netlink().expect("netlink")
+        };
+        let s = subnet();
+        let br = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("bridge");
+        let name = net::tap_name(b"qemu-vm");
+        let mac = net::mac_for(b"qemu-vm");
+        let fd = net::open_tap(&name).expect("open tap");
+        rt.block_on(net::attach_isolated(&h, &name, br))
+            .expect("attach");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let qmp = dir.path().join("qmp.sock");
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "q35",
+            "-accel",
+            "tcg",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+        .stdout(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself keeps FD_CLOEXEC, so clear it explicitly in that case.
+                let r = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut qemu = Reaped(cmd.spawn().expect("spawn qemu"));
+        // The daemon closes its copy right after spawning.
+        drop(fd);
+
+        // QEMU sends the QMP greeting from its main loop, i.e. after the netdev is set up.
+        let greeting = common::poll("QMP greeting", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = qemu.0.try_wait() {
+                panic!("qemu exited early: {status}");
+            }
+            let stream = UnixStream::connect(&qmp).ok()?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).ok()?;
+            Some(line)
+        });
+        assert!(greeting.contains("QMP"), "{greeting}");
+
+        let tap = rt
+            .block_on(net::find_link(&h, &name))
+            .expect("find")
+            .expect("tap lives while QEMU holds the fd");
+        assert!(tap.isolated && tap.master == Some(br), "{tap:?}");
+        let shown = ip(&["-d", "link", "show", "dev", &name]);
+        assert!(shown.contains("vnet_hdr"), "{shown}");
+
+        drop(qemu);
+        common::poll("tap to die with QEMU", Duration::from_secs(5), || {
+            rt.block_on(net::find_link(&h, &name))
+                .expect("find")
+                .is_none()
+                .then_some(())
+        });
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
+    });
+}
