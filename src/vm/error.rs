@@ -41,6 +41,8 @@ pub enum VmError {
         command: &'static str,
         after: Duration,
     },
+    #[error("QMP connection abandoned after a timeout; not sending {command}")]
+    QmpAbandoned { command: &'static str },
     #[error("QMP command {command} failed")]
     QmpCommand {
         command: &'static str,

@@ -128,6 +128,8 @@ pub struct Qmp {
     events: broadcast::Sender<VmEvent>,
     reader: JoinHandle<()>,
     connected: Arc<AtomicBool>,
+    /// Set after a command timed out; see [`Qmp::exec`].
+    abandoned: AtomicBool,
     deadlines: Deadlines,
 }
 
@@ -203,6 +205,7 @@ impl Qmp {
             events: tx,
             reader,
             connected,
+            abandoned: AtomicBool::new(false),
             deadlines,
         })
     }
@@ -218,10 +221,29 @@ impl Qmp {
         self.connected.load(Ordering::SeqCst)
     }
 
+    /// False after a command timed out: the connection is then abandoned and every further
+    /// command fails at once; reconnect to talk to this QEMU again.
+    pub fn is_usable(&self) -> bool {
+        self.is_connected() && !self.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Runs one command with a deadline.
+    ///
+    /// A timed-out command stays pending inside `qapi`; QEMU answers in order, so every later
+    /// reply on this connection would be suspect, and with a peer that does not use command
+    /// ids `qapi` would even panic on the next command's (reused) id. Hence the first timeout
+    /// abandons the connection.
     async fn exec<C: QmpCommand>(&self, cmd: C, after: Duration) -> Result<C::Ok, VmError> {
         let command = C::NAME;
+        if self.abandoned.load(Ordering::SeqCst) {
+            return Err(VmError::QmpAbandoned { command });
+        }
         match tokio::time::timeout(after, self.service.execute(cmd)).await {
-            Err(_) => Err(VmError::QmpTimeout { command, after }),
+            Err(_) => {
+                self.abandoned.store(true, Ordering::SeqCst);
+                warn!(command, ?after, "QMP command timed out; abandoning the connection");
+                Err(VmError::QmpTimeout { command, after })
+            }
             Ok(Ok(v)) => Ok(v),
             Ok(Err(ExecuteError::Qapi(source))) => Err(VmError::QmpCommand { command, source }),
             Ok(Err(ExecuteError::Io(source))) => Err(VmError::QmpIo { command, source }),
