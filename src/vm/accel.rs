@@ -122,7 +122,10 @@ pub async fn probe_kvm_uncached() -> KvmProbe {
     let probe = match run_test_guest(Accel::Kvm, PROBE_DEADLINE).await {
         Ok(t) => KvmProbe {
             usable: true,
-            reason: format!("KVM present and a test guest finished in {} ms", t.as_millis()),
+            reason: format!(
+                "KVM present and a test guest finished in {} ms",
+                t.as_millis()
+            ),
         },
         Err(why) => KvmProbe {
             usable: false,

@@ -152,7 +152,11 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
     };
     push(&[
         &"-name",
-        &opt(&[Lit("guest="), Val(spec.name.as_ref()), Lit(",debug-threads=on")]),
+        &opt(&[
+            Lit("guest="),
+            Val(spec.name.as_ref()),
+            Lit(",debug-threads=on"),
+        ]),
     ]);
     push(&[&"-uuid", &vm_uuid(spec.id)]);
     push(&[&"-machine", &MACHINE]);
@@ -215,10 +219,7 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
             &"-netdev",
             &format!("tap,id=n0,fd={},vhost=off", net.tap_fd),
             &"-device",
-            &opt(&[
-                Lit("virtio-net-pci,netdev=n0,mac="),
-                Val(net.mac.as_ref()),
-            ]),
+            &opt(&[Lit("virtio-net-pci,netdev=n0,mac="), Val(net.mac.as_ref())]),
         ]);
     }
     // The guest's sshd and cloud-init want entropy early; a virtio RNG costs nothing.
@@ -378,7 +379,12 @@ mod tests {
     #[test]
     fn variants_table() {
         // (description, spec change, flag, expected values of that flag)
-        type Case = (&'static str, fn(&mut VmSpec), &'static str, Vec<&'static str>);
+        type Case = (
+            &'static str,
+            fn(&mut VmSpec),
+            &'static str,
+            Vec<&'static str>,
+        );
         let cases: Vec<Case> = vec![
             (
                 "kvm uses host cpu",
@@ -498,7 +504,11 @@ mod tests {
             (good.clone(), other, false),
             (format!("/bin/sleep\0-uuid\0{uuid}\0"), id(), false),
             (format!("qemu-system-x86_64\0-name\0{uuid}\0"), id(), false),
-            (format!("qemu-system-x86_64\0-uuid\0{}\0", uuid.to_uppercase()), id(), true),
+            (
+                format!("qemu-system-x86_64\0-uuid\0{}\0", uuid.to_uppercase()),
+                id(),
+                true,
+            ),
             (String::new(), id(), false),
         ];
         for (cmdline, id, want) in cases {

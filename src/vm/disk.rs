@@ -89,8 +89,15 @@ mod tests {
 
     #[test]
     fn overlay_command() {
-        let argv = overlay_argv(Path::new("/img/b-1/disk.qcow2"), Path::new("/vms/a.qcow2"), 8);
-        let s: Vec<_> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let argv = overlay_argv(
+            Path::new("/img/b-1/disk.qcow2"),
+            Path::new("/vms/a.qcow2"),
+            8,
+        );
+        let s: Vec<_> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             s,
             [

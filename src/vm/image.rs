@@ -94,8 +94,7 @@ impl ImageManifest {
 
 /// Accepts only a plain file name: no separators, not `.`/`..`, not empty.
 fn check_name(what: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(format!("{what} {name:?} is not a plain file name"));
     }
     Ok(())
@@ -132,8 +131,8 @@ impl Image {
         names.extend(manifest.kernel.as_deref());
         names.extend(manifest.initrd.as_deref());
         for name in names {
-            let meta = std::fs::metadata(real.join(name))
-                .map_err(|e| invalid(format!("{name}: {e}")))?;
+            let meta =
+                std::fs::metadata(real.join(name)).map_err(|e| invalid(format!("{name}: {e}")))?;
             if let Some(entry) = manifest.files.get(name) {
                 if entry.size != meta.len() {
                     return Err(invalid(format!(

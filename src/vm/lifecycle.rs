@@ -43,7 +43,11 @@ pub async fn graceful_stop(
                     info!(pid, "vm powered off");
                     return Ok(StopOutcome::Powerdown);
                 }
-                warn!(pid, ?deadline, "guest did not power off in time; quitting qemu");
+                warn!(
+                    pid,
+                    ?deadline,
+                    "guest did not power off in time; quitting qemu"
+                );
             }
             Err(e) => warn!(pid, error = %e, "system_powerdown failed; quitting qemu"),
         }
@@ -78,6 +82,5 @@ pub fn kill(proc: &VmProcess) -> Result<(), VmError> {
 }
 
 async fn exited_within(proc: &VmProcess, d: Duration) -> bool {
-    matches!(tokio::time::timeout(d, proc.wait_exit()).await, Ok(Ok(_)))
-        || !proc.is_running()
+    matches!(tokio::time::timeout(d, proc.wait_exit()).await, Ok(Ok(_))) || !proc.is_running()
 }

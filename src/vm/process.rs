@@ -147,13 +147,18 @@ pub async fn spawn_argv(
     let deadline = Instant::now() + opts.ready_deadline;
     loop {
         if !proc.is_running() {
-            let status = proc.reap().map_or("unknown status".to_string(), describe_exit);
+            let status = proc
+                .reap()
+                .map_or("unknown status".to_string(), describe_exit);
             return Err(VmError::ExitedEarly {
                 status,
                 log: opts.stderr_log.clone(),
             });
         }
-        if tokio::net::UnixStream::connect(&opts.qmp_socket).await.is_ok() {
+        if tokio::net::UnixStream::connect(&opts.qmp_socket)
+            .await
+            .is_ok()
+        {
             return Ok(proc);
         }
         if Instant::now() > deadline {

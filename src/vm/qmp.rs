@@ -241,7 +241,11 @@ impl Qmp {
         match tokio::time::timeout(after, self.service.execute(cmd)).await {
             Err(_) => {
                 self.abandoned.store(true, Ordering::SeqCst);
-                warn!(command, ?after, "QMP command timed out; abandoning the connection");
+                warn!(
+                    command,
+                    ?after,
+                    "QMP command timed out; abandoning the connection"
+                );
                 Err(VmError::QmpTimeout { command, after })
             }
             Ok(Ok(v)) => Ok(v),
@@ -384,24 +388,33 @@ mod tests {
         let ts = r#""timestamp":{"seconds":1,"microseconds":2}"#;
         let cases = [
             (
-                format!(r#"{{"event":"SHUTDOWN","data":{{"guest":true,"reason":"guest-shutdown"}},{ts}}}"#),
+                format!(
+                    r#"{{"event":"SHUTDOWN","data":{{"guest":true,"reason":"guest-shutdown"}},{ts}}}"#
+                ),
                 Some(VmEvent::Shutdown {
                     guest: true,
                     reason: "guest-shutdown".into(),
                 }),
             ),
             (
-                format!(r#"{{"event":"RESET","data":{{"guest":false,"reason":"host-qmp-system-reset"}},{ts}}}"#),
+                format!(
+                    r#"{{"event":"RESET","data":{{"guest":false,"reason":"host-qmp-system-reset"}},{ts}}}"#
+                ),
                 Some(VmEvent::Reset { guest: false }),
             ),
             (format!(r#"{{"event":"STOP",{ts}}}"#), Some(VmEvent::Stop)),
-            (format!(r#"{{"event":"RESUME",{ts}}}"#), Some(VmEvent::Resume)),
+            (
+                format!(r#"{{"event":"RESUME",{ts}}}"#),
+                Some(VmEvent::Resume),
+            ),
             (
                 format!(r#"{{"event":"POWERDOWN",{ts}}}"#),
                 Some(VmEvent::Powerdown),
             ),
             (
-                format!(r#"{{"event":"RTC_CHANGE","data":{{"offset":1,"qom-path":"/machine/unattached/device[0]"}},{ts}}}"#),
+                format!(
+                    r#"{{"event":"RTC_CHANGE","data":{{"offset":1,"qom-path":"/machine/unattached/device[0]"}},{ts}}}"#
+                ),
                 None,
             ),
         ];
