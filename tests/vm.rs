@@ -264,6 +264,28 @@ fn pidfd_sees_sigkill_fast() {
 }
 
 #[test]
+fn stop_without_qmp_uses_sigterm() {
+    if !common::privileged("stop_without_qmp_uses_sigterm") {
+        return;
+    }
+    rt().block_on(async {
+        let bare = Bare::new();
+        let _guard = Guard(Some(bare.spawn().await));
+        let proc = _guard.0.as_ref().expect("held");
+        let out = graceful_stop(None, proc, Duration::from_secs(1))
+            .await
+            .expect("stops");
+        assert_eq!(out, StopOutcome::Quit);
+        assert!(!proc.is_running());
+        // Stopping again is a no-op.
+        let again = graceful_stop(None, proc, Duration::from_secs(1))
+            .await
+            .expect("no-op");
+        assert_eq!(again, StopOutcome::AlreadyExited);
+    });
+}
+
+#[test]
 fn qmp_deadlines_on_a_silent_socket() {
     if !common::privileged("qmp_deadlines_on_a_silent_socket") {
         return;

@@ -6,10 +6,13 @@
 //! escape), so a name or path cannot inject another option.
 //!
 //! Choices, and why:
-//! - `-machine q35`: measured against `pc` with this project's image under TCG (direct kernel
-//!   boot to the login prompt), the two are within noise of each other; q35 is the modern,
-//!   PCIe-native machine, and `microvm` would need virtio-mmio drivers the Debian initrd does
-//!   not load early. `vmport=off` and `smbus=off`-style trimming did not matter.
+//! - `-machine pc` (i440fx): measured against `q35` with this project's image under TCG
+//!   (direct kernel boot, 2 vCPUs, time from spawn to the serial `login:` prompt, five
+//!   interleaved pairs on a shared 2-core host): pc 24.4/26.1/32.4/30.1/26.2 s, q35
+//!   27.1/30.5/31.8/31.1/29.0 s; pc won 4 of 5 pairs, about 2 s (7%) on average, as it emulates
+//!   fewer chipset devices (no AHCI/ICH9 LPC). Nothing roost uses needs PCIe. `microvm` was not
+//!   tried: it needs virtio-mmio and the Debian initrd's early module set, and ACPI power-off
+//!   there differs.
 //! - No `-daemonize`: [`super::process`] starts QEMU with `setsid` itself, so it keeps the pid
 //!   (and a pidfd) while QEMU still survives the daemon.
 //! - The VM id appears in argv as `-uuid` (the ULID's 128 bits as a UUID): `/proc/PID/cmdline`
@@ -28,7 +31,7 @@ use std::path::PathBuf;
 use ulid::Ulid;
 
 /// The QEMU machine type (see the module docs for why).
-pub const MACHINE: &str = "q35";
+pub const MACHINE: &str = "pc";
 
 /// The fd number the tap is given in QEMU's process when the caller has no preference.
 pub const DEFAULT_TAP_FD: i32 = 3;
@@ -329,7 +332,7 @@ mod tests {
             "-uuid",
             "018ffc39-0f88-f2cd-7270-f94dc542d513",
             "-machine",
-            "q35",
+            "pc",
             "-accel",
             "tcg,thread=multi",
             "-cpu",

@@ -18,15 +18,15 @@ pub enum StopOutcome {
     AlreadyExited,
     /// The guest powered off after the ACPI power button.
     Powerdown,
-    /// QEMU quit on request (the guest did not shut down in time).
+    /// QEMU quit on request, `quit` or SIGTERM (the guest did not shut down in time).
     Quit,
     /// SIGKILL was needed.
     Killed,
 }
 
 /// Powers the VM down: ACPI power button, wait up to `deadline` for QEMU to exit; then QMP
-/// `quit`; then SIGKILL. Without a QMP connection it goes straight to SIGKILL. Only an error
-/// when even SIGKILL did not end the process.
+/// `quit`; then SIGKILL. Without a QMP connection it sends SIGTERM (QEMU's clean exit)
+/// instead of the first two steps. Only an error when even SIGKILL did not end the process.
 pub async fn graceful_stop(
     qmp: Option<&Qmp>,
     proc: &VmProcess,
@@ -59,6 +59,14 @@ pub async fn graceful_stop(
                 }
             }
             Err(e) => warn!(pid, error = %e, "quit failed"),
+        }
+    }
+    else {
+        // No QMP: SIGTERM makes QEMU exit as cleanly as `quit` does.
+        proc.signal(nix::sys::signal::Signal::SIGTERM)?;
+        if exited_within(proc, QUIT_GRACE).await {
+            info!(pid, "qemu terminated");
+            return Ok(StopOutcome::Quit);
         }
     }
     kill(proc)?;

@@ -64,8 +64,15 @@ pub async fn spawn(
     stderr_log: &Path,
 ) -> Result<VmProcess, VmError> {
     let mut spec = spec.clone();
-    if let (Some(net), Some(fd)) = (spec.net.as_mut(), tap) {
-        net.tap_fd = fd.as_raw_fd();
+    match (spec.net.as_mut(), tap) {
+        (Some(net), Some(fd)) => net.tap_fd = fd.as_raw_fd(),
+        (Some(_), None) => {
+            return Err(VmError::Spawn(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the spec has a network card but no tap was given",
+            )))
+        }
+        (None, _) => {}
     }
     let argv = qemu_argv(&spec);
     spawn_argv(
@@ -375,6 +382,32 @@ mod tests {
         std::fs::write(dir.path().join("bad.pid"), "not a pid").expect("write");
         let r = adopt(&dir.path().join("bad.pid"), Ulid::new()).expect("no error");
         assert!(r.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_network_card_needs_a_tap() {
+        let spec = VmSpec {
+            id: Ulid::new(),
+            name: "x".into(),
+            memory_mib: 64,
+            vcpus: 1,
+            accel: super::super::Accel::Tcg,
+            boot: super::super::Boot::Firmware,
+            overlay: "/nonexistent/disk.qcow2".into(),
+            seed: None,
+            net: Some(super::super::argv::NetSpec {
+                tap_fd: 3,
+                mac: "52:54:00:00:00:01".into(),
+            }),
+            qmp_socket: "/nonexistent/qmp.sock".into(),
+            pidfile: "/nonexistent/qemu.pid".into(),
+            serial_log: "/nonexistent/serial.log".into(),
+            run_as: None,
+        };
+        let err = spawn(&spec, None, Path::new("/nonexistent/qemu.log"))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, VmError::Spawn(_)), "{err:?}");
     }
 
     #[tokio::test]
