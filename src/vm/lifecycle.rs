@@ -60,8 +60,7 @@ pub async fn graceful_stop(
             }
             Err(e) => warn!(pid, error = %e, "quit failed"),
         }
-    }
-    else {
+    } else {
         // No QMP: SIGTERM makes QEMU exit as cleanly as `quit` does.
         proc.signal(nix::sys::signal::Signal::SIGTERM)?;
         if exited_within(proc, QUIT_GRACE).await {

@@ -22,10 +22,10 @@ pub mod qmp;
 mod error;
 
 pub use accel::{probe_kvm, resolve, AccelChoice, KvmProbe};
-pub use argv::{qemu_argv, Accel, Boot, VmSpec};
+pub use argv::{qemu_argv, Accel, Boot, NetSpec, VmSpec};
 pub use disk::{check_free_space, create_overlay};
 pub use error::VmError;
 pub use image::{BootMode, Image, ImageManifest};
 pub use lifecycle::{graceful_stop, StopOutcome};
-pub use process::{adopt, spawn, spawn_argv, SpawnOptions, VmProcess};
-pub use qmp::{Qmp, RunState, VmEvent};
+pub use process::{adopt, cap_serial_log, spawn, spawn_argv, SpawnOptions, VmProcess};
+pub use qmp::{Deadlines, DiskStats, Qmp, RunState, VmEvent};
