@@ -9,8 +9,8 @@
 //! - `-machine pc` (i440fx): measured against `q35` with this project's image under TCG
 //!   (direct kernel boot, 2 vCPUs, time from spawn to the serial `login:` prompt, five
 //!   interleaved pairs on a shared 2-core host): pc 24.4/26.1/32.4/30.1/26.2 s, q35
-//!   27.1/30.5/31.8/31.1/29.0 s; pc won 4 of 5 pairs, about 2 s (7%) on average, as it emulates
-//!   fewer chipset devices (no AHCI/ICH9 LPC). Nothing roost uses needs PCIe. `microvm` was not
+//!   27.1/30.5/31.8/31.1/29.0 s; pc won 4 of 5 pairs, about 2 s (7%) on average (likely because it
+//!   emulates fewer chipset devices; not profiled). Nothing roost uses needs PCIe. `microvm` was not
 //!   tried: it needs virtio-mmio and the Debian initrd's early module set, and ACPI power-off
 //!   there differs.
 //! - No `-daemonize`: [`super::process`] starts QEMU with `setsid` itself, so it keeps the pid

@@ -25,8 +25,8 @@ pub enum StopOutcome {
 }
 
 /// Powers the VM down: ACPI power button, wait up to `deadline` for QEMU to exit; then QMP
-/// `quit`; then SIGKILL. Without a QMP connection it sends SIGTERM (QEMU's clean exit)
-/// instead of the first two steps. Only an error when even SIGKILL did not end the process.
+/// `quit`; then SIGTERM (QEMU's clean exit; the first step without a QMP connection); then
+/// SIGKILL. Only an error when even SIGKILL did not end the process.
 pub async fn graceful_stop(
     qmp: Option<&Qmp>,
     proc: &VmProcess,
@@ -60,13 +60,12 @@ pub async fn graceful_stop(
             }
             Err(e) => warn!(pid, error = %e, "quit failed"),
         }
-    } else {
-        // No QMP: SIGTERM makes QEMU exit as cleanly as `quit` does.
-        proc.signal(nix::sys::signal::Signal::SIGTERM)?;
-        if exited_within(proc, QUIT_GRACE).await {
-            info!(pid, "qemu terminated");
-            return Ok(StopOutcome::Quit);
-        }
+    }
+    // No QMP, or it failed: SIGTERM makes QEMU exit as cleanly as `quit` does.
+    proc.signal(nix::sys::signal::Signal::SIGTERM)?;
+    if exited_within(proc, QUIT_GRACE).await {
+        info!(pid, "qemu terminated");
+        return Ok(StopOutcome::Quit);
     }
     kill(proc)?;
     if exited_within(proc, QUIT_GRACE).await {
