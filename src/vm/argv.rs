@@ -33,9 +33,6 @@ use ulid::Ulid;
 /// The QEMU machine type (see the module docs for why).
 pub const MACHINE: &str = "pc";
 
-/// The fd number the tap is given in QEMU's process when the caller has no preference.
-pub const DEFAULT_TAP_FD: i32 = 3;
-
 /// Which spelling of "drop to this user" the installed QEMU understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunAsStyle {
