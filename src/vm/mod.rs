@@ -1,1 +1,31 @@
-//! Placeholder: filled in by the vm work.
+//! The only code that builds QEMU command lines, spawns or adopts QEMU processes, speaks QMP
+//! and creates overlay disks.
+//!
+//! Layout: [`image`] reads an image directory's manifest; [`argv`] turns a [`VmSpec`] into an
+//! argv vector (pure, table-tested); [`accel`] decides between KVM and TCG by running a tiny
+//! test guest; [`process`] spawns QEMU in its own session (so it outlives the daemon), adopts a
+//! running one from its pidfile and watches it through a pidfd; [`qmp`] is the QMP client with
+//! per-command deadlines and an event stream; [`disk`] makes qcow2 overlays and checks free
+//! space; [`lifecycle`] composes these into a graceful stop.
+//!
+//! This module knows nothing about users, hostings or HTTP: callers hand it a [`VmSpec`] and
+//! paths, and get processes, QMP handles and events back.
+
+pub mod accel;
+pub mod argv;
+pub mod disk;
+pub mod image;
+pub mod lifecycle;
+pub mod process;
+pub mod qmp;
+
+mod error;
+
+pub use accel::{probe_kvm, resolve, AccelChoice, KvmProbe};
+pub use argv::{qemu_argv, Accel, Boot, NetSpec, VmSpec};
+pub use disk::{check_free_space, create_overlay};
+pub use error::VmError;
+pub use image::{BootMode, Image, ImageManifest};
+pub use lifecycle::{graceful_stop, StopOutcome};
+pub use process::{adopt, cap_serial_log, spawn, spawn_argv, SpawnOptions, VmProcess};
+pub use qmp::{Deadlines, DiskStats, Qmp, RunState, VmEvent};

@@ -1,0 +1,171 @@
+//! KVM or TCG: decided by running a real (tiny) guest, not by looking at `/dev/kvm`.
+//!
+//! Nested KVM can be present and openable yet run guests pathologically slowly: on this
+//! project's hosts a few bytes of real-mode code finish at once, but SeaBIOS's POST takes 8 s
+//! and a Linux kernel never gets past its decompressor. So [`probe_kvm`] runs the firmware
+//! itself: QEMU with no disk, `-boot reboot-timeout=0 -no-reboot`, which POSTs, finds nothing
+//! to boot and exits with status 0 (0.25 s under TCG here). It must do so within
+//! [`PROBE_DEADLINE`]. The result is computed once per process.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+use tracing::info;
+
+use super::argv::{Accel, QEMU_BINARY};
+
+/// How long the KVM test guest may take.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What the configuration asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    /// KVM if the probe passes, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The outcome of [`probe_kvm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvmProbe {
+    pub usable: bool,
+    /// One sentence for logs and `roost check`.
+    pub reason: String,
+}
+
+/// The argv (without program) of the test guest under `accel`.
+pub fn probe_argv(accel: Accel) -> Vec<std::ffi::OsString> {
+    let accel = match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    [
+        "-machine",
+        "pc",
+        "-accel",
+        accel,
+        "-m",
+        "32",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-boot",
+        "reboot-timeout=0",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect()
+}
+
+/// Runs the test guest under `accel`; `Ok(elapsed)` when QEMU exits cleanly within
+/// `deadline`, otherwise a sentence saying what happened.
+pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(QEMU_BINARY)
+        .args(probe_argv(accel))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("could not start {QEMU_BINARY}: {e}"))?;
+    let stderr = child.stderr.take();
+    let status = match tokio::time::timeout(deadline, child.wait()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("waiting for the test guest failed: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(format!(
+                "a test guest did not finish in {}s",
+                deadline.as_secs_f32()
+            ));
+        }
+    };
+    if status.success() {
+        return Ok(start.elapsed());
+    }
+    let mut err = String::new();
+    if let Some(mut s) = stderr {
+        use tokio::io::AsyncReadExt;
+        let _ = s.read_to_string(&mut err).await;
+    }
+    Err(format!(
+        "the test guest ended with {status}: {}",
+        err.lines().last().unwrap_or("no message")
+    ))
+}
+
+static PROBE: OnceCell<KvmProbe> = OnceCell::const_new();
+
+/// Whether KVM really runs guests here (cached for the life of the process).
+pub async fn probe_kvm() -> KvmProbe {
+    PROBE.get_or_init(probe_kvm_uncached).await.clone()
+}
+
+/// [`probe_kvm`] without the cache.
+pub async fn probe_kvm_uncached() -> KvmProbe {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return KvmProbe {
+            usable: false,
+            reason: format!("KVM not usable (/dev/kvm: {e}): using TCG"),
+        };
+    }
+    let probe = match run_test_guest(Accel::Kvm, PROBE_DEADLINE).await {
+        Ok(t) => KvmProbe {
+            usable: true,
+            reason: format!(
+                "KVM present and a test guest finished in {} ms",
+                t.as_millis()
+            ),
+        },
+        Err(why) => KvmProbe {
+            usable: false,
+            reason: format!("KVM present but {why}: using TCG"),
+        },
+    };
+    info!(usable = probe.usable, reason = %probe.reason, "kvm probe");
+    probe
+}
+
+/// The accelerator to use for `choice`, with the reason.
+pub async fn resolve(choice: AccelChoice) -> (Accel, String) {
+    match choice {
+        AccelChoice::Kvm => (Accel::Kvm, "KVM forced by configuration".into()),
+        AccelChoice::Tcg => (Accel::Tcg, "TCG forced by configuration".into()),
+        AccelChoice::Auto => {
+            let p = probe_kvm().await;
+            (if p.usable { Accel::Kvm } else { Accel::Tcg }, p.reason)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_command() {
+        let s: Vec<_> = probe_argv(Accel::Kvm)
+            .iter()
+            .map(|x| x.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(s[3], "kvm");
+        assert!(s.contains(&"-no-reboot".to_string()));
+        assert!(s.contains(&"reboot-timeout=0".to_string()));
+    }
+
+    #[tokio::test]
+    async fn forced_choices_do_not_probe() {
+        assert_eq!(resolve(AccelChoice::Tcg).await.0, Accel::Tcg);
+        assert_eq!(resolve(AccelChoice::Kvm).await.0, Accel::Kvm);
+    }
+}
