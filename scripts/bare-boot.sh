@@ -12,6 +12,7 @@
 #   -t  per-boot deadline in seconds (default 180)
 #   -k  keep the work directory (serial log, seed, key) and print its path
 #   -v  after each boot, print systemd-analyze and cloud-init timings (via ssh)
+#   -x CMD  after each boot, run CMD in the VM over ssh and print its output (stderr)
 #
 # Output, one line per boot on stdout:
 #   run=1 web_s=12.34 ssh_s=13.45
@@ -32,7 +33,8 @@ mem=512
 timeout=180
 keep=0
 verbose=0
-while getopts "i:n:c:m:t:kvh" o; do
+probe=
+while getopts "i:n:c:m:t:x:kvh" o; do
   case $o in
     i) image=$OPTARG ;;
     n) runs=$OPTARG ;;
@@ -41,6 +43,7 @@ while getopts "i:n:c:m:t:kvh" o; do
     t) timeout=$OPTARG ;;
     k) keep=1 ;;
     v) verbose=1 ;;
+    x) probe=$OPTARG ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
@@ -177,9 +180,15 @@ for run in $(seq 1 "$runs"); do
   [ "$web" = timeout ] || [ "$sshs_" = timeout ] && failed=1
   if [ "$verbose" = 1 ] && [ "$sshs_" != timeout ]; then
     ssh "${sshopts[@]}" "$user@$vm_ip" \
-      'systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain;
+      'systemctl is-system-running --wait >/dev/null; systemd-analyze;
+       systemd-analyze blame | head -30; systemd-analyze critical-chain;
+       systemd-analyze critical-chain nginx.service ssh.service;
+       sudo journalctl -b -o short-monotonic | grep -E "Start|Finish|Reached|kernel: Run|Listening|Mounted" | head -150;
        sudo grep -E "Finished|finish:|running modules" /var/log/cloud-init.log | tail -60;
        sudo cloud-init analyze show 2>/dev/null | tail -40' >&2 || true
+  fi
+  if [ -n "$probe" ] && [ "$sshs_" != timeout ]; then
+    ssh "${sshopts[@]}" "$user@$vm_ip" "$probe" >&2 || true
   fi
   webs+=("$web"); sshs+=("$sshs_")
   kill "$qemu_pid" 2>/dev/null || true

@@ -82,8 +82,7 @@ mmdebstrap --variant=apt --mode=root --format=directory \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --aptopt='Acquire::Languages "none"' \
-  --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"' \
-  --essential-hook="if [ -d '$recipe/initramfs' ]; then cp -a '$recipe/initramfs/.' \"\$1/etc/initramfs-tools/\"; fi" \
+  --essential-hook="cp -a --no-preserve=ownership '$recipe/files/.' \"\$1/\"" \
   --customize-hook="'$recipe/customize.sh' \"\$1\" '$recipe'" \
   "$suite" "$rootfs" \
   "deb $mirror $suite main" \

@@ -6,7 +6,9 @@ set -euo pipefail
 root=$1
 recipe=$2
 
-# Configuration files shipped by the recipe (cloud-init, sshd, systemd drop-ins, ...).
+# Configuration files shipped (also copied before the packages are installed, so
+# that e.g. the initramfs is generated once with our settings); copy again so
+# that no maintainer script has the last word.
 if [ -d "$recipe/files" ]; then
   cp -a --no-preserve=ownership "$recipe/files/." "$root/"
 fi
@@ -34,6 +36,9 @@ ENI
 mkdir -p "$root/etc/network/interfaces.d"
 
 chroot "$root" systemctl enable nginx.service ssh.service
+grep -v '^\s*#' "$recipe/masked-units" | grep -v '^\s*$' | while read -r unit; do
+  ln -sfn /dev/null "$root/etc/systemd/system/$unit"
+done
 
 # No login as root by password; users come from cloud-init with SSH keys.
 chroot "$root" passwd -l root >/dev/null
@@ -51,3 +56,7 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
        "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
        "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/tmp/* "$root"/var/tmp/*
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+
+# /etc and /var are up to date with /usr: skip the ConditionNeedsUpdate units
+# (sysusers, ldconfig, hwdb and catalog updates) at first boot.
+touch -r "$root/usr" "$root/etc/.updated" "$root/var/.updated"
