@@ -9,6 +9,7 @@
 #   -i  image directory with manifest.json (default /var/cache/roost/images/default)
 #   -n  number of boots (default 1)
 #   -c  vCPUs (default 1), -m memory in MiB (default 512)
+#   -C  QEMU CPU model (default max)
 #   -t  per-boot deadline in seconds (default 180)
 #   -k  keep the work directory (serial log, seed, key) and print its path
 #   -v  after each boot, print systemd-analyze and cloud-init timings (via ssh)
@@ -29,16 +30,18 @@ set -euo pipefail
 image=/var/cache/roost/images/default
 runs=1
 cpus=1
+cpu=max
 mem=512
 timeout=180
 keep=0
 verbose=0
 probe=
-while getopts "i:n:c:m:t:x:kvh" o; do
+while getopts "i:n:c:C:m:t:x:kvh" o; do
   case $o in
     i) image=$OPTARG ;;
     n) runs=$OPTARG ;;
     c) cpus=$OPTARG ;;
+    C) cpu=$OPTARG ;;
     m) mem=$OPTARG ;;
     t) timeout=$OPTARG ;;
     k) keep=1 ;;
@@ -153,7 +156,7 @@ for run in $(seq 1 "$runs"); do
   make_seed "$run"
   rm -f "$work/overlay.qcow2"
   qemu-img create -q -f qcow2 -F qcow2 -b "$disk" "$work/overlay.qcow2" 4G
-  args=(-name bare-boot -accel tcg -machine q35 -cpu max -smp "$cpus" -m "$mem"
+  args=(-name bare-boot -accel tcg -machine q35 -cpu "$cpu" -smp "$cpus" -m "$mem"
         -nodefaults -no-user-config -display none
         -serial "file:$work/serial-$run.log"
         -drive "file=$work/overlay.qcow2,if=virtio,format=qcow2,discard=unmap"

@@ -108,7 +108,9 @@ truncate -s "${size_mib}M" "$tmp/disk.raw"
 mkfs.ext4 -q -F -L roost-root -m 0 -E root_owner=0:0 -d "$rootfs" "$tmp/disk.raw" >&2
 
 step "convert to qcow2"
-qemu-img convert -f raw -O qcow2 -c "$tmp/disk.raw" "$staging/disk.qcow2"
+# Uncompressed: every VM reads its base through a qcow2 overlay, and zlib
+# clusters would be inflated again on each cold read.
+qemu-img convert -f raw -O qcow2 "$tmp/disk.raw" "$staging/disk.qcow2"
 rm -f "$tmp/disk.raw"
 
 step "write manifest"

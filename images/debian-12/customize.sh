@@ -60,3 +60,7 @@ rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
 # /etc and /var are up to date with /usr: skip the ConditionNeedsUpdate units
 # (sysusers, ldconfig, hwdb and catalog updates) at first boot.
 touch -r "$root/usr" "$root/etc/.updated" "$root/var/.updated"
+
+# No dynamic motd (pam_motd would run update-motd.d scripts at every login).
+sed -i 's/^\(session\s\+optional\s\+pam_motd.so\s\+motd=\/run\/motd.dynamic\)/# roost: \1/' \
+  "$root/etc/pam.d/sshd" "$root/etc/pam.d/login"
