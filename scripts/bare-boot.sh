@@ -16,9 +16,12 @@
 #   -x CMD  after each boot, run CMD in the VM over ssh and print its output (stderr)
 #
 # Output, one line per boot on stdout:
-#   run=1 web_s=12.34 ssh_s=13.45
-# and a final summary line:
+#   run=1 web_s=12.34 ssh_s=13.45 web_cpu_s=11.9 ssh_cpu_s=13.1 load=0.52
+# (seconds from QEMU start until HTTP 200 / a successful "ssh true"; *_cpu_s is
+# the CPU time QEMU had used by then, a figure that host load barely affects;
+# load is the host's 1-minute load average) and a final summary line:
 #   summary runs=N web_s_median=.. ssh_s_median=.. web_s_min=.. ssh_s_min=..
+#           web_cpu_s_median=.. ssh_cpu_s_median=..
 # A boot that misses its deadline prints web_s=timeout / ssh_s=timeout and the
 # script exits 1 at the end.
 #
@@ -137,21 +140,29 @@ NC
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# CPU seconds (user+sys) QEMU has used so far: unlike wall time, this hardly
+# depends on what else the host is running.
+qemu_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
+    "/proc/$qemu_pid/stat" 2>/dev/null || echo nan
+}
 
 # Poll until CMD succeeds; write the elapsed seconds since T0 to FILE.
 poll_until() {
   local t0=$1 file=$2; shift 2
   local deadline=$(( ${t0%.*} + timeout ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    if "$@" >/dev/null 2>&1; then elapsed "$t0" > "$file"; return 0; fi
+    if "$@" >/dev/null 2>&1; then
+      echo "$(elapsed "$t0") $(qemu_cpu)" > "$file"; return 0
+    fi
     sleep 0.1
   done
-  echo timeout > "$file"
+  echo "timeout nan" > "$file"
 }
 web_ok() { [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$vm_ip/")" = 200 ]; }
 ssh_ok() { ssh "${sshopts[@]}" "$user@$vm_ip" true; }
 
-webs=(); sshs=(); failed=0
+webs=(); sshs=(); webcpus=(); sshcpus=(); failed=0
 for run in $(seq 1 "$runs"); do
   make_seed "$run"
   rm -f "$work/overlay.qcow2"
@@ -178,8 +189,8 @@ for run in $(seq 1 "$runs"); do
   poll_until "$t0" "$work/ssh" ssh_ok &
   p2=$!
   wait "$p1" "$p2"
-  web=$(cat "$work/web"); sshs_=$(cat "$work/ssh")
-  echo "run=$run web_s=$web ssh_s=$sshs_"
+  read -r web webcpu < "$work/web"; read -r sshs_ sshcpu < "$work/ssh"
+  echo "run=$run web_s=$web ssh_s=$sshs_ web_cpu_s=$webcpu ssh_cpu_s=$sshcpu load=$(cut -d' ' -f1 /proc/loadavg)"
   [ "$web" = timeout ] || [ "$sshs_" = timeout ] && failed=1
   if [ "$verbose" = 1 ] && [ "$sshs_" != timeout ]; then
     ssh "${sshopts[@]}" "$user@$vm_ip" \
@@ -193,17 +204,19 @@ for run in $(seq 1 "$runs"); do
   if [ -n "$probe" ] && [ "$sshs_" != timeout ]; then
     ssh "${sshopts[@]}" "$user@$vm_ip" "$probe" >&2 || true
   fi
-  webs+=("$web"); sshs+=("$sshs_")
+  webs+=("$web"); sshs+=("$sshs_"); webcpus+=("$webcpu"); sshcpus+=("$sshcpu")
   kill "$qemu_pid" 2>/dev/null || true
   wait "$qemu_pid" 2>/dev/null || true
   qemu_pid=
 done
 
-stats() { printf '%s\n' "$@" | grep -v timeout | sort -n |
+stats() { printf '%s\n' "$@" | grep -v -e timeout -e nan | sort -n |
   awk '{ a[NR] = $1 } END { if (NR == 0) { print "none none"; exit }
         m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
         printf "%.2f %.2f\n", m, a[1] }'; }
 read -r wm wmin <<<"$(stats "${webs[@]}")"
 read -r sm smin <<<"$(stats "${sshs[@]}")"
-echo "summary runs=$runs web_s_median=$wm ssh_s_median=$sm web_s_min=$wmin ssh_s_min=$smin"
+read -r wcm _ <<<"$(stats "${webcpus[@]}")"
+read -r scm _ <<<"$(stats "${sshcpus[@]}")"
+echo "summary runs=$runs web_s_median=$wm ssh_s_median=$sm web_s_min=$wmin ssh_s_min=$smin web_cpu_s_median=$wcm ssh_cpu_s_median=$scm"
 exit "$failed"
