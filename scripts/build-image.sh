@@ -2,6 +2,7 @@
 # Build the default roost guest image (Debian 12) from Debian packages alone.
 #
 # Usage: scripts/build-image.sh [--force]
+#   --force  build even if an image of this recipe exists (as <name>-<UTC time>)
 #
 # Output: ${ROOST_IMAGE_CACHE:-/var/cache/roost/images}/debian-12-<recipe-hash12>/
 #   disk.qcow2  ext4 directly on /dev/vda (no partition table)
@@ -52,6 +53,14 @@ if [ "$force" = 0 ] && [ -f "$out/manifest.json" ]; then
   exit 0
 fi
 
+if [ -e "$out" ]; then
+  # --force: never replace an existing image in place. VMs' overlays name
+  # their base by path, and a different base under the same path would
+  # corrupt them; build beside it instead.
+  name="$name-$(date -u +%Y%m%d%H%M%S)"
+  out="$cache/$name"
+fi
+
 step "install build dependencies"
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
@@ -66,15 +75,32 @@ fi
 
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.build-$name.XXXXXX")
-cleanup() { rm -rf "$tmp"; rm -f "$cache/.default.tmp.$$"; }
+child=
+# Long steps run in the background so that a signal is handled at once (bash
+# defers traps until a foreground child exits); cleanup stops the child first.
+run() { "$@" & child=$!; wait "$child"; child=; }
+cleanup() {
+  if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+    kill -TERM "$child" 2>/dev/null || true
+    wait "$child" 2>/dev/null || true
+  fi
+  # mmdebstrap mounts /proc, /sys and /dev inside the tree while it runs; if it
+  # was interrupted, unmount whatever is left (deepest first) and never let rm
+  # cross into another filesystem.
+  awk -v t="$tmp/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$tmp"
+  rm -f "$cache/.default.tmp.$$"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 rootfs="$tmp/rootfs"
 staging="$tmp/$name"
 mkdir -p "$staging"
 
 step "mmdebstrap $suite"
 include=$(grep -v '^\s*#' "$recipe/packages" | grep -v '^\s*$' | paste -sd, -)
-mmdebstrap --variant=apt --mode=root --format=directory \
+run mmdebstrap --variant=apt --mode=root --format=directory \
   --include="$include" \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -110,7 +136,7 @@ mkfs.ext4 -q -F -L roost-root -m 0 -E root_owner=0:0 -d "$rootfs" "$tmp/disk.raw
 step "convert to qcow2"
 # Uncompressed: every VM reads its base through a qcow2 overlay, and zlib
 # clusters would be inflated again on each cold read.
-qemu-img convert -f raw -O qcow2 "$tmp/disk.raw" "$staging/disk.qcow2"
+run qemu-img convert -f raw -O qcow2 "$tmp/disk.raw" "$staging/disk.qcow2"
 rm -f "$tmp/disk.raw"
 
 step "write manifest"
@@ -136,14 +162,10 @@ jq -n \
     built_at: $built_at, recipe_hash: $recipe_hash}' > "$staging/manifest.json"
 
 step "install into $out"
-rm -rf "$rootfs"
-if [ -e "$out" ]; then
-  # --force rebuild: move the old one aside, then swap.
-  mv -T "$out" "$tmp/old"
-fi
+rm -rf --one-file-system "$rootfs"
 mv -T "$staging" "$out"
 link_default
+cleanup
 trap - EXIT
-rm -rf "$tmp"
 echo "build-image: built $out" >&2
 echo "$out"
