@@ -19,7 +19,10 @@
 #   run=1 web_s=12.34 ssh_s=13.45 web_cpu_s=11.9 ssh_cpu_s=13.1 load=0.52
 # (seconds from QEMU start until HTTP 200 / a successful "ssh true"; *_cpu_s is
 # the CPU time QEMU had used by then, a figure that host load barely affects;
-# load is the host's 1-minute load average) and a final summary line:
+# load is the host's 1-minute load average), then, after a graceful shutdown
+# over QMP (system_powerdown, as roost does; 60 s deadline):
+#   run=1 powerdown_s=2.10
+# and a final summary line:
 #   summary runs=N web_s_median=.. ssh_s_median=.. web_s_min=.. ssh_s_min=..
 #           web_cpu_s_median=.. ssh_cpu_s_median=..
 # A boot that misses its deadline prints web_s=timeout / ssh_s=timeout and the
@@ -65,7 +68,7 @@ fi
 image=$(readlink -f "$image")
 manifest="$image/manifest.json"
 [ -f "$manifest" ] || { echo "bare-boot: no manifest at $manifest" >&2; exit 1; }
-for t in qemu-system-x86_64 qemu-img mkfs.vfat mcopy ssh ssh-keygen curl jq ip; do
+for t in qemu-system-x86_64 qemu-img mkfs.vfat mcopy ssh ssh-keygen curl jq ip socat; do
   command -v "$t" >/dev/null || { echo "bare-boot: missing $t" >&2; exit 1; }
 done
 
@@ -134,7 +137,8 @@ ethernets:
       - to: 0.0.0.0/0
         via: $host_ip
 NC
-  mkfs.vfat -n cidata -C "$work/seed.img" 1024 >/dev/null
+  # (mkfs.vfat warns that lowercase labels are unusual; NoCloud wants "cidata".)
+  mkfs.vfat -n cidata -C "$work/seed.img" 1024 >/dev/null 2>&1
   mcopy -oi "$work/seed.img" "$d/meta-data" "$d/user-data" "$d/network-config" ::
 }
 
@@ -170,6 +174,7 @@ for run in $(seq 1 "$runs"); do
   args=(-name bare-boot -accel tcg -machine q35 -cpu "$cpu" -smp "$cpus" -m "$mem"
         -nodefaults -no-user-config -display none
         -serial "file:$work/serial-$run.log"
+        -qmp "unix:$work/qmp.sock,server=on,wait=off"
         -drive "file=$work/overlay.qcow2,if=virtio,format=qcow2,discard=unmap"
         -drive "file=$work/seed.img,if=virtio,format=raw,readonly=on"
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no
@@ -205,9 +210,22 @@ for run in $(seq 1 "$runs"); do
     ssh "${sshopts[@]}" "$user@$vm_ip" "$probe" >&2 || true
   fi
   webs+=("$web"); sshs+=("$sshs_"); webcpus+=("$webcpu"); sshcpus+=("$sshcpu")
+  # Graceful shutdown the way roost does it (ACPI power button over QMP).
+  down=timeout
+  if [ "$sshs_" != timeout ]; then
+    t1=$(now)
+    printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"system_powerdown"}' |
+      socat -t 2 - "UNIX-CONNECT:$work/qmp.sock" >/dev/null 2>&1 || true
+    for _ in $(seq 1 600); do
+      kill -0 "$qemu_pid" 2>/dev/null || { down=$(elapsed "$t1"); break; }
+      sleep 0.1
+    done
+  fi
+  echo "run=$run powerdown_s=$down"
   kill "$qemu_pid" 2>/dev/null || true
   wait "$qemu_pid" 2>/dev/null || true
   qemu_pid=
+  rm -f "$work/qmp.sock"
 done
 
 stats() { printf '%s\n' "$@" | grep -v -e timeout -e nan | sort -n |
