@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState, ReadinessState};
 use crate::auth::{jwt, Auth};
 use crate::config::Config;
+use crate::hosting;
 use crate::proxy;
 use crate::store::Store;
 
@@ -32,16 +33,22 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open(&cfg.state_dir)?;
     let secret = jwt::load_or_create_secret(&cfg.state_dir)?;
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
-    let readiness = Arc::new(ReadinessState::new(
-        "disabled: VM networking is not managed by this build",
-    ));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());
+    let forwarders = proxy::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED);
+    // Bridge, firewall, image, accelerator; then routes from the store, adoption of running
+    // VMs and the reconciler. Without root or an image, the API still serves accounts.
+    let hostings = hosting::start(cfg.clone(), store.clone(), routes.clone(), forwarders).await;
+    let readiness = Arc::new(ReadinessState::new(match hostings.disabled_reason() {
+        Some(r) => format!("disabled: {r}"),
+        None => "ok".to_owned(),
+    }));
     let state = AppState {
         cfg: cfg.clone(),
         store,
         auth: auth.clone(),
         readiness,
+        hostings,
     };
 
     let listener = TcpListener::bind(cfg.http.listen)

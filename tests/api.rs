@@ -44,7 +44,8 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\ndomain = \"example.test\"\n[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n{extra}",
+                // No image: VM hosting stays disabled, so these tests never touch the host's network.
+                "state_dir = \"{}\"\ndomain = \"example.test\"\n[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n[vm]\nimage = \"/nonexistent/roost-test-image\"\n{extra}",
                 dir.path().join("state").display()
             ),
         )

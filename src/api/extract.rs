@@ -67,3 +67,33 @@ where
             })
     }
 }
+
+/// A JSON body that may be left out entirely (no Content-Type, empty body): then
+/// `T::default()`. A body that is present follows [`ApiJson`]'s rules.
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+            return ApiJson::<T>::from_request(req, state).await.map(|j| OptionalJson(j.0));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::new(e.status(), "bad_request", e.body_text())
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(OptionalJson(T::default()))
+        } else {
+            Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with Content-Type: application/json",
+            ))
+        }
+    }
+}

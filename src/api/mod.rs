@@ -6,6 +6,9 @@
 
 mod accounts;
 mod admin;
+mod hostings;
+mod keys;
+mod vms;
 pub mod error;
 mod extract;
 mod health;
@@ -58,6 +61,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<Auth>,
     pub readiness: Arc<ReadinessState>,
+    pub hostings: crate::hosting::Hostings,
 }
 
 #[derive(OpenApi)]
@@ -90,6 +94,9 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(accounts::router())
         .merge(admin::router())
+        .merge(hostings::router())
+        .merge(keys::router())
+        .merge(vms::router())
         .layer(DefaultBodyLimit::max(state.cfg.http.max_body_bytes));
     let (router, mut doc) = OpenApiRouter::new()
         .merge(api)

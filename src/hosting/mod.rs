@@ -4,3 +4,123 @@
 //! Knows a hosting's owner id and slug, but nothing of HTTP requests or tokens.
 
 pub mod lifecycle;
+mod manager;
+mod netrt;
+pub mod paths;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use manager::Hostings;
+
+use crate::config::Config;
+use crate::store::{Hosting, Store, StoreError};
+
+/// Everything that can refuse or break a hosting operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HostingError {
+    #[error("VM hosting is unavailable on this host: {0}")]
+    Unavailable(String),
+    #[error("the user already has a hosting")]
+    Exists,
+    #[error("no such hosting")]
+    NotFound,
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("{0}")]
+    DiskFull(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("cannot {action} a VM that is {state}")]
+    InvalidState { state: &'static str, action: &'static str },
+    #[error("another operation on this hosting is in progress")]
+    Busy,
+    #[error("{step}: {message}")]
+    Step { step: String, message: String },
+    #[error("store")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The answer to a creation.
+pub struct Created {
+    pub hosting: Hosting,
+    /// The private half of a generated key pair; given out once, never stored.
+    pub private_key: Option<String>,
+}
+
+/// A route as the API reports it.
+pub struct RouteInfo {
+    pub slug: String,
+    pub hosting_id: String,
+    pub web_path: String,
+    pub web_host: String,
+    pub upstream: Option<String>,
+    pub ssh_port: Option<u16>,
+    pub status: String,
+    pub live: bool,
+}
+
+/// What changed in a route rebuild.
+pub struct ReloadDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+/// A VM as an administrator sees it.
+pub struct VmStatus {
+    pub hosting: Hosting,
+    pub owner: String,
+    pub pid: Option<i32>,
+    pub uptime_secs: Option<u64>,
+    pub qmp_status: Option<String>,
+}
+
+/// A VM with its resource figures.
+pub struct VmDetail {
+    pub status: VmStatus,
+    pub cpu_time_secs: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub block_stats: Option<serde_json::Value>,
+    pub tap_rx_bytes: Option<u64>,
+    pub tap_tx_bytes: Option<u64>,
+    pub serial_tail: Vec<String>,
+}
+
+/// Builds the manager: prepares the VM runtime when this host can run VMs (bridge,
+/// firewall, image, accelerator, templates), rebuilds routes from the store, reconciles
+/// once, and keeps reconciling every few seconds.
+pub async fn start(
+    cfg: Arc<Config>,
+    store: Store,
+    routes: crate::proxy::Routes,
+    forwarders: crate::proxy::Forwarders,
+) -> Hostings {
+    let runtime = manager::setup_runtime(&cfg).await;
+    if let Err(reason) = &runtime {
+        tracing::warn!(%reason, "VM hosting disabled");
+    }
+    let h = Hostings::new(cfg, store, routes, forwarders, runtime);
+    if let Err(e) = h.rebuild_routes().await {
+        tracing::warn!(error = %e, "cannot rebuild routes");
+    }
+    h.reconcile().await;
+    let bg = h.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            bg.reconcile().await;
+        }
+    });
+    h
+}
+
+/// `a: b: c` from an error and its sources, for reasons shown to users and logs.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    crate::api::error::chain(err)
+}

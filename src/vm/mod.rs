@@ -17,6 +17,7 @@ pub mod disk;
 pub mod image;
 pub mod lifecycle;
 pub mod process;
+pub mod procfs;
 pub mod qmp;
 
 mod error;

@@ -1,0 +1,197 @@
+//! `/api/v1/host*`: a user's hosting (create, read, delete), its access URLs and routes.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::OptionalJson;
+use super::AppState;
+use crate::auth::{AdminUser, AuthUser};
+use crate::hosting::RouteInfo;
+use crate::store::{Hosting, HostingId, Role};
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHostingRequest {
+    /// One OpenSSH public key line. Without it, the user's registered keys are installed;
+    /// with none of those either, roost generates a key pair and returns the private half once.
+    pub ssh_public_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct HostingView {
+    pub id: String,
+    pub slug: String,
+    /// `provisioning`, `booting`, `running`, `paused`, `stopped`, `failed`, `deleting`.
+    pub state: String,
+    /// Why the hosting failed, when it did.
+    pub reason: Option<String>,
+    pub ip: String,
+    pub ssh_port: u16,
+    pub created_at: String,
+    /// Only in the answer to the creation that generated a key pair; never stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AccessUrls {
+    pub web: String,
+    pub web_host: String,
+    pub ssh: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RouteView {
+    pub slug: String,
+    pub hosting_id: String,
+    pub web_path: String,
+    pub web_host: String,
+    pub upstream: Option<String>,
+    pub ssh_port: Option<u16>,
+    /// `live`, `provisioning`, `booting`, `stopped`, `failed`.
+    pub status: String,
+    /// Whether the route is in the proxy's table and the VM answers.
+    pub live: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ReloadView {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, get_mine))
+        .routes(routes!(delete))
+        .routes(routes!(access_urls))
+        .routes(routes!(proxy_info))
+        .routes(routes!(reload_proxy))
+}
+
+pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {
+    HostingView {
+        id: h.id.to_string(),
+        slug: h.slug.clone(),
+        state: h.state.as_str().into(),
+        reason: h.reason.clone(),
+        ip: h.ip.to_string(),
+        ssh_port: h.ssh_port,
+        created_at: rfc3339(h.created_at),
+        private_key,
+    }
+}
+
+/// Creates the caller's hosting; provisioning continues in the background.
+#[utoipa::path(post, path = "/api/v1/host", tag = "hosting", security(("bearer" = [])),
+    request_body = CreateHostingRequest,
+    responses(
+        (status = 202, body = HostingView),
+        (status = 409, description = "the user already has a hosting", body = ErrorBody),
+        (status = 422, description = "the key does not parse", body = ErrorBody),
+        (status = 503, description = "no capacity, or VM hosting unavailable on this host", body = ErrorBody),
+        (status = 507, description = "not enough disk space", body = ErrorBody),
+    ))]
+async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    OptionalJson(req): OptionalJson<CreateHostingRequest>,
+) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    let created = st
+        .hostings
+        .create(user.id, &user.username, req.ssh_public_key.as_deref())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&created.hosting, created.private_key))))
+}
+
+/// The caller's hosting with its live state.
+#[utoipa::path(get, path = "/api/v1/host", tag = "hosting", security(("bearer" = [])),
+    responses((status = 200, body = HostingView), (status = 404, body = ErrorBody)))]
+async fn get_mine(State(st): State<AppState>, user: AuthUser) -> Result<Json<HostingView>, ApiError> {
+    let h = st.hostings.of_user(user.id)?.ok_or_else(|| ApiError::not_found("hosting"))?;
+    Ok(Json(view(&h, None)))
+}
+
+/// Deletes a hosting (the owner's, or any for an admin); completes in the background.
+#[utoipa::path(delete, path = "/api/v1/host/{id}", tag = "hosting", security(("bearer" = [])),
+    params(("id" = String, Path, description = "hosting id")),
+    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody)))]
+async fn delete(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    let h = owned(&st, &user, &id)?;
+    let h = st.hostings.delete(h.id, &user.username).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
+}
+
+/// Finds a hosting the caller may touch. Someone else's hosting is a 404, not a 403, so
+/// that ids cannot be probed.
+fn owned(st: &AppState, user: &AuthUser, id: &str) -> Result<Hosting, ApiError> {
+    let id: HostingId = id.parse().map_err(|_| ApiError::not_found("hosting"))?;
+    match st.store.hosting(id)? {
+        Some(h) if h.user == user.id || user.role == Role::Admin => Ok(h),
+        _ => Err(ApiError::not_found("hosting")),
+    }
+}
+
+/// How to reach the caller's site and VM.
+#[utoipa::path(get, path = "/api/v1/host/access-urls", tag = "hosting", security(("bearer" = [])),
+    responses((status = 200, body = AccessUrls), (status = 404, body = ErrorBody)))]
+async fn access_urls(State(st): State<AppState>, user: AuthUser) -> Result<Json<AccessUrls>, ApiError> {
+    let h = st.hostings.of_user(user.id)?.ok_or_else(|| ApiError::not_found("hosting"))?;
+    let d = &st.cfg.domain;
+    let port = st.cfg.http.listen.port();
+    let host = if port == 80 { d.clone() } else { format!("{d}:{port}") };
+    Ok(Json(AccessUrls {
+        web: format!("http://{host}/{}/", h.slug),
+        web_host: format!("http://{}.{host}/", h.slug),
+        ssh: format!("ssh -p {} {}@{d}", h.ssh_port, h.slug),
+    }))
+}
+
+fn route_view(r: RouteInfo) -> RouteView {
+    RouteView {
+        slug: r.slug,
+        hosting_id: r.hosting_id,
+        web_path: r.web_path,
+        web_host: r.web_host,
+        upstream: r.upstream,
+        ssh_port: r.ssh_port,
+        status: r.status,
+        live: r.live,
+    }
+}
+
+/// The caller's routes and whether each is live (an admin sees every route).
+#[utoipa::path(get, path = "/api/v1/host/proxy-info", tag = "hosting", security(("bearer" = [])),
+    responses((status = 200, body = [RouteView])))]
+async fn proxy_info(State(st): State<AppState>, user: AuthUser) -> Result<Json<Vec<RouteView>>, ApiError> {
+    let only = (user.role != Role::Admin).then_some(user.id);
+    Ok(Json(st.hostings.routes_info(only)?.into_iter().map(route_view).collect()))
+}
+
+/// Rebuilds every route from the store and reports what changed (admin).
+#[utoipa::path(post, path = "/api/v1/host/reload-proxy", tag = "hosting", security(("bearer" = [])),
+    responses((status = 200, body = ReloadView), (status = 403, body = ErrorBody)))]
+async fn reload_proxy(State(st): State<AppState>, admin: AdminUser) -> Result<Json<ReloadView>, ApiError> {
+    let d = st.hostings.reload_routes(&admin.0.username).await?;
+    Ok(Json(ReloadView {
+        added: d.added,
+        removed: d.removed,
+        changed: d.changed,
+        unchanged: d.unchanged,
+    }))
+}

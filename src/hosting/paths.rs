@@ -1,0 +1,53 @@
+//! Where a hosting's files live: `state_dir/vms/<id>/`. Deterministic, so that a new
+//! daemon finds the pidfile and QMP socket of a VM started by an earlier one.
+
+use std::path::{Path, PathBuf};
+
+use crate::store::HostingId;
+
+/// The files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+    pub overlay: PathBuf,
+    pub seed: PathBuf,
+    pub qmp: PathBuf,
+    pub pidfile: PathBuf,
+    pub serial_log: PathBuf,
+    pub qemu_log: PathBuf,
+}
+
+/// The directory holding every VM's directory.
+pub fn vms_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("vms")
+}
+
+impl VmPaths {
+    pub fn new(state_dir: &Path, id: HostingId) -> VmPaths {
+        let dir = vms_dir(state_dir).join(id.to_string());
+        VmPaths {
+            overlay: dir.join("disk.qcow2"),
+            seed: dir.join("seed.img"),
+            qmp: dir.join("qmp.sock"),
+            pidfile: dir.join("qemu.pid"),
+            serial_log: dir.join("serial.log"),
+            qemu_log: dir.join("qemu.log"),
+            dir,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let id: HostingId = "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().expect("ulid");
+        let p = VmPaths::new(Path::new("/var/lib/roost"), id);
+        assert_eq!(p.dir, Path::new("/var/lib/roost/vms/01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        assert_eq!(p.qmp, p.dir.join("qmp.sock"));
+        // A unix socket path must fit in sun_path (108 bytes).
+        assert!(p.qmp.as_os_str().len() < 108);
+    }
+}

@@ -1,0 +1,94 @@
+//! What `/proc` says about a QEMU process: CPU time, memory, start time, and which
+//! processes are QEMUs of a given state directory (for the orphan reaper).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Resource figures of one process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStats {
+    /// User plus system CPU time, in seconds.
+    pub cpu_time_secs: f64,
+    pub rss_bytes: u64,
+}
+
+fn ticks_per_sec() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|t| t as f64)
+        .unwrap_or(100.0)
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may contain spaces).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time and resident memory of `pid`.
+pub fn proc_stats(pid: i32) -> Option<ProcStats> {
+    let f = stat_fields(pid)?;
+    // After the name: state(0) ... utime(11) stime(12) ... rss(21, in pages).
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(ProcStats {
+        cpu_time_secs: (utime + stime) / ticks_per_sec(),
+        rss_bytes: rss_pages * page,
+    })
+}
+
+/// When `pid` started (wall clock).
+pub fn start_time(pid: i32) -> Option<SystemTime> {
+    let f = stat_fields(pid)?;
+    let start_ticks: f64 = f.get(19)?.parse().ok()?;
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    Some(UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_secs_f64(start_ticks / ticks_per_sec()))
+}
+
+/// QEMU processes whose `-pidfile` lies under `vms_dir`: `(pid, name of the VM directory)`.
+/// Only those are roost's to reap; QEMUs of other state directories are never touched.
+pub fn qemus_under(vms_dir: &Path) -> Vec<(i32, String)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    let prefix = vms_dir.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if !args.first().is_some_and(|a| a.windows(11).any(|w| w == b"qemu-system")) {
+            continue;
+        }
+        let pidfile = args.windows(2).find(|w| w[0] == b"-pidfile").map(|w| w[1]);
+        if let Some(p) = pidfile {
+            if p.starts_with(prefix) && p.get(prefix.len()) == Some(&b'/') {
+                let rest = &p[prefix.len() + 1..];
+                let dir = rest.split(|&b| b == b'/').next().unwrap_or_default();
+                out.push((pid, String::from_utf8_lossy(dir).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_figures() {
+        let me = std::process::id() as i32;
+        let s = proc_stats(me).expect("stats");
+        assert!(s.rss_bytes > 0);
+        let t = start_time(me).expect("start");
+        assert!(t <= SystemTime::now());
+        assert!(qemus_under(Path::new("/nonexistent/vms")).is_empty());
+    }
+}

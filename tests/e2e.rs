@@ -1,0 +1,486 @@
+//! End-to-end: the real daemon, real QEMU guests from the real image with real cloud-init,
+//! a real bridge and taps, curl and ssh — all inside a network namespace this test makes.
+//! Privileged: runs only with ROOST_PRIVILEGED_TESTS=1 (scripts/test.sh sets it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const DOMAIN: &str = "roost.test";
+const HTTP: &str = "127.0.0.1:8080";
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("ROOST_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/roost/images/default"))
+}
+
+struct Roost {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Roost {
+    fn new(dir: &Path, extra: &str) -> Roost {
+        let config = dir.join("roost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"state_dir = "{state}"
+domain = "{DOMAIN}"
+log_level = "info,roost=debug"
+[http]
+listen = "{HTTP}"
+[ssh]
+port_range = "22000-22009"
+[network]
+bridge = "rbr0"
+subnet = "10.77.0.0/24"
+dns = ["10.77.0.1"]
+[vm]
+accel = "tcg"
+image = "{image}"
+memory_mib = 512
+stop_timeout_secs = 20
+boot_timeout_secs = 240
+{extra}"#,
+                state = dir.join("state").display(),
+                image = image_dir().display()
+            ),
+        )
+        .expect("config");
+        Roost {
+            child: None,
+            dir: dir.to_path_buf(),
+            log: dir.join("roost.log"),
+            config,
+        }
+    }
+
+    fn start(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn roost"));
+        common::poll("roost ready", Duration::from_secs(60), || {
+            let (s, v) = http("GET", "/readyz", None, None);
+            (s == 200).then_some(v)
+        });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn user_add(&self, name: &str, admin: bool) {
+        use std::io::Write;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
+        cmd.args(["user", "add", name, "--config"]).arg(&self.config);
+        if admin {
+            cmd.arg("--admin");
+        }
+        let mut c = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn");
+        c.stdin.take().expect("stdin").write_all(b"password123\n").expect("write");
+        assert!(c.wait().expect("wait").success());
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Roost {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- roost log tail ---\n{}", self.log_tail());
+        }
+        self.kill9();
+        // Whatever the test left: kill every QEMU whose files live under our state dir.
+        let state = self.dir.join("state");
+        if let Ok(rd) = std::fs::read_dir(state.join("vms")) {
+            for e in rd.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid")) {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request with curl (a real client); returns status and JSON body (Null if not JSON).
+fn http(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let (s, text) = curl(method, path, token, body, &[]);
+    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn curl(method: &str, path: &str, token: Option<&str>, body: Option<&Value>, headers: &[&str]) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "20", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
+    }
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg(format!("http://{HTTP}{path}"));
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn login(user: &str, pw: &str) -> String {
+    let (s, v) = http("POST", "/api/v1/auth/login", None, Some(&json!({"username": user, "password": pw})));
+    assert_eq!(s, 200, "{v}");
+    v["access_token"].as_str().expect("token").to_owned()
+}
+
+fn ssh(port: u16, user: &str, key: &Path, cmd: &str) -> Output {
+    Command::new("ssh")
+        .args(["-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh")
+}
+
+fn wait_state(token: &str, want: &str, within: Duration) -> Value {
+    common::poll(&format!("hosting state {want}"), within, || {
+        let (s, v) = http("GET", "/api/v1/host", Some(token), None);
+        if s == 200 && v["state"] == "failed" && want != "failed" {
+            panic!("hosting failed: {v}");
+        }
+        (s == 200 && v["state"] == want).then_some(v)
+    })
+}
+
+fn admin_vm(admin: &str, id: &str) -> Value {
+    let (s, v) = http("GET", &format!("/api/v1/admin/vms/{id}"), Some(admin), None);
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn roost_taps() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("rt"))
+        .collect()
+}
+
+fn qemus_under(dir: &Path) -> usize {
+    let out = Command::new("pgrep").args(["-af", "qemu-system"]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&dir.display().to_string()))
+        .count()
+}
+
+/// The whole user story, with two users and two VMs, plus the supervisor's duties:
+/// admin actions, daemon kill -9 and adoption, QEMU kill -9 and restart, isolation, delete.
+#[test]
+fn hosting_end_to_end() {
+    if !common::privileged("hosting_end_to_end") {
+        return;
+    }
+    common::in_netns(|| {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().to_path_buf();
+        let mut roost = Roost::new(&dir, "");
+        roost.user_add("root-admin", true);
+        roost.start(&[]);
+        let admin = login("root-admin", "password123");
+
+        // Two users; alice brings her own key, bob gets a generated one.
+        for u in ["alice", "bob"] {
+            let (s, v) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": u, "password": "password123"})));
+            assert_eq!(s, 201, "{v}");
+        }
+        let alice = login("alice", "password123");
+        let bob = login("bob", "password123");
+        let alice_key = dir.join("alice_key");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&alice_key)
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success());
+        let alice_pub = std::fs::read_to_string(dir.join("alice_key.pub")).expect("pub");
+
+        // A key that does not parse is a 422 naming the field, and creates nothing.
+        let (s, v) = http("POST", "/api/v1/host", Some(&alice), Some(&json!({"ssh_public_key": "ssh-ed25519 notbase64!"})));
+        assert_eq!(s, 422, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("ssh_public_key")), "{v}");
+        assert_eq!(http("GET", "/api/v1/host", Some(&alice), None).0, 404);
+
+        let (s, a) = http("POST", "/api/v1/host", Some(&alice), Some(&json!({"ssh_public_key": alice_pub.trim()})));
+        assert_eq!(s, 202, "{a}");
+        assert!(a.get("private_key").is_none());
+        let (s, b) = http("POST", "/api/v1/host", Some(&bob), None);
+        assert_eq!(s, 202, "{b}");
+        let bob_key = dir.join("bob_key");
+        let pk = b["private_key"].as_str().expect("generated private key");
+        std::fs::write(&bob_key, pk).expect("key");
+        std::fs::set_permissions(&bob_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        assert_ne!(a["ip"], b["ip"]);
+        assert_ne!(a["ssh_port"], b["ssh_port"]);
+        // One hosting per user.
+        assert_eq!(http("POST", "/api/v1/host", Some(&alice), None).0, 409);
+        // While it boots the site says so.
+        let (s, _) = curl("GET", "/alice/", None, None, &[]);
+        assert!(s == 503 || s == 200, "{s}");
+
+        let a = wait_state(&alice, "running", Duration::from_secs(300));
+        let b = wait_state(&bob, "running", Duration::from_secs(300));
+        let (a_id, b_id) = (a["id"].as_str().expect("id").to_owned(), b["id"].as_str().expect("id").to_owned());
+        let a_port = a["ssh_port"].as_u64().expect("port") as u16;
+        let b_port = b["ssh_port"].as_u64().expect("port") as u16;
+
+        // The web through the proxy: by path, by host, and the redirect.
+        for (user, slug) in [("alice", "alice"), ("bob", "bob")] {
+            let (s, page) = curl("GET", &format!("/{slug}/"), None, None, &[]);
+            assert_eq!(s, 200, "{user}: {page}");
+            assert!(page.contains(slug), "{page}");
+            let (s, page) = curl("GET", "/", None, None, &[&format!("Host: {slug}.{DOMAIN}")]);
+            assert_eq!(s, 200);
+            assert!(page.contains(slug));
+            assert_eq!(curl("GET", &format!("/{slug}"), None, None, &[]).0, 308);
+        }
+        assert_eq!(curl("GET", "/nobody/", None, None, &[]).0, 404);
+
+        // SSH through the forwarder, end to end with each VM.
+        let out = ssh(a_port, "alice", &alice_key, "id -un; hostname; ip -br -4 a show dev eth0");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("alice") && text.contains(a["ip"].as_str().expect("ip")), "{text}");
+        let out = ssh(b_port, "bob", &bob_key, "id -un");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bob", "{}", String::from_utf8_lossy(&out.stderr));
+        // Alice's key does not open bob's VM.
+        assert!(!ssh(b_port, "bob", &alice_key, "true").status.success());
+
+        // VMs cannot reach each other, but reach the gateway.
+        let probe = format!(
+            "ping -c1 -W2 10.77.0.1 >/dev/null && echo GW_OK; ping -c1 -W2 {} >/dev/null && echo PEER_REACHED; curl -s -m3 http://{}/ >/dev/null && echo PEER_WEB",
+            b["ip"].as_str().expect("ip"),
+            b["ip"].as_str().expect("ip")
+        );
+        let text = String::from_utf8_lossy(&ssh(a_port, "alice", &alice_key, &probe).stdout).into_owned();
+        assert!(text.contains("GW_OK"), "{text}");
+        assert!(!text.contains("PEER_REACHED") && !text.contains("PEER_WEB"), "{text}");
+
+        // One user's token cannot read, delete or act on another's hosting.
+        assert_eq!(http("DELETE", &format!("/api/v1/host/{b_id}"), Some(&alice), None).0, 404);
+        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{b_id}/stop"), Some(&alice), None).0, 403);
+        assert_eq!(http("GET", "/api/v1/host", Some(&alice), None).1["id"], a_id.as_str());
+        let (s, routes) = http("GET", "/api/v1/host/proxy-info", Some(&alice), None);
+        assert_eq!(s, 200);
+        assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
+        assert_eq!(routes[0]["live"], true);
+
+        // Admin view: live QMP status and PIDs.
+        let (s, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
+        assert_eq!(s, 200);
+        assert_eq!(vms.as_array().map(Vec::len), Some(2), "{vms}");
+        let va = admin_vm(&admin, &a_id);
+        assert_eq!(va["qmp_status"], "running", "{va}");
+        assert!(va["rss_bytes"].as_u64().is_some_and(|r| r > 0), "{va}");
+        assert!(va["tap_rx_bytes"].as_u64().is_some(), "{va}");
+        let a_pid = va["pid"].as_i64().expect("pid");
+        let b_pid = admin_vm(&admin, &b_id)["pid"].as_i64().expect("pid");
+
+        // Pause / resume through QMP.
+        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/pause"), Some(&admin), None).0, 202);
+        common::poll("paused", Duration::from_secs(10), || (admin_vm(&admin, &a_id)["qmp_status"] == "paused").then_some(()));
+        assert_eq!(wait_state(&alice, "paused", Duration::from_secs(5))["state"], "paused");
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 503);
+        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/resume"), Some(&admin), None).0, 202);
+        wait_state(&alice, "running", Duration::from_secs(10));
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
+        let (s, audit) = http("GET", "/api/v1/admin/audit?limit=20", Some(&admin), None);
+        assert_eq!(s, 200);
+        assert!(audit.as_array().is_some_and(|a| a.iter().any(|e| e["action"] == "vm.pause" && e["actor"] == "root-admin")), "{audit}");
+
+        // kill -9 the daemon: VMs keep running; a new daemon adopts them (same PIDs).
+        let uptime = |port: u16, key: &Path, user: &str| -> f64 {
+            let o = ssh(port, user, key, "cut -d' ' -f1 /proc/uptime");
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(-1.0)
+        };
+        let up_before = uptime(a_port, &alice_key, "alice");
+        assert!(up_before > 0.0);
+        roost.kill9();
+        roost.start(&[]);
+        let admin = login("root-admin", "password123");
+        assert_eq!(admin_vm(&admin, &a_id)["pid"].as_i64(), Some(a_pid));
+        assert_eq!(admin_vm(&admin, &b_id)["pid"].as_i64(), Some(b_pid));
+        common::poll("qmp live after adoption", Duration::from_secs(10), || {
+            (admin_vm(&admin, &a_id)["qmp_status"] == "running").then_some(())
+        });
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
+        assert_eq!(curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0, 200);
+        assert!(uptime(a_port, &alice_key, "alice") > up_before, "guest was not rebooted");
+        assert!(ssh(b_port, "bob", &bob_key, "true").status.success());
+
+        // kill -9 a QEMU: the state changes at once, and the policy starts it again.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(b_pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        common::poll("state change after qemu death", Duration::from_secs(2), || {
+            let v = admin_vm(&admin, &b_id);
+            (v["pid"].as_i64() != Some(b_pid)).then_some(())
+        });
+        wait_state(&bob, "running", Duration::from_secs(300));
+        assert_ne!(admin_vm(&admin, &b_id)["pid"].as_i64(), Some(b_pid));
+        assert!(ssh(b_port, "bob", &bob_key, "true").status.success());
+
+        // Stop and start.
+        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/stop"), Some(&admin), None).0, 202);
+        wait_state(&alice, "stopped", Duration::from_secs(60));
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 503);
+        assert!(admin_vm(&admin, &a_id)["pid"].is_null());
+        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/start"), Some(&admin), None).0, 202);
+        wait_state(&alice, "running", Duration::from_secs(300));
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
+
+        // Delete both: nothing is left.
+        assert_eq!(http("DELETE", &format!("/api/v1/host/{a_id}"), Some(&alice), None).0, 202);
+        assert_eq!(http("DELETE", &format!("/api/v1/host/{b_id}"), Some(&bob), None).0, 202);
+        for t in [&alice, &bob] {
+            common::poll("hosting gone", Duration::from_secs(60), || (http("GET", "/api/v1/host", Some(t), None).0 == 404).then_some(()));
+        }
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 404);
+        assert_eq!(curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0, 404);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", a_port)).is_err(), "ssh port still open");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", b_port)).is_err(), "ssh port still open");
+        assert_eq!(roost_taps(), Vec::<String>::new());
+        assert_eq!(qemus_under(&dir), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.join("state/vms")).expect("vms").collect();
+        assert!(left.is_empty(), "{left:?}");
+        let (_, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
+        assert_eq!(vms.as_array().map(Vec::len), Some(0));
+        // Addresses and ports are free again: a new hosting gets the lowest ones back.
+        let (s, again) = http("POST", "/api/v1/host", Some(&alice), None);
+        assert_eq!(s, 202, "{again}");
+        assert_eq!(again["ip"], "10.77.0.2");
+        assert_eq!(again["ssh_port"], 22000);
+        let id = again["id"].as_str().expect("id").to_owned();
+        assert_eq!(http("DELETE", &format!("/api/v1/host/{id}"), Some(&alice), None).0, 202);
+        common::poll("hosting gone", Duration::from_secs(120), || (http("GET", "/api/v1/host", Some(&alice), None).0 == 404).then_some(()));
+        assert_eq!(qemus_under(&dir), 0);
+        assert_eq!(roost_taps(), Vec::<String>::new());
+        roost.kill9();
+    });
+}
+
+/// Every creation step failing: a clear error or a `failed` state, and nothing leaked.
+#[test]
+fn creation_faults_leak_nothing() {
+    if !common::privileged("creation_faults_leak_nothing") {
+        return;
+    }
+    common::in_netns(|| {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().to_path_buf();
+
+        // Disk full: 507 before anything is reserved.
+        let mut roost = Roost::new(&dir, "disk_reserve_gib = 1000000\n");
+        roost.start(&[]);
+        let (s, _) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": "carol", "password": "password123"})));
+        assert_eq!(s, 201);
+        let carol = login("carol", "password123");
+        let (s, v) = http("POST", "/api/v1/host", Some(&carol), None);
+        assert_eq!(s, 507, "{v}");
+        assert_eq!(v["error"], "insufficient_storage");
+        assert_eq!(http("GET", "/api/v1/host", Some(&carol), None).0, 404);
+        roost.kill9();
+
+        // Each step fails in turn: the hosting ends `failed` with the step in the reason,
+        // and no process, tap or file remains.
+        for step in ["overlay", "seed", "tap", "qemu", "routes"] {
+            let mut roost = Roost::new(&dir, "");
+            roost.start(&[("ROOST_FAULTS", step)]);
+            let carol = login("carol", "password123");
+            let (s, v) = http("POST", "/api/v1/host", Some(&carol), None);
+            assert_eq!(s, 202, "{step}: {v}");
+            let v = wait_state(&carol, "failed", Duration::from_secs(60));
+            assert!(v["reason"].as_str().is_some_and(|r| r.contains(step)), "{step}: {v}");
+            assert_eq!(roost_taps(), Vec::<String>::new(), "{step}");
+            assert_eq!(qemus_under(&dir), 0, "{step}");
+            let id = v["id"].as_str().expect("id").to_owned();
+            let vm_dir = dir.join("state/vms").join(&id);
+            assert!(!vm_dir.exists(), "{step}: files left in {}", vm_dir.display());
+            // Deleting a failed hosting releases everything.
+            assert_eq!(http("DELETE", &format!("/api/v1/host/{id}"), Some(&carol), None).0, 202);
+            common::poll("deleted", Duration::from_secs(30), || (http("GET", "/api/v1/host", Some(&carol), None).0 == 404).then_some(()));
+            assert!(!vm_dir.exists(), "{step}");
+            roost.kill9();
+        }
+
+        // Address pool and port range exhausted: 503 with a message, nothing half-made.
+        let mut roost = Roost::new(&dir, "");
+        std::fs::write(
+            &roost.config,
+            std::fs::read_to_string(&roost.config)
+                .expect("cfg")
+                .replace("10.77.0.0/24", "10.77.0.0/30")
+                .replace("22000-22009", "22000-22000"),
+        )
+        .expect("cfg");
+        roost.start(&[("ROOST_FAULTS", "qemu")]);
+        let carol = login("carol", "password123");
+        assert_eq!(http("POST", "/api/v1/host", Some(&carol), None).0, 202);
+        wait_state(&carol, "failed", Duration::from_secs(60));
+        let (s, _) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": "dave", "password": "password123"})));
+        assert_eq!(s, 201);
+        let dave = login("dave", "password123");
+        let (s, v) = http("POST", "/api/v1/host", Some(&dave), None);
+        assert_eq!(s, 503, "{v}");
+        assert_eq!(v["error"], "no_capacity");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("address")), "{v}");
+        assert_eq!(http("GET", "/api/v1/host", Some(&dave), None).0, 404);
+        roost.kill9();
+        std::fs::write(
+            &roost.config,
+            std::fs::read_to_string(&roost.config).expect("cfg").replace("10.77.0.0/30", "10.77.0.0/24"),
+        )
+        .expect("cfg");
+        roost.start(&[]);
+        let dave = login("dave", "password123");
+        let (s, v) = http("POST", "/api/v1/host", Some(&dave), None);
+        assert_eq!(s, 503, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("port")), "{v}");
+        roost.kill9();
+        assert_eq!(qemus_under(&dir), 0);
+        assert_eq!(roost_taps(), Vec::<String>::new());
+    });
+}
