@@ -57,6 +57,12 @@ fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // netlink-packet-route warns on every link dump about kernel attributes newer than it
+    // knows; that is noise, not a problem of this host.
+    let filter = match "netlink_packet_route=error".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let registry = tracing_subscriber::registry().with(filter);
     // Under systemd, stderr is connected to the journal: log structured fields natively.
     if std::env::var_os("JOURNAL_STREAM").is_some() {

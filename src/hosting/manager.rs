@@ -846,6 +846,9 @@ impl Hostings {
             Ok(()) | Err(StoreError::NoSuchHosting) => info!(hosting = %id, "hosting deleted"),
             Err(e) => warn!(error = %e, "cannot remove hosting row"),
         }
+        if let Err(e) = self.sync_firewall(None).await {
+            warn!(error = %e, "cannot update the firewall");
+        }
     }
 }
 
