@@ -113,6 +113,16 @@ impl Drop for Roost {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- roost log tail ---\n{}", self.log_tail());
+            if let Ok(rd) = std::fs::read_dir(self.dir.join("state/vms")) {
+                for e in rd.flatten() {
+                    let log = std::fs::read_to_string(e.path().join("serial.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    eprintln!("--- serial log of {} ---", e.path().display());
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
         }
         self.kill9();
         // Whatever the test left: kill every QEMU whose files live under our state dir.

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::lifecycle::{self, Action, AfterExit, Backoff, ExitCause, Plan};
-use super::netrt::{self, NetRuntime};
+use super::netrt::NetRuntime;
 use super::paths::{self, VmPaths};
 use super::{Created, HostingError, RouteInfo, VmDetail, VmStatus};
 use crate::cloudinit;
@@ -1049,7 +1049,10 @@ impl Hostings {
             },
             None => None,
         };
-        let counters = netrt::counters(&h.tap);
+        let counters = match self.inner.runtime.as_ref() {
+            Ok(rt) => rt.net.counters(&h.tap).await,
+            Err(_) => None,
+        };
         let p = VmPaths::new(&self.inner.cfg.state_dir, id);
         Ok(VmDetail {
             cpu_time_secs: proc_stats.map(|s| s.cpu_time_secs),

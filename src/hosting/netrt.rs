@@ -50,6 +50,13 @@ impl NetRuntime {
         Ok(net::orphan_taps(&links, claimed).map(|l| l.name.clone()).collect())
     }
 
+    /// Received and sent bytes of a link. Asked over netlink, not sysfs: sysfs shows the
+    /// network namespace it was mounted in, which need not be the daemon's.
+    pub async fn counters(&self, name: &str) -> Option<(u64, u64)> {
+        let l = net::find_link(&self.handle, name).await.ok()??;
+        Some((l.rx_bytes, l.tx_bytes))
+    }
+
     /// Replaces the firewall with one that lets exactly these VMs' taps speak, each with
     /// its own MAC and IP.
     pub async fn apply_firewall(&self, ports: Vec<(String, net::MacAddr, Ipv4Addr)>) -> Result<(), NetError> {
@@ -58,16 +65,4 @@ impl NetRuntime {
         plan.ports = ports.into_iter().map(|(tap, mac, ip)| VmPort { tap, mac, ip }).collect();
         net::apply_firewall(&plan).await
     }
-}
-
-/// Received and sent bytes of a link, from sysfs.
-pub(super) fn counters(name: &str) -> Option<(u64, u64)> {
-    let read = |what: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/{what}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((read("rx_bytes")?, read("tx_bytes")?))
 }
