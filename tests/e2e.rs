@@ -94,18 +94,34 @@ boot_timeout_secs = 240
     fn user_add(&self, name: &str, admin: bool) {
         use std::io::Write;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
-        cmd.args(["user", "add", name, "--config"]).arg(&self.config);
+        cmd.args(["user", "add", name, "--config"])
+            .arg(&self.config);
         if admin {
             cmd.arg("--admin");
         }
-        let mut c = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn");
-        c.stdin.take().expect("stdin").write_all(b"password123\n").expect("write");
+        let mut c = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"password123\n")
+            .expect("write");
         assert!(c.wait().expect("wait").success());
     }
 
     fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        s.lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -115,7 +131,8 @@ impl Drop for Roost {
             eprintln!("--- roost log tail ---\n{}", self.log_tail());
             if let Ok(rd) = std::fs::read_dir(self.dir.join("state/vms")) {
                 for e in rd.flatten() {
-                    let log = std::fs::read_to_string(e.path().join("serial.log")).unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(e.path().join("serial.log")).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(40).collect();
                     eprintln!("--- serial log of {} ---", e.path().display());
                     for l in tail.iter().rev() {
@@ -131,7 +148,10 @@ impl Drop for Roost {
             for e in rd.flatten() {
                 if let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid")) {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
             }
@@ -145,14 +165,25 @@ fn http(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> 
     (s, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn curl(method: &str, path: &str, token: Option<&str>, body: Option<&Value>, headers: &[&str]) -> (u16, String) {
+fn curl(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> (u16, String) {
     let mut c = Command::new("curl");
     c.args(["-sS", "-m", "20", "-X", method, "-w", "\n%{http_code}"]);
     if let Some(t) = token {
         c.args(["-H", &format!("authorization: Bearer {t}")]);
     }
     if let Some(b) = body {
-        c.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
+        c.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
     }
     for h in headers {
         c.args(["-H", h]);
@@ -165,7 +196,12 @@ fn curl(method: &str, path: &str, token: Option<&str>, body: Option<&Value>, hea
 }
 
 fn login(user: &str, pw: &str) -> String {
-    let (s, v) = http("POST", "/api/v1/auth/login", None, Some(&json!({"username": user, "password": pw})));
+    let (s, v) = http(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&json!({"username": user, "password": pw})),
+    );
     assert_eq!(s, 200, "{v}");
     v["access_token"].as_str().expect("token").to_owned()
 }
@@ -175,8 +211,18 @@ fn ssh(port: u16, user: &str, key: &Path, cmd: &str) -> Output {
         .args(["-p", &port.to_string(), "-i"])
         .arg(key)
         .args([
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
         ])
         .arg(format!("{user}@127.0.0.1"))
         .arg(cmd)
@@ -202,7 +248,10 @@ fn admin_vm(admin: &str, id: &str) -> Value {
 }
 
 fn roost_taps() -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip");
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -212,7 +261,10 @@ fn roost_taps() -> Vec<String> {
 }
 
 fn qemus_under(dir: &Path) -> usize {
-    let out = Command::new("pgrep").args(["-af", "qemu-system"]).output().expect("pgrep");
+    let out = Command::new("pgrep")
+        .args(["-af", "qemu-system"])
+        .output()
+        .expect("pgrep");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(&dir.display().to_string()))
@@ -236,7 +288,12 @@ fn hosting_end_to_end() {
 
         // Two users; alice brings her own key, bob gets a generated one.
         for u in ["alice", "bob"] {
-            let (s, v) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": u, "password": "password123"})));
+            let (s, v) = http(
+                "POST",
+                "/api/v1/auth/register",
+                None,
+                Some(&json!({"username": u, "password": "password123"})),
+            );
             assert_eq!(s, 201, "{v}");
         }
         let alice = login("alice", "password123");
@@ -251,12 +308,27 @@ fn hosting_end_to_end() {
         let alice_pub = std::fs::read_to_string(dir.join("alice_key.pub")).expect("pub");
 
         // A key that does not parse is a 422 naming the field, and creates nothing.
-        let (s, v) = http("POST", "/api/v1/host", Some(&alice), Some(&json!({"ssh_public_key": "ssh-ed25519 notbase64!"})));
+        let (s, v) = http(
+            "POST",
+            "/api/v1/host",
+            Some(&alice),
+            Some(&json!({"ssh_public_key": "ssh-ed25519 notbase64!"})),
+        );
         assert_eq!(s, 422, "{v}");
-        assert!(v["message"].as_str().is_some_and(|m| m.contains("ssh_public_key")), "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ssh_public_key")),
+            "{v}"
+        );
         assert_eq!(http("GET", "/api/v1/host", Some(&alice), None).0, 404);
 
-        let (s, a) = http("POST", "/api/v1/host", Some(&alice), Some(&json!({"ssh_public_key": alice_pub.trim()})));
+        let (s, a) = http(
+            "POST",
+            "/api/v1/host",
+            Some(&alice),
+            Some(&json!({"ssh_public_key": alice_pub.trim()})),
+        );
         assert_eq!(s, 202, "{a}");
         assert!(a.get("private_key").is_none());
         let (s, b) = http("POST", "/api/v1/host", Some(&bob), None);
@@ -264,7 +336,11 @@ fn hosting_end_to_end() {
         let bob_key = dir.join("bob_key");
         let pk = b["private_key"].as_str().expect("generated private key");
         std::fs::write(&bob_key, pk).expect("key");
-        std::fs::set_permissions(&bob_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(
+            &bob_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
         assert_ne!(a["ip"], b["ip"]);
         assert_ne!(a["ssh_port"], b["ssh_port"]);
         // One hosting per user.
@@ -275,7 +351,10 @@ fn hosting_end_to_end() {
 
         let a = wait_state(&alice, "running", Duration::from_secs(300));
         let b = wait_state(&bob, "running", Duration::from_secs(300));
-        let (a_id, b_id) = (a["id"].as_str().expect("id").to_owned(), b["id"].as_str().expect("id").to_owned());
+        let (a_id, b_id) = (
+            a["id"].as_str().expect("id").to_owned(),
+            b["id"].as_str().expect("id").to_owned(),
+        );
         let a_port = a["ssh_port"].as_u64().expect("port") as u16;
         let b_port = b["ssh_port"].as_u64().expect("port") as u16;
 
@@ -292,12 +371,29 @@ fn hosting_end_to_end() {
         assert_eq!(curl("GET", "/nobody/", None, None, &[]).0, 404);
 
         // SSH through the forwarder, end to end with each VM.
-        let out = ssh(a_port, "alice", &alice_key, "id -un; hostname; ip -br -4 a show dev eth0");
+        let out = ssh(
+            a_port,
+            "alice",
+            &alice_key,
+            "id -un; hostname; ip -br -4 a show dev eth0",
+        );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("alice") && text.contains(a["ip"].as_str().expect("ip")), "{text}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("alice") && text.contains(a["ip"].as_str().expect("ip")),
+            "{text}"
+        );
         let out = ssh(b_port, "bob", &bob_key, "id -un");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bob", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "bob",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Alice's key does not open bob's VM.
         assert!(!ssh(b_port, "bob", &alice_key, "true").status.success());
 
@@ -307,14 +403,39 @@ fn hosting_end_to_end() {
             b["ip"].as_str().expect("ip"),
             b["ip"].as_str().expect("ip")
         );
-        let text = String::from_utf8_lossy(&ssh(a_port, "alice", &alice_key, &probe).stdout).into_owned();
+        let text =
+            String::from_utf8_lossy(&ssh(a_port, "alice", &alice_key, &probe).stdout).into_owned();
         assert!(text.contains("GW_OK"), "{text}");
-        assert!(!text.contains("PEER_REACHED") && !text.contains("PEER_WEB"), "{text}");
+        assert!(
+            !text.contains("PEER_REACHED") && !text.contains("PEER_WEB"),
+            "{text}"
+        );
 
         // One user's token cannot read, delete or act on another's hosting.
-        assert_eq!(http("DELETE", &format!("/api/v1/host/{b_id}"), Some(&alice), None).0, 404);
-        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{b_id}/stop"), Some(&alice), None).0, 403);
-        assert_eq!(http("GET", "/api/v1/host", Some(&alice), None).1["id"], a_id.as_str());
+        assert_eq!(
+            http(
+                "DELETE",
+                &format!("/api/v1/host/{b_id}"),
+                Some(&alice),
+                None
+            )
+            .0,
+            404
+        );
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{b_id}/stop"),
+                Some(&alice),
+                None
+            )
+            .0,
+            403
+        );
+        assert_eq!(
+            http("GET", "/api/v1/host", Some(&alice), None).1["id"],
+            a_id.as_str()
+        );
         let (s, routes) = http("GET", "/api/v1/host/proxy-info", Some(&alice), None);
         assert_eq!(s, 200);
         assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
@@ -332,21 +453,52 @@ fn hosting_end_to_end() {
         let b_pid = admin_vm(&admin, &b_id)["pid"].as_i64().expect("pid");
 
         // Pause / resume through QMP.
-        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/pause"), Some(&admin), None).0, 202);
-        common::poll("paused", Duration::from_secs(10), || (admin_vm(&admin, &a_id)["qmp_status"] == "paused").then_some(()));
-        assert_eq!(wait_state(&alice, "paused", Duration::from_secs(5))["state"], "paused");
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{a_id}/pause"),
+                Some(&admin),
+                None
+            )
+            .0,
+            202
+        );
+        common::poll("paused", Duration::from_secs(10), || {
+            (admin_vm(&admin, &a_id)["qmp_status"] == "paused").then_some(())
+        });
+        assert_eq!(
+            wait_state(&alice, "paused", Duration::from_secs(5))["state"],
+            "paused"
+        );
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 503);
-        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/resume"), Some(&admin), None).0, 202);
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{a_id}/resume"),
+                Some(&admin),
+                None
+            )
+            .0,
+            202
+        );
         wait_state(&alice, "running", Duration::from_secs(10));
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
         let (s, audit) = http("GET", "/api/v1/admin/audit?limit=20", Some(&admin), None);
         assert_eq!(s, 200);
-        assert!(audit.as_array().is_some_and(|a| a.iter().any(|e| e["action"] == "vm.pause" && e["actor"] == "root-admin")), "{audit}");
+        assert!(
+            audit.as_array().is_some_and(|a| a
+                .iter()
+                .any(|e| e["action"] == "vm.pause" && e["actor"] == "root-admin")),
+            "{audit}"
+        );
 
         // kill -9 the daemon: VMs keep running; a new daemon adopts them (same PIDs).
         let uptime = |port: u16, key: &Path, user: &str| -> f64 {
             let o = ssh(port, user, key, "cut -d' ' -f1 /proc/uptime");
-            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(-1.0)
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(-1.0)
         };
         let up_before = uptime(a_port, &alice_key, "alice");
         assert!(up_before > 0.0);
@@ -359,42 +511,99 @@ fn hosting_end_to_end() {
             (admin_vm(&admin, &a_id)["qmp_status"] == "running").then_some(())
         });
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
-        assert_eq!(curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0, 200);
-        assert!(uptime(a_port, &alice_key, "alice") > up_before, "guest was not rebooted");
+        assert_eq!(
+            curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0,
+            200
+        );
+        assert!(
+            uptime(a_port, &alice_key, "alice") > up_before,
+            "guest was not rebooted"
+        );
         assert!(ssh(b_port, "bob", &bob_key, "true").status.success());
 
         // kill -9 a QEMU: the state changes at once, and the policy starts it again.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(b_pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
-        common::poll("state change after qemu death", Duration::from_secs(2), || {
-            let v = admin_vm(&admin, &b_id);
-            (v["pid"].as_i64() != Some(b_pid)).then_some(())
-        });
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(b_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        common::poll(
+            "state change after qemu death",
+            Duration::from_secs(2),
+            || {
+                let v = admin_vm(&admin, &b_id);
+                (v["pid"].as_i64() != Some(b_pid)).then_some(())
+            },
+        );
         wait_state(&bob, "running", Duration::from_secs(300));
         assert_ne!(admin_vm(&admin, &b_id)["pid"].as_i64(), Some(b_pid));
         assert!(ssh(b_port, "bob", &bob_key, "true").status.success());
 
         // Stop and start.
-        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/stop"), Some(&admin), None).0, 202);
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{a_id}/stop"),
+                Some(&admin),
+                None
+            )
+            .0,
+            202
+        );
         wait_state(&alice, "stopped", Duration::from_secs(60));
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 503);
         assert!(admin_vm(&admin, &a_id)["pid"].is_null());
-        assert_eq!(http("POST", &format!("/api/v1/admin/vms/{a_id}/start"), Some(&admin), None).0, 202);
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{a_id}/start"),
+                Some(&admin),
+                None
+            )
+            .0,
+            202
+        );
         wait_state(&alice, "running", Duration::from_secs(300));
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
 
         // Delete both: nothing is left.
-        assert_eq!(http("DELETE", &format!("/api/v1/host/{a_id}"), Some(&alice), None).0, 202);
-        assert_eq!(http("DELETE", &format!("/api/v1/host/{b_id}"), Some(&bob), None).0, 202);
+        assert_eq!(
+            http(
+                "DELETE",
+                &format!("/api/v1/host/{a_id}"),
+                Some(&alice),
+                None
+            )
+            .0,
+            202
+        );
+        assert_eq!(
+            http("DELETE", &format!("/api/v1/host/{b_id}"), Some(&bob), None).0,
+            202
+        );
         for t in [&alice, &bob] {
-            common::poll("hosting gone", Duration::from_secs(60), || (http("GET", "/api/v1/host", Some(t), None).0 == 404).then_some(()));
+            common::poll("hosting gone", Duration::from_secs(60), || {
+                (http("GET", "/api/v1/host", Some(t), None).0 == 404).then_some(())
+            });
         }
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 404);
-        assert_eq!(curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0, 404);
-        assert!(std::net::TcpStream::connect(("127.0.0.1", a_port)).is_err(), "ssh port still open");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", b_port)).is_err(), "ssh port still open");
+        assert_eq!(
+            curl("GET", "/", None, None, &[&format!("Host: bob.{DOMAIN}")]).0,
+            404
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", a_port)).is_err(),
+            "ssh port still open"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", b_port)).is_err(),
+            "ssh port still open"
+        );
         assert_eq!(roost_taps(), Vec::<String>::new());
         assert_eq!(qemus_under(&dir), 0);
-        let left: Vec<_> = std::fs::read_dir(dir.join("state/vms")).expect("vms").collect();
+        let left: Vec<_> = std::fs::read_dir(dir.join("state/vms"))
+            .expect("vms")
+            .collect();
         assert!(left.is_empty(), "{left:?}");
         let (_, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
         assert_eq!(vms.as_array().map(Vec::len), Some(0));
@@ -404,8 +613,13 @@ fn hosting_end_to_end() {
         assert_eq!(again["ip"], "10.77.0.2");
         assert_eq!(again["ssh_port"], 22000);
         let id = again["id"].as_str().expect("id").to_owned();
-        assert_eq!(http("DELETE", &format!("/api/v1/host/{id}"), Some(&alice), None).0, 202);
-        common::poll("hosting gone", Duration::from_secs(120), || (http("GET", "/api/v1/host", Some(&alice), None).0 == 404).then_some(()));
+        assert_eq!(
+            http("DELETE", &format!("/api/v1/host/{id}"), Some(&alice), None).0,
+            202
+        );
+        common::poll("hosting gone", Duration::from_secs(120), || {
+            (http("GET", "/api/v1/host", Some(&alice), None).0 == 404).then_some(())
+        });
         assert_eq!(qemus_under(&dir), 0);
         assert_eq!(roost_taps(), Vec::<String>::new());
         roost.kill9();
@@ -425,7 +639,12 @@ fn creation_faults_leak_nothing() {
         // Disk full: 507 before anything is reserved.
         let mut roost = Roost::new(&dir, "disk_reserve_gib = 1000000\n");
         roost.start(&[]);
-        let (s, _) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": "carol", "password": "password123"})));
+        let (s, _) = http(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(&json!({"username": "carol", "password": "password123"})),
+        );
         assert_eq!(s, 201);
         let carol = login("carol", "password123");
         let (s, v) = http("POST", "/api/v1/host", Some(&carol), None);
@@ -443,15 +662,27 @@ fn creation_faults_leak_nothing() {
             let (s, v) = http("POST", "/api/v1/host", Some(&carol), None);
             assert_eq!(s, 202, "{step}: {v}");
             let v = wait_state(&carol, "failed", Duration::from_secs(60));
-            assert!(v["reason"].as_str().is_some_and(|r| r.contains(step)), "{step}: {v}");
+            assert!(
+                v["reason"].as_str().is_some_and(|r| r.contains(step)),
+                "{step}: {v}"
+            );
             assert_eq!(roost_taps(), Vec::<String>::new(), "{step}");
             assert_eq!(qemus_under(&dir), 0, "{step}");
             let id = v["id"].as_str().expect("id").to_owned();
             let vm_dir = dir.join("state/vms").join(&id);
-            assert!(!vm_dir.exists(), "{step}: files left in {}", vm_dir.display());
+            assert!(
+                !vm_dir.exists(),
+                "{step}: files left in {}",
+                vm_dir.display()
+            );
             // Deleting a failed hosting releases everything.
-            assert_eq!(http("DELETE", &format!("/api/v1/host/{id}"), Some(&carol), None).0, 202);
-            common::poll("deleted", Duration::from_secs(30), || (http("GET", "/api/v1/host", Some(&carol), None).0 == 404).then_some(()));
+            assert_eq!(
+                http("DELETE", &format!("/api/v1/host/{id}"), Some(&carol), None).0,
+                202
+            );
+            common::poll("deleted", Duration::from_secs(30), || {
+                (http("GET", "/api/v1/host", Some(&carol), None).0 == 404).then_some(())
+            });
             assert!(!vm_dir.exists(), "{step}");
             roost.kill9();
         }
@@ -470,27 +701,141 @@ fn creation_faults_leak_nothing() {
         let carol = login("carol", "password123");
         assert_eq!(http("POST", "/api/v1/host", Some(&carol), None).0, 202);
         wait_state(&carol, "failed", Duration::from_secs(60));
-        let (s, _) = http("POST", "/api/v1/auth/register", None, Some(&json!({"username": "dave", "password": "password123"})));
+        let (s, _) = http(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(&json!({"username": "dave", "password": "password123"})),
+        );
         assert_eq!(s, 201);
         let dave = login("dave", "password123");
         let (s, v) = http("POST", "/api/v1/host", Some(&dave), None);
         assert_eq!(s, 503, "{v}");
         assert_eq!(v["error"], "no_capacity");
-        assert!(v["message"].as_str().is_some_and(|m| m.contains("address")), "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("address")),
+            "{v}"
+        );
         assert_eq!(http("GET", "/api/v1/host", Some(&dave), None).0, 404);
         roost.kill9();
         std::fs::write(
             &roost.config,
-            std::fs::read_to_string(&roost.config).expect("cfg").replace("10.77.0.0/30", "10.77.0.0/24"),
+            std::fs::read_to_string(&roost.config)
+                .expect("cfg")
+                .replace("10.77.0.0/30", "10.77.0.0/24"),
         )
         .expect("cfg");
         roost.start(&[]);
         let dave = login("dave", "password123");
         let (s, v) = http("POST", "/api/v1/host", Some(&dave), None);
         assert_eq!(s, 503, "{v}");
-        assert!(v["message"].as_str().is_some_and(|m| m.contains("port")), "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("port")),
+            "{v}"
+        );
         roost.kill9();
         assert_eq!(qemus_under(&dir), 0);
         assert_eq!(roost_taps(), Vec::<String>::new());
+    });
+}
+
+/// Ten users create at once with `max_concurrent_creates = 2`: every creation succeeds,
+/// with distinct addresses, ports, MACs and taps.
+#[test]
+fn ten_concurrent_creations() {
+    if !common::privileged("ten_concurrent_creations") {
+        return;
+    }
+    common::in_netns(|| {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().to_path_buf();
+        let mut roost = Roost::new(&dir, "");
+        std::fs::write(
+            &roost.config,
+            std::fs::read_to_string(&roost.config)
+                .expect("cfg")
+                .replace("memory_mib = 512", "memory_mib = 256")
+                .replace("boot_timeout_secs = 240", "boot_timeout_secs = 900")
+                + "[limits]\nmax_concurrent_creates = 2\n[auth]\nlogin_attempts = 100\n",
+        )
+        .expect("cfg");
+        roost.user_add("root-admin", true);
+        roost.start(&[]);
+        let admin = login("root-admin", "password123");
+        let tokens: Vec<String> = (0..10)
+            .map(|i| {
+                let u = format!("user{i}");
+                assert_eq!(
+                    http(
+                        "POST",
+                        "/api/v1/auth/register",
+                        None,
+                        Some(&json!({"username": u, "password": "password123"}))
+                    )
+                    .0,
+                    201
+                );
+                login(&u, "password123")
+            })
+            .collect();
+        let created: Vec<Value> = tokens
+            .iter()
+            .cloned()
+            .map(|t| std::thread::spawn(move || http("POST", "/api/v1/host", Some(&t), None)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| {
+                let (s, v) = h.join().expect("join");
+                assert_eq!(s, 202, "{v}");
+                v
+            })
+            .collect();
+        let distinct = |key: &str| {
+            let set: std::collections::BTreeSet<String> =
+                created.iter().map(|v| v[key].to_string()).collect();
+            assert_eq!(set.len(), 10, "{key} not distinct: {created:?}");
+        };
+        distinct("ip");
+        distinct("ssh_port");
+        // The semaphore holds: right after the burst, at most two have started QEMU.
+        let (_, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
+        let started = vms
+            .as_array()
+            .map(|a| a.iter().filter(|v| !v["pid"].is_null()).count())
+            .unwrap_or(0);
+        assert!(started <= 2, "{started} QEMUs started at once: {vms}");
+        for t in &tokens {
+            wait_state(t, "running", Duration::from_secs(900));
+        }
+        let (_, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
+        let vms = vms.as_array().cloned().unwrap_or_default();
+        assert_eq!(vms.len(), 10);
+        for key in ["mac", "tap", "pid"] {
+            let set: std::collections::BTreeSet<String> =
+                vms.iter().map(|v| v[key].to_string()).collect();
+            assert_eq!(set.len(), 10, "{key} not distinct");
+        }
+        for (i, _) in tokens.iter().enumerate() {
+            assert_eq!(
+                curl("GET", &format!("/user{i}/"), None, None, &[]).0,
+                200,
+                "user{i}"
+            );
+        }
+        for (t, v) in tokens.iter().zip(&created) {
+            let id = v["id"].as_str().expect("id");
+            assert_eq!(
+                http("DELETE", &format!("/api/v1/host/{id}"), Some(t), None).0,
+                202
+            );
+        }
+        for t in &tokens {
+            common::poll("deleted", Duration::from_secs(120), || {
+                (http("GET", "/api/v1/host", Some(t), None).0 == 404).then_some(())
+            });
+        }
+        assert_eq!(qemus_under(&dir), 0);
+        assert_eq!(roost_taps(), Vec::<String>::new());
+        roost.kill9();
     });
 }

@@ -160,17 +160,30 @@ impl From<HostingError> for ApiError {
     fn from(e: HostingError) -> Self {
         use StatusCode as S;
         match e {
-            HostingError::Unavailable(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
-            HostingError::Exists => ApiError::new(S::CONFLICT, "conflict", "you already have a hosting; delete it first"),
+            HostingError::Unavailable(_) => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            }
+            HostingError::Exists => ApiError::new(
+                S::CONFLICT,
+                "conflict",
+                "you already have a hosting; delete it first",
+            ),
             HostingError::NotFound => ApiError::not_found("hosting"),
             HostingError::InvalidKey(m) => ApiError::field("ssh_public_key", m),
-            HostingError::DiskFull(m) => ApiError::new(S::INSUFFICIENT_STORAGE, "insufficient_storage", m),
+            HostingError::DiskFull(m) => {
+                ApiError::new(S::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             HostingError::NoCapacity(m) => ApiError {
                 retry_after: Some(60),
                 ..ApiError::new(S::SERVICE_UNAVAILABLE, "no_capacity", m)
             },
-            HostingError::InvalidState { .. } | HostingError::Busy => ApiError::new(S::CONFLICT, "invalid_state", e.to_string()),
-            e @ (HostingError::Step { .. } | HostingError::Store(_) | HostingError::Internal(_)) => ApiError::internal(&e),
+            HostingError::InvalidState { .. } | HostingError::Busy => {
+                ApiError::new(S::CONFLICT, "invalid_state", e.to_string())
+            }
+            e
+            @ (HostingError::Step { .. } | HostingError::Store(_) | HostingError::Internal(_)) => {
+                ApiError::internal(&e)
+            }
         }
     }
 }

@@ -81,11 +81,13 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
-            return ApiJson::<T>::from_request(req, state).await.map(|j| OptionalJson(j.0));
+            return ApiJson::<T>::from_request(req, state)
+                .await
+                .map(|j| OptionalJson(j.0));
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(e.status(), "bad_request", e.body_text())
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             Ok(OptionalJson(T::default()))
         } else {

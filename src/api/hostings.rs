@@ -77,7 +77,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {
@@ -112,14 +113,23 @@ async fn create(
         .hostings
         .create(user.id, &user.username, req.ssh_public_key.as_deref())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&created.hosting, created.private_key))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view(&created.hosting, created.private_key)),
+    ))
 }
 
 /// The caller's hosting with its live state.
 #[utoipa::path(get, path = "/api/v1/host", tag = "hosting", security(("bearer" = [])),
     responses((status = 200, body = HostingView), (status = 404, body = ErrorBody)))]
-async fn get_mine(State(st): State<AppState>, user: AuthUser) -> Result<Json<HostingView>, ApiError> {
-    let h = st.hostings.of_user(user.id)?.ok_or_else(|| ApiError::not_found("hosting"))?;
+async fn get_mine(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<HostingView>, ApiError> {
+    let h = st
+        .hostings
+        .of_user(user.id)?
+        .ok_or_else(|| ApiError::not_found("hosting"))?;
     Ok(Json(view(&h, None)))
 }
 
@@ -150,11 +160,21 @@ fn owned(st: &AppState, user: &AuthUser, id: &str) -> Result<Hosting, ApiError> 
 /// How to reach the caller's site and VM.
 #[utoipa::path(get, path = "/api/v1/host/access-urls", tag = "hosting", security(("bearer" = [])),
     responses((status = 200, body = AccessUrls), (status = 404, body = ErrorBody)))]
-async fn access_urls(State(st): State<AppState>, user: AuthUser) -> Result<Json<AccessUrls>, ApiError> {
-    let h = st.hostings.of_user(user.id)?.ok_or_else(|| ApiError::not_found("hosting"))?;
+async fn access_urls(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<AccessUrls>, ApiError> {
+    let h = st
+        .hostings
+        .of_user(user.id)?
+        .ok_or_else(|| ApiError::not_found("hosting"))?;
     let d = &st.cfg.domain;
     let port = st.cfg.http.listen.port();
-    let host = if port == 80 { d.clone() } else { format!("{d}:{port}") };
+    let host = if port == 80 {
+        d.clone()
+    } else {
+        format!("{d}:{port}")
+    };
     Ok(Json(AccessUrls {
         web: format!("http://{host}/{}/", h.slug),
         web_host: format!("http://{}.{host}/", h.slug),
@@ -178,15 +198,27 @@ fn route_view(r: RouteInfo) -> RouteView {
 /// The caller's routes and whether each is live (an admin sees every route).
 #[utoipa::path(get, path = "/api/v1/host/proxy-info", tag = "hosting", security(("bearer" = [])),
     responses((status = 200, body = [RouteView])))]
-async fn proxy_info(State(st): State<AppState>, user: AuthUser) -> Result<Json<Vec<RouteView>>, ApiError> {
+async fn proxy_info(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<RouteView>>, ApiError> {
     let only = (user.role != Role::Admin).then_some(user.id);
-    Ok(Json(st.hostings.routes_info(only)?.into_iter().map(route_view).collect()))
+    Ok(Json(
+        st.hostings
+            .routes_info(only)?
+            .into_iter()
+            .map(route_view)
+            .collect(),
+    ))
 }
 
 /// Rebuilds every route from the store and reports what changed (admin).
 #[utoipa::path(post, path = "/api/v1/host/reload-proxy", tag = "hosting", security(("bearer" = [])),
     responses((status = 200, body = ReloadView), (status = 403, body = ErrorBody)))]
-async fn reload_proxy(State(st): State<AppState>, admin: AdminUser) -> Result<Json<ReloadView>, ApiError> {
+async fn reload_proxy(
+    State(st): State<AppState>,
+    admin: AdminUser,
+) -> Result<Json<ReloadView>, ApiError> {
     let d = st.hostings.reload_routes(&admin.0.username).await?;
     Ok(Json(ReloadView {
         added: d.added,

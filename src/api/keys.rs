@@ -44,7 +44,9 @@ fn view(k: SshKey) -> KeyView {
 const MAX_KEYS: usize = 32;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(add, list)).routes(routes!(remove))
+    OpenApiRouter::new()
+        .routes(routes!(add, list))
+        .routes(routes!(remove))
 }
 
 /// Registers a public key; new hostings get the user's keys.
@@ -70,7 +72,12 @@ async fn add(
         user: user.id,
         public_key: k.openssh.clone(),
         fingerprint: k.fingerprint.clone(),
-        comment: k.openssh.splitn(3, ' ').nth(2).unwrap_or_default().to_owned(),
+        comment: k
+            .openssh
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned(),
         created_at: crate::store::now(),
     };
     match st.store.add_ssh_key(&key) {
@@ -88,7 +95,9 @@ async fn add(
 #[utoipa::path(get, path = "/api/v1/ssh-keys", tag = "ssh-keys", security(("bearer" = [])),
     responses((status = 200, body = [KeyView])))]
 async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Vec<KeyView>>, ApiError> {
-    Ok(Json(st.store.ssh_keys(user.id)?.into_iter().map(view).collect()))
+    Ok(Json(
+        st.store.ssh_keys(user.id)?.into_iter().map(view).collect(),
+    ))
 }
 
 /// Removes one of the caller's keys (running VMs keep the keys they were created with).

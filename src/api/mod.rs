@@ -6,12 +6,12 @@
 
 mod accounts;
 mod admin;
-mod hostings;
-mod keys;
-mod vms;
 pub mod error;
 mod extract;
 mod health;
+mod hostings;
+mod keys;
+mod vms;
 
 use std::sync::{Arc, Mutex};
 

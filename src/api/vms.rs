@@ -84,7 +84,14 @@ fn parse_id(id: &str) -> Result<HostingId, ApiError> {
 #[utoipa::path(get, path = "/api/v1/admin/vms", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = [VmView]), (status = 403, body = ErrorBody)))]
 async fn list(State(st): State<AppState>, _a: AdminUser) -> Result<Json<Vec<VmView>>, ApiError> {
-    Ok(Json(st.hostings.vm_list().await?.into_iter().map(vm_view).collect()))
+    Ok(Json(
+        st.hostings
+            .vm_list()
+            .await?
+            .into_iter()
+            .map(vm_view)
+            .collect(),
+    ))
 }
 
 /// One VM with resource figures and the tail of its serial log.
@@ -125,6 +132,9 @@ async fn act(
             "no such action; use start, stop, reboot, pause, resume or kill",
         )
     })?;
-    let h = st.hostings.act(parse_id(&id)?, action, &admin.0.username).await?;
+    let h = st
+        .hostings
+        .act(parse_id(&id)?, action, &admin.0.username)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
 }

@@ -161,16 +161,28 @@ impl Hostings {
     // ----- create -----
 
     /// Validates, reserves (one transaction) and starts provisioning in the background.
-    pub async fn create(&self, user: UserId, slug: &str, key: Option<&str>) -> Result<Created, HostingError> {
+    pub async fn create(
+        &self,
+        user: UserId,
+        slug: &str,
+        key: Option<&str>,
+    ) -> Result<Created, HostingError> {
         let rt = self.rt()?;
         // Keys: the given one, else the user's registered ones, else a generated pair.
         let (keys, private_key) = match key {
             Some(k) => {
-                let k = cloudinit::parse_public_key(k).map_err(|e| HostingError::InvalidKey(e.to_string()))?;
+                let k = cloudinit::parse_public_key(k)
+                    .map_err(|e| HostingError::InvalidKey(e.to_string()))?;
                 (vec![k.openssh], None)
             }
             None => {
-                let registered: Vec<String> = self.inner.store.ssh_keys(user)?.into_iter().map(|k| k.public_key).collect();
+                let registered: Vec<String> = self
+                    .inner
+                    .store
+                    .ssh_keys(user)?
+                    .into_iter()
+                    .map(|k| k.public_key)
+                    .collect();
                 if registered.is_empty() {
                     let (public, private) = cloudinit::generate_ed25519(&format!("{slug}@roost"))
                         .map_err(|e| HostingError::Internal(e.to_string()))?;
@@ -193,7 +205,10 @@ impl Hostings {
             vm::VmError::DiskFull { .. } => HostingError::DiskFull(e.to_string()),
             e => HostingError::Internal(e.to_string()),
         })?;
-        let ports = cfg.ssh_ports().map(|r| r.low..=r.high).unwrap_or(22000..=22999);
+        let ports = cfg
+            .ssh_ports()
+            .map(|r| r.low..=r.high)
+            .unwrap_or(22000..=22999);
         let id = HostingId::new();
         let now = crate::store::now();
         let slug_owned = slug.to_owned();
@@ -225,8 +240,12 @@ impl Hostings {
             )
             .map_err(|e| match e {
                 StoreError::HostingExists => HostingError::Exists,
-                StoreError::NoFreeIp => HostingError::NoCapacity("no free address is left in the VM subnet".into()),
-                StoreError::NoFreePort => HostingError::NoCapacity("no free port is left in the SSH port range".into()),
+                StoreError::NoFreeIp => {
+                    HostingError::NoCapacity("no free address is left in the VM subnet".into())
+                }
+                StoreError::NoFreePort => {
+                    HostingError::NoCapacity("no free port is left in the SSH port range".into())
+                }
                 e => HostingError::Store(e),
             })?;
         info!(hosting = %h.id, slug = %h.slug, ip = %h.ip, ssh_port = h.ssh_port, "hosting reserved");
@@ -241,7 +260,10 @@ impl Hostings {
             }
             .instrument(info_span!("create", hosting = %h.id, slug = %h.slug)),
         );
-        Ok(Created { hosting: h, private_key })
+        Ok(Created {
+            hosting: h,
+            private_key,
+        })
     }
 
     /// The background part of creation: waits for a slot, then builds the VM step by step.
@@ -250,20 +272,24 @@ impl Hostings {
             Ok(p) => p,
             Err(_) => return,
         };
-        let result = self.build_and_boot(&h).await;
-        drop(permit);
-        match result {
+        // The slot is held until the guest is ready: under TCG the boot is the expensive
+        // part, and ten guests booting at once on two cores would all be slow.
+        match self.build_and_boot(&h).await {
             Ok(()) => self.await_ready(h.id).await,
             Err(e) => {
                 warn!(error = %e, "creation failed; rolled back");
                 self.set_failed(h.id, &e.to_string());
             }
         }
+        drop(permit);
     }
 
     fn fault(&self, step: &str) -> Result<(), HostingError> {
         if self.inner.faults.contains(step) {
-            Err(HostingError::Step { step: step.to_owned(), message: "injected fault".into() })
+            Err(HostingError::Step {
+                step: step.to_owned(),
+                message: "injected fault".into(),
+            })
         } else {
             Ok(())
         }
@@ -274,7 +300,12 @@ impl Hostings {
         let rt = self.rt()?;
         let cfg = &self.inner.cfg;
         let p = VmPaths::new(&cfg.state_dir, h.id);
-        let step = |step: &'static str| move |e: String| HostingError::Step { step: step.into(), message: e };
+        let step = |step: &'static str| {
+            move |e: String| HostingError::Step {
+                step: step.into(),
+                message: e,
+            }
+        };
         let made_dir = !p.dir.exists();
         let undo_dir = |p: &VmPaths| {
             if made_dir {
@@ -315,13 +346,18 @@ impl Hostings {
             prefix_len: rt.subnet.prefix(),
             gateway: rt.subnet.gateway(),
             dns: self.inner.cfg.network.dns.clone(),
-            mac: h.mac.parse::<net::MacAddr>().map_err(|e| e.to_string())?.octets(),
+            mac: h
+                .mac
+                .parse::<net::MacAddr>()
+                .map_err(|e| e.to_string())?
+                .octets(),
             slug: h.slug.clone(),
             domain: self.inner.cfg.domain.clone(),
             ssh_port: h.ssh_port,
             install_nginx: !rt.image.manifest.has_nginx,
         };
-        let seed = cloudinit::seed_documents(&rt.templates, &input).map_err(|e| super::chain(&e))?;
+        let seed =
+            cloudinit::seed_documents(&rt.templates, &input).map_err(|e| super::chain(&e))?;
         cloudinit::write_seed_image(&p.seed, &seed).map_err(|e| e.to_string())
     }
 
@@ -330,10 +366,19 @@ impl Hostings {
         let rt = self.rt()?;
         let cfg = &self.inner.cfg;
         let p = VmPaths::new(&cfg.state_dir, h.id);
-        let step = |step: &'static str| move |e: String| HostingError::Step { step: step.into(), message: e };
+        let step = |step: &'static str| {
+            move |e: String| HostingError::Step {
+                step: step.into(),
+                message: e,
+            }
+        };
 
         self.fault("tap")?;
-        let tap = rt.net.create_tap(&h.tap).await.map_err(|e| step("tap")(super::chain(&e)))?;
+        let tap = rt
+            .net
+            .create_tap(&h.tap)
+            .await
+            .map_err(|e| step("tap")(super::chain(&e)))?;
         // The firewall must know the new tap before the guest speaks.
         if let Err(e) = self.sync_firewall(Some(h)).await {
             drop(tap);
@@ -349,7 +394,10 @@ impl Hostings {
             boot: rt.image.boot(),
             overlay: p.overlay.clone(),
             seed: Some(p.seed.clone()),
-            net: Some(vm::argv::NetSpec { tap_fd: -1, mac: h.mac.clone() }),
+            net: Some(vm::argv::NetSpec {
+                tap_fd: -1,
+                mac: h.mac.clone(),
+            }),
             qmp_socket: p.qmp.clone(),
             pidfile: p.pidfile.clone(),
             serial_log: p.serial_log.clone(),
@@ -392,7 +440,10 @@ impl Hostings {
         info!(hosting = %h.id, pid = proc.pid(), "qemu started");
         let live = self.watch(h.id, proc, None, SystemTime::now(), &p);
         let routed = match self.fault("routes") {
-            Ok(()) => self.open_ssh(h).await.map_err(|e| step("routes")(super::chain(&e))),
+            Ok(()) => self
+                .open_ssh(h)
+                .await
+                .map_err(|e| step("routes")(super::chain(&e))),
             Err(e) => Err(e),
         };
         if let Err(e) = routed {
@@ -417,12 +468,17 @@ impl Hostings {
                 ports.push((h.tap.clone(), mac, h.ip));
             }
         }
-        rt.net.apply_firewall(ports).await.map_err(|e| super::chain(&e))
+        rt.net
+            .apply_firewall(ports)
+            .await
+            .map_err(|e| super::chain(&e))
     }
 
     /// Waits until the guest answers on :80 and :22, then marks it running.
     async fn await_ready(&self, id: HostingId) {
-        let Some(h) = self.inner.store.hosting(id).ok().flatten() else { return };
+        let Some(h) = self.inner.store.hosting(id).ok().flatten() else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(self.inner.cfg.vm.boot_timeout_secs);
         loop {
             match self.inner.store.hosting(id) {
@@ -436,10 +492,13 @@ impl Hostings {
             }
             if Instant::now() > deadline {
                 warn!(hosting = %id, "guest did not answer in time");
-                self.set_failed(id, &format!(
-                    "the guest did not answer on :80 and :22 within {} s",
-                    self.inner.cfg.vm.boot_timeout_secs
-                ));
+                self.set_failed(
+                    id,
+                    &format!(
+                        "the guest did not answer on :80 and :22 within {} s",
+                        self.inner.cfg.vm.boot_timeout_secs
+                    ),
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -475,7 +534,9 @@ impl Hostings {
             HostingState::Running => RouteStatus::Live,
             HostingState::Provisioning => RouteStatus::Provisioning,
             HostingState::Booting => RouteStatus::Booting,
-            HostingState::Paused | HostingState::Stopped | HostingState::Deleting => RouteStatus::Stopped,
+            HostingState::Paused | HostingState::Stopped | HostingState::Deleting => {
+                RouteStatus::Stopped
+            }
             HostingState::Failed => RouteStatus::Failed,
         };
         Route {
@@ -498,7 +559,11 @@ impl Hostings {
     async fn open_ssh(&self, h: &Hosting) -> Result<(), proxy::ProxyError> {
         self.inner
             .forwarders
-            .ensure(h.ssh_port, SocketAddrV4::new(h.ip, 22), proxy::ForwardLimits::default())
+            .ensure(
+                h.ssh_port,
+                SocketAddrV4::new(h.ip, 22),
+                proxy::ForwardLimits::default(),
+            )
             .await
     }
 }
@@ -510,7 +575,9 @@ const SERIAL_LOG_CAP: u64 = 1 << 20;
 fn hosts(subnet: net::Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     let first = u32::from(subnet.network());
     let last = u32::from(subnet.broadcast());
-    (first..=last).map(Ipv4Addr::from).filter(move |a| subnet.is_assignable(*a))
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .filter(move |a| subnet.is_assignable(*a))
 }
 
 /// True when something answers HTTP on ip:80.
@@ -518,12 +585,17 @@ async fn probe_http(ip: Ipv4Addr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((ip, 80)).await.ok()?;
-        s.write_all(b"HEAD / HTTP/1.0\r\nHost: roost-probe\r\n\r\n").await.ok()?;
+        s.write_all(b"HEAD / HTTP/1.0\r\nHost: roost-probe\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.ok()?;
         buf.starts_with(b"HTTP/").then_some(())
     };
-    matches!(tokio::time::timeout(Duration::from_secs(2), fut).await, Ok(Some(())))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), fut).await,
+        Ok(Some(()))
+    )
 }
 
 /// True when an SSH server greets on ip:22.
@@ -535,7 +607,10 @@ async fn probe_ssh(ip: Ipv4Addr) -> bool {
         s.read_exact(&mut buf).await.ok()?;
         (&buf == b"SSH-").then_some(())
     };
-    matches!(tokio::time::timeout(Duration::from_secs(2), fut).await, Ok(Some(())))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), fut).await,
+        Ok(Some(()))
+    )
 }
 
 impl Hostings {
@@ -565,7 +640,8 @@ impl Hostings {
         let me = self.clone();
         let l = live.clone();
         let task = tokio::spawn(
-            async move { me.supervise(id, l).await }.instrument(info_span!("vm", hosting = %id, pid)),
+            async move { me.supervise(id, l).await }
+                .instrument(info_span!("vm", hosting = %id, pid)),
         );
         *lock(&live.supervisor) = Some(task);
         live
@@ -603,19 +679,29 @@ impl Hostings {
             ExitCause::Crash
         };
         info!(?cause, "qemu exited");
-        let Some(h) = self.inner.store.hosting(id).ok().flatten() else { return };
+        let Some(h) = self.inner.store.hosting(id).ok().flatten() else {
+            return;
+        };
         if h.state == HostingState::Deleting {
             return;
         }
         let decision = {
             let mut b = lock(&self.inner.backoff);
-            lifecycle::after_exit(h.desired_running, cause, b.entry(id).or_default(), Instant::now())
+            lifecycle::after_exit(
+                h.desired_running,
+                cause,
+                b.entry(id).or_default(),
+                Instant::now(),
+            )
         };
         self.inner.forwarders.remove(h.ssh_port).await;
         match decision {
             AfterExit::Down(state) => {
                 if cause == ExitCause::GuestPoweroff {
-                    let _ = self.inner.store.modify_hosting(id, |h| h.desired_running = false);
+                    let _ = self
+                        .inner
+                        .store
+                        .modify_hosting(id, |h| h.desired_running = false);
                 }
                 self.set_state(id, state, None);
             }
@@ -625,12 +711,18 @@ impl Hostings {
             }
             AfterExit::Restart(delay) => {
                 warn!(?delay, "qemu exited unexpectedly; restarting");
-                self.set_state(id, HostingState::Booting, Some("restarting after an unexpected exit".into()));
+                self.set_state(
+                    id,
+                    HostingState::Booting,
+                    Some("restarting after an unexpected exit".into()),
+                );
                 let me = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let Some(_busy) = me.try_busy(id) else { return };
-                    let Some(h) = me.inner.store.hosting(id).ok().flatten() else { return };
+                    let Some(h) = me.inner.store.hosting(id).ok().flatten() else {
+                        return;
+                    };
                     if h.state != HostingState::Booting || !h.desired_running {
                         return;
                     }
@@ -646,7 +738,11 @@ impl Hostings {
     fn on_event(&self, id: HostingId, live: &Live, ev: vm::VmEvent) {
         use vm::VmEvent as E;
         match ev {
-            E::Stop => self.set_state_if(id, &[HostingState::Running, HostingState::Booting], HostingState::Paused),
+            E::Stop => self.set_state_if(
+                id,
+                &[HostingState::Running, HostingState::Booting],
+                HostingState::Paused,
+            ),
             E::Resume => self.set_state_if(id, &[HostingState::Paused], HostingState::Running),
             E::Shutdown { guest, .. } => {
                 if guest {
@@ -709,21 +805,43 @@ impl Hostings {
     // ----- actions -----
 
     /// Carries out an admin action; returns the hosting as it stands after the request.
-    pub async fn act(&self, id: HostingId, action: Action, actor: &str) -> Result<Hosting, HostingError> {
+    pub async fn act(
+        &self,
+        id: HostingId,
+        action: Action,
+        actor: &str,
+    ) -> Result<Hosting, HostingError> {
         self.rt()?;
-        let h = self.inner.store.hosting(id)?.ok_or(HostingError::NotFound)?;
+        let h = self
+            .inner
+            .store
+            .hosting(id)?
+            .ok_or(HostingError::NotFound)?;
         let _busy = self.try_busy(id).ok_or(HostingError::Busy)?;
         match lifecycle::plan(h.state, action) {
             Plan::Refuse => {
-                return Err(HostingError::InvalidState { state: h.state.as_str(), action: action.as_str() })
+                return Err(HostingError::InvalidState {
+                    state: h.state.as_str(),
+                    action: action.as_str(),
+                })
             }
             Plan::Nothing => {
-                self.inner.store.audit(actor, &format!("vm.{}", action.as_str()), &id.to_string(), "no-op")?;
+                self.inner.store.audit(
+                    actor,
+                    &format!("vm.{}", action.as_str()),
+                    &id.to_string(),
+                    "no-op",
+                )?;
                 return Ok(h);
             }
             Plan::Do => {}
         }
-        self.inner.store.audit(actor, &format!("vm.{}", action.as_str()), &id.to_string(), &h.slug)?;
+        self.inner.store.audit(
+            actor,
+            &format!("vm.{}", action.as_str()),
+            &id.to_string(),
+            &h.slug,
+        )?;
         info!(hosting = %id, action = action.as_str(), %actor, "admin action");
         let live = self.live(id);
         match action {
@@ -750,11 +868,19 @@ impl Hostings {
                 }
             }
             Action::Stop | Action::Kill => {
-                let h = self.inner.store.modify_hosting(id, |h| h.desired_running = false)?;
+                let h = self
+                    .inner
+                    .store
+                    .modify_hosting(id, |h| h.desired_running = false)?;
                 self.inner.forwarders.remove(h.ssh_port).await;
                 if let Some(l) = live {
                     if action == Action::Stop {
-                        self.stop_live(id, &l, Duration::from_secs(self.inner.cfg.vm.stop_timeout_secs)).await;
+                        self.stop_live(
+                            id,
+                            &l,
+                            Duration::from_secs(self.inner.cfg.vm.stop_timeout_secs),
+                        )
+                        .await;
                     } else {
                         self.kill_live(id, &l).await;
                     }
@@ -766,8 +892,14 @@ impl Hostings {
                 self.set_state(id, HostingState::Stopped, None);
             }
             Action::Reboot | Action::Pause | Action::Resume => {
-                let l = live.ok_or(HostingError::InvalidState { state: h.state.as_str(), action: action.as_str() })?;
-                let q = l.qmp().await.ok_or_else(|| HostingError::Internal("QMP is not connected".into()))?;
+                let l = live.ok_or(HostingError::InvalidState {
+                    state: h.state.as_str(),
+                    action: action.as_str(),
+                })?;
+                let q = l
+                    .qmp()
+                    .await
+                    .ok_or_else(|| HostingError::Internal("QMP is not connected".into()))?;
                 let r = match action {
                     Action::Reboot => q.system_reset().await,
                     Action::Pause => q.stop().await,
@@ -826,7 +958,12 @@ impl Hostings {
         self.inner.routes.remove(&h.slug);
         self.inner.forwarders.remove(h.ssh_port).await;
         if let Some(l) = self.live(id) {
-            self.stop_live(id, &l, Duration::from_secs(self.inner.cfg.vm.stop_timeout_secs.min(10))).await;
+            self.stop_live(
+                id,
+                &l,
+                Duration::from_secs(self.inner.cfg.vm.stop_timeout_secs.min(10)),
+            )
+            .await;
         }
         let p = VmPaths::new(&self.inner.cfg.state_dir, id);
         // A QEMU we do not watch (e.g. adoption failed) must not outlive its row.
@@ -870,7 +1007,9 @@ impl Hostings {
             }
         };
         for h in &hostings {
-            let Some(busy) = self.try_busy(h.id) else { continue };
+            let Some(busy) = self.try_busy(h.id) else {
+                continue;
+            };
             self.reconcile_one(h, busy).await;
         }
         self.reap_orphans(&hostings).await;
@@ -937,10 +1076,19 @@ impl Hostings {
                         });
                     }
                     Some(_) => self.set_state(id, HostingState::Running, None),
-                    None => self.set_state(id, h.state, Some("QEMU is alive but QMP does not answer".into())),
+                    None => self.set_state(
+                        id,
+                        h.state,
+                        Some("QEMU is alive but QMP does not answer".into()),
+                    ),
                 }
             }
-            _ if h.desired_running && matches!(h.state, HostingState::Running | HostingState::Booting | HostingState::Paused) => {
+            _ if h.desired_running
+                && matches!(
+                    h.state,
+                    HostingState::Running | HostingState::Booting | HostingState::Paused
+                ) =>
+            {
                 info!(hosting = %id, "vm should run but no qemu is there; starting it");
                 self.set_state(id, HostingState::Booting, None);
                 let me = self.clone();
@@ -960,16 +1108,22 @@ impl Hostings {
     /// Removes taps, VM directories and QEMU processes that no hosting claims, and keeps
     /// serial logs under their cap.
     async fn reap_orphans(&self, hostings: &[Hosting]) {
-        let Ok(rt) = self.inner.runtime.as_ref() else { return };
+        let Ok(rt) = self.inner.runtime.as_ref() else {
+            return;
+        };
         let vms_dir = paths::vms_dir(&self.inner.cfg.state_dir);
         let ids: HashSet<String> = hostings.iter().map(|h| h.id.to_string()).collect();
         for (pid, dir) in vm::procfs::qemus_under(&vms_dir) {
             if !ids.contains(&dir) {
                 warn!(pid, vm = %dir, "killing orphan qemu (no hosting claims it)");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
-        let claimed: std::collections::BTreeSet<String> = hostings.iter().map(|h| h.tap.clone()).collect();
+        let claimed: std::collections::BTreeSet<String> =
+            hostings.iter().map(|h| h.tap.clone()).collect();
         match rt.net.orphan_taps(&claimed).await {
             Ok(names) => {
                 for name in names {
@@ -1011,7 +1165,11 @@ impl Hostings {
                     },
                     None => Some("unavailable: QMP not connected".into()),
                 };
-                (Some(l.pid()), l.started.elapsed().ok().map(|d| d.as_secs()), s)
+                (
+                    Some(l.pid()),
+                    l.started.elapsed().ok().map(|d| d.as_secs()),
+                    s,
+                )
             }
             None => (None, None, None),
         };
@@ -1025,7 +1183,13 @@ impl Hostings {
     }
 
     fn owners(&self) -> Result<HashMap<UserId, String>, HostingError> {
-        Ok(self.inner.store.users()?.into_iter().map(|u| (u.id, u.username)).collect())
+        Ok(self
+            .inner
+            .store
+            .users()?
+            .into_iter()
+            .map(|u| (u.id, u.username))
+            .collect())
     }
 
     pub async fn vm_list(&self) -> Result<Vec<VmStatus>, HostingError> {
@@ -1038,13 +1202,21 @@ impl Hostings {
     }
 
     pub async fn vm_detail(&self, id: HostingId) -> Result<VmDetail, HostingError> {
-        let h = self.inner.store.hosting(id)?.ok_or(HostingError::NotFound)?;
+        let h = self
+            .inner
+            .store
+            .hosting(id)?
+            .ok_or(HostingError::NotFound)?;
         let owners = self.owners()?;
         let status = self.status(h.clone(), &owners).await;
         let proc_stats = status.pid.and_then(vm::procfs::proc_stats);
         let block_stats = match self.live(id) {
             Some(l) => match l.qmp().await {
-                Some(q) => q.query_blockstats().await.ok().and_then(|b| serde_json::to_value(b).ok()),
+                Some(q) => q
+                    .query_blockstats()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::to_value(b).ok()),
                 None => None,
             },
             None => None,
@@ -1096,7 +1268,10 @@ impl Hostings {
             actor,
             "proxy.reload",
             "routes",
-            &format!("added={:?} removed={:?} changed={:?}", d.added, d.removed, d.changed),
+            &format!(
+                "added={:?} removed={:?} changed={:?}",
+                d.added, d.removed, d.changed
+            ),
         )?;
         Ok(d)
     }
@@ -1112,7 +1287,10 @@ impl Hostings {
         let total = routes.len();
         let diff = self.inner.routes.replace(routes);
         for h in &hostings {
-            if matches!(h.state, HostingState::Running | HostingState::Booting | HostingState::Paused) {
+            if matches!(
+                h.state,
+                HostingState::Running | HostingState::Booting | HostingState::Paused
+            ) {
                 if let Err(e) = self.open_ssh(h).await {
                     warn!(hosting = %h.id, error = %e, "cannot open ssh port");
                 }
@@ -1131,7 +1309,9 @@ impl Hostings {
 /// The last `n` lines of a text file (lossy UTF-8); empty when it cannot be read.
 fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return vec![] };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return vec![];
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(16 * 1024);
     if f.seek(SeekFrom::Start(start)).is_err() {
@@ -1141,13 +1321,21 @@ fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// Prepares what VMs need, or says why this host cannot run them.
 pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
-    let subnet: net::Ipv4Net = cfg.network.subnet.parse().map_err(|e: net::NetError| e.to_string())?;
-    let image = vm::Image::load(&cfg.vm.image).map_err(|e| format!("guest image: {}", super::chain(&e)))?;
+    let subnet: net::Ipv4Net = cfg
+        .network
+        .subnet
+        .parse()
+        .map_err(|e: net::NetError| e.to_string())?;
+    let image =
+        vm::Image::load(&cfg.vm.image).map_err(|e| format!("guest image: {}", super::chain(&e)))?;
     let templates = match &cfg.cloudinit.templates {
         Some(dir) => cloudinit::Templates::load(dir),
         None => cloudinit::Templates::embedded(),
@@ -1163,7 +1351,8 @@ pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
     let net = NetRuntime::setup(&cfg.network.bridge, subnet)
         .await
         .map_err(|e| format!("network: {}", super::chain(&e)))?;
-    std::fs::create_dir_all(paths::vms_dir(&cfg.state_dir)).map_err(|e| format!("state dir: {e}"))?;
+    std::fs::create_dir_all(paths::vms_dir(&cfg.state_dir))
+        .map_err(|e| format!("state dir: {e}"))?;
     Ok(VmRuntime {
         net,
         image,

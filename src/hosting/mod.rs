@@ -32,7 +32,10 @@ pub enum HostingError {
     #[error("{0}")]
     NoCapacity(String),
     #[error("cannot {action} a VM that is {state}")]
-    InvalidState { state: &'static str, action: &'static str },
+    InvalidState {
+        state: &'static str,
+        action: &'static str,
+    },
     #[error("another operation on this hosting is in progress")]
     Busy,
     #[error("{step}: {message}")]

@@ -20,7 +20,8 @@ impl NetRuntime {
     /// Creates or adopts the bridge with the gateway address.
     pub async fn setup(bridge: &str, subnet: Ipv4Net) -> Result<NetRuntime, NetError> {
         let handle = net::netlink()?;
-        let ifindex = net::ensure_bridge(&handle, bridge, subnet.gateway(), subnet.prefix()).await?;
+        let ifindex =
+            net::ensure_bridge(&handle, bridge, subnet.gateway(), subnet.prefix()).await?;
         tracing::info!(%bridge, gateway = %subnet.gateway(), "bridge ready");
         Ok(NetRuntime {
             handle,
@@ -47,7 +48,9 @@ impl NetRuntime {
     /// roost taps on the bridge's host that no hosting in `claimed` owns.
     pub async fn orphan_taps(&self, claimed: &BTreeSet<String>) -> Result<Vec<String>, NetError> {
         let links = net::list_links(&self.handle).await?;
-        Ok(net::orphan_taps(&links, claimed).map(|l| l.name.clone()).collect())
+        Ok(net::orphan_taps(&links, claimed)
+            .map(|l| l.name.clone())
+            .collect())
     }
 
     /// Received and sent bytes of a link. Asked over netlink, not sysfs: sysfs shows the
@@ -59,10 +62,16 @@ impl NetRuntime {
 
     /// Replaces the firewall with one that lets exactly these VMs' taps speak, each with
     /// its own MAC and IP.
-    pub async fn apply_firewall(&self, ports: Vec<(String, net::MacAddr, Ipv4Addr)>) -> Result<(), NetError> {
+    pub async fn apply_firewall(
+        &self,
+        ports: Vec<(String, net::MacAddr, Ipv4Addr)>,
+    ) -> Result<(), NetError> {
         let _g = self.fw.lock().await;
         let mut plan = FirewallPlan::new(&self.bridge, self.subnet);
-        plan.ports = ports.into_iter().map(|(tap, mac, ip)| VmPort { tap, mac, ip }).collect();
+        plan.ports = ports
+            .into_iter()
+            .map(|(tap, mac, ip)| VmPort { tap, mac, ip })
+            .collect();
         net::apply_firewall(&plan).await
     }
 }

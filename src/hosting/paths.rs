@@ -45,7 +45,10 @@ mod tests {
     fn layout() {
         let id: HostingId = "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().expect("ulid");
         let p = VmPaths::new(Path::new("/var/lib/roost"), id);
-        assert_eq!(p.dir, Path::new("/var/lib/roost/vms/01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        assert_eq!(
+            p.dir,
+            Path::new("/var/lib/roost/vms/01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        );
         assert_eq!(p.qmp, p.dir.join("qmp.sock"));
         // A unix socket path must fit in sun_path (108 bytes).
         assert!(p.qmp.as_os_str().len() < 108);

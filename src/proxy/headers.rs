@@ -274,7 +274,10 @@ mod location_tests {
 
     #[test]
     fn locations() {
-        assert_eq!(rewrite_location("/dir/", "/alice", None).as_deref(), Some("/alice/dir/"));
+        assert_eq!(
+            rewrite_location("/dir/", "/alice", None).as_deref(),
+            Some("/alice/dir/")
+        );
         assert_eq!(
             rewrite_location("http://example.com/dir/", "/alice", Some("example.com")).as_deref(),
             Some("http://example.com/alice/dir/")
@@ -283,8 +286,17 @@ mod location_tests {
             rewrite_location("http://example.com", "/alice", Some("example.com")).as_deref(),
             Some("http://example.com/alice/")
         );
-        assert_eq!(rewrite_location("http://other.org/x", "/alice", Some("example.com")), None);
-        assert_eq!(rewrite_location("//evil.org/x", "/alice", Some("example.com")), None);
-        assert_eq!(rewrite_location("next.html", "/alice", Some("example.com")), None);
+        assert_eq!(
+            rewrite_location("http://other.org/x", "/alice", Some("example.com")),
+            None
+        );
+        assert_eq!(
+            rewrite_location("//evil.org/x", "/alice", Some("example.com")),
+            None
+        );
+        assert_eq!(
+            rewrite_location("next.html", "/alice", Some("example.com")),
+            None
+        );
     }
 }

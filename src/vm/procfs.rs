@@ -49,21 +49,36 @@ pub fn start_time(pid: i32) -> Option<SystemTime> {
     let f = stat_fields(pid)?;
     let start_ticks: f64 = f.get(19)?.parse().ok()?;
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let btime: u64 = stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-    Some(UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_secs_f64(start_ticks / ticks_per_sec()))
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    Some(
+        UNIX_EPOCH
+            + Duration::from_secs(btime)
+            + Duration::from_secs_f64(start_ticks / ticks_per_sec()),
+    )
 }
 
 /// QEMU processes whose `-pidfile` lies under `vms_dir`: `(pid, name of the VM directory)`.
 /// Only those are roost's to reap; QEMUs of other state directories are never touched.
 pub fn qemus_under(vms_dir: &Path) -> Vec<(i32, String)> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     let prefix = vms_dir.as_os_str().as_encoded_bytes();
     let mut out = Vec::new();
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if !args.first().is_some_and(|a| a.windows(11).any(|w| w == b"qemu-system")) {
+        if !args
+            .first()
+            .is_some_and(|a| a.windows(11).any(|w| w == b"qemu-system"))
+        {
             continue;
         }
         let pidfile = args.windows(2).find(|w| w[0] == b"-pidfile").map(|w| w[1]);
