@@ -46,7 +46,7 @@ install_qemu() {
 install_runtime_deps() {
     install_qemu
     apt_install ca-certificates iproute2 nftables e2fsprogs dosfstools mtools mmdebstrap \
-        openssh-client curl procps
+        openssh-client curl procps iputils-ping
     # QEMU runs as this unprivileged user (see [vm] run_as).
     if ! id roost-qemu >/dev/null 2>&1; then
         log "adding system user roost-qemu"

@@ -2,7 +2,6 @@
 //!
 //! Reads the host (binaries, capabilities, disk) and reports; it changes nothing.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::config::Config;
@@ -17,11 +16,11 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// Runs every check.
-pub fn run(cfg: &Config) -> Vec<Finding> {
+/// Runs every check; `accel` is what `[vm] accel` resolves to on this host, with why.
+pub fn run(cfg: &Config, accel: (crate::vm::Accel, String)) -> Vec<Finding> {
     vec![
         qemu(cfg),
-        kvm(),
+        kvm(accel),
         net_admin(),
         state_dir(cfg),
         free_disk(cfg),
@@ -89,17 +88,12 @@ fn qemu(cfg: &Config) -> Finding {
     }
 }
 
-fn kvm() -> Finding {
-    let present = Path::new("/dev/kvm").exists();
+fn kvm((accel, why): (crate::vm::Accel, String)) -> Finding {
     Finding {
         name: "accel",
         ok: true,
         fatal: false,
-        detail: if present {
-            "/dev/kvm present; accel=auto probes it before use".into()
-        } else {
-            "no /dev/kvm: TCG (software emulation) will be used".into()
-        },
+        detail: format!("{accel:?}: {why}"),
     }
 }
 

@@ -94,6 +94,16 @@ pub enum AccelSetting {
     Tcg,
 }
 
+impl From<AccelSetting> for crate::vm::AccelChoice {
+    fn from(s: AccelSetting) -> Self {
+        match s {
+            AccelSetting::Auto => crate::vm::AccelChoice::Auto,
+            AccelSetting::Kvm => crate::vm::AccelChoice::Kvm,
+            AccelSetting::Tcg => crate::vm::AccelChoice::Tcg,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VmConfig {

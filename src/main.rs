@@ -103,7 +103,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Check { config } => {
             let cfg = Config::load(config.as_deref())?;
-            let findings = roost::check::run(&cfg);
+            // The same decision `serve` makes: KVM only if a test guest really runs.
+            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            let accel = rt.block_on(roost::vm::resolve(cfg.vm.accel.into()));
+            let findings = roost::check::run(&cfg, accel);
             if !roost::check::print(&findings) {
                 std::process::exit(1);
             }

@@ -607,3 +607,109 @@ fn bad_config_is_refused_naming_the_key() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+#[test]
+fn ssh_keys_crud_and_hosting_without_vm_support() {
+    let d = Daemon::start();
+    assert_eq!(register(&d, "frank", "password1").0, StatusCode::CREATED);
+    assert_eq!(register(&d, "grace", "password1").0, StatusCode::CREATED);
+    let t = token(&d, "frank", "password1");
+    let g = token(&d, "grace", "password1");
+    let c = client();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqCMGQmuykGwc4qobqcDUvfAGhGj4tcpADEWk3sUAy2 frank@laptop";
+
+    // 422 naming the problem; nothing stored.
+    for bad in [
+        "ssh-ed25519 notbase64!",
+        "not a key",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqCMGQmuykGwc4qobqcDUvfAGhGj4tcpADEWk3sUAy2\nrunCmd: [x]",
+        "",
+    ] {
+        let r = c
+            .post(d.url("/api/v1/ssh-keys"))
+            .bearer_auth(&t)
+            .json(&json!({ "public_key": bad }))
+            .send()
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+        let v: Value = r.json().expect("json");
+        assert_error(&v, "invalid_field");
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("public_key")), "{v}");
+    }
+    assert_eq!(get(&d, "/api/v1/ssh-keys", Some(&t)).1, json!([]));
+
+    let r = c
+        .post(d.url("/api/v1/ssh-keys"))
+        .bearer_auth(&t)
+        .json(&json!({ "public_key": key }))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let k: Value = r.json().expect("json");
+    assert!(
+        k["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SHA256:")),
+        "{k}"
+    );
+    assert_eq!(k["comment"], "frank@laptop");
+    // The same key twice: 409.
+    let r = c
+        .post(d.url("/api/v1/ssh-keys"))
+        .bearer_auth(&t)
+        .json(&json!({ "public_key": key }))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Keys are per user.
+    assert_eq!(get(&d, "/api/v1/ssh-keys", Some(&g)).1, json!([]));
+    let id = k["id"].as_str().expect("id");
+    let r = c
+        .delete(d.url(&format!("/api/v1/ssh-keys/{id}")))
+        .bearer_auth(&g)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let (s, list) = get(&d, "/api/v1/ssh-keys", Some(&t));
+    assert_eq!(
+        (s, list.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1))
+    );
+    let r = c
+        .delete(d.url(&format!("/api/v1/ssh-keys/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(&d, "/api/v1/ssh-keys", Some(&t)).1, json!([]));
+
+    // This daemon has no guest image: hosting answers 503 with the reason, creates nothing.
+    let r = c
+        .post(d.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().expect("json");
+    assert_error(&v, "unavailable");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("image")),
+        "{v}"
+    );
+    assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
+    let (s, v) = get(&d, "/readyz", None);
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        v["bridge"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("disabled")),
+        "{v}"
+    );
+    assert_eq!(
+        get(&d, "/api/v1/host/access-urls", Some(&t)).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&d, "/api/v1/host/proxy-info", Some(&t)).1, json!([]));
+    let (s, _) = get(&d, "/api/v1/admin/vms", Some(&t));
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}

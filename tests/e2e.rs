@@ -369,6 +369,20 @@ fn hosting_end_to_end() {
             assert_eq!(curl("GET", &format!("/{slug}"), None, None, &[]).0, 308);
         }
         assert_eq!(curl("GET", "/nobody/", None, None, &[]).0, 404);
+        let (s, urls) = http("GET", "/api/v1/host/access-urls", Some(&alice), None);
+        assert_eq!(s, 200);
+        assert_eq!(urls["web"], format!("http://{DOMAIN}:8080/alice/"));
+        assert_eq!(urls["web_host"], format!("http://alice.{DOMAIN}:8080/"));
+        assert_eq!(urls["ssh"], format!("ssh -p {a_port} alice@{DOMAIN}"));
+        // The host reaches each guest directly too (ping over the bridge).
+        for ip in [&a["ip"], &b["ip"]] {
+            let st = Command::new("ping")
+                .args(["-c1", "-W3", ip.as_str().expect("ip")])
+                .stdout(Stdio::null())
+                .status()
+                .expect("ping");
+            assert!(st.success(), "no ping reply from {ip}");
+        }
 
         // SSH through the forwarder, end to end with each VM.
         let out = ssh(
@@ -564,6 +578,24 @@ fn hosting_end_to_end() {
             202
         );
         wait_state(&alice, "running", Duration::from_secs(300));
+        assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
+
+        // Reboot through QMP: the guest starts over (uptime falls) and comes back.
+        let before = uptime(a_port, &alice_key, "alice");
+        assert_eq!(
+            http(
+                "POST",
+                &format!("/api/v1/admin/vms/{a_id}/reboot"),
+                Some(&admin),
+                None
+            )
+            .0,
+            202
+        );
+        common::poll("guest rebooted", Duration::from_secs(240), || {
+            let up = uptime(a_port, &alice_key, "alice");
+            (up > 0.0 && up < before).then_some(())
+        });
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
 
         // Delete both: nothing is left.

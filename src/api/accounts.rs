@@ -130,9 +130,6 @@ async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<MeView>, 
         id: u.id.to_string(),
         username: u.username,
         role: u.role,
-        created_at: u
-            .created_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        created_at: super::rfc3339(u.created_at),
     }))
 }

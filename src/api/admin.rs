@@ -8,7 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiQuery;
-use super::AppState;
+use super::{rfc3339, AppState};
 use crate::auth::AdminUser;
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -40,11 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(users))
         .routes(routes!(audit))
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Every account.

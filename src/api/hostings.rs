@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::OptionalJson;
-use super::AppState;
+use super::{rfc3339, AppState};
 use crate::auth::{AdminUser, AuthUser};
 use crate::hosting::RouteInfo;
 use crate::store::{Hosting, HostingId, Role};
@@ -74,11 +74,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(access_urls))
         .routes(routes!(proxy_info))
         .routes(routes!(reload_proxy))
-}
-
-pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {

@@ -9,8 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::hostings::rfc3339;
-use super::AppState;
+use super::{rfc3339, AppState};
 use crate::auth::AuthUser;
 use crate::store::{SshKey, SshKeyId, StoreError};
 

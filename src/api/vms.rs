@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::hostings::{rfc3339, view, HostingView};
-use super::AppState;
+use super::hostings::{view, HostingView};
+use super::{rfc3339, AppState};
 use crate::auth::AdminUser;
 use crate::hosting::{lifecycle::Action, VmStatus};
 use crate::store::HostingId;

@@ -300,26 +300,21 @@ impl Hostings {
         let rt = self.rt()?;
         let cfg = &self.inner.cfg;
         let p = VmPaths::new(&cfg.state_dir, h.id);
-        let step = |step: &'static str| {
-            move |e: String| HostingError::Step {
-                step: step.into(),
-                message: e,
-            }
-        };
         let made_dir = !p.dir.exists();
         let undo_dir = |p: &VmPaths| {
             if made_dir {
                 let _ = std::fs::remove_dir_all(&p.dir);
             }
         };
-        std::fs::create_dir_all(&p.dir).map_err(|e| step("directory")(e.to_string()))?;
+        std::fs::create_dir_all(&p.dir).map_err(|e| step_err("directory")(e.to_string()))?;
         let r: Result<(), HostingError> = async {
             self.fault("overlay")?;
             vm::disk::create_overlay(&rt.image.disk_path(), &p.overlay, cfg.vm.disk_gib)
                 .await
-                .map_err(|e| step("overlay")(e.to_string()))?;
+                .map_err(|e| step_err("overlay")(e.to_string()))?;
             self.fault("seed")?;
-            self.write_seed(rt, h, &p).map_err(|e| step("seed")(e))?;
+            self.write_seed(rt, h, &p)
+                .map_err(|e| step_err("seed")(e))?;
             Ok(())
         }
         .await;
@@ -366,24 +361,18 @@ impl Hostings {
         let rt = self.rt()?;
         let cfg = &self.inner.cfg;
         let p = VmPaths::new(&cfg.state_dir, h.id);
-        let step = |step: &'static str| {
-            move |e: String| HostingError::Step {
-                step: step.into(),
-                message: e,
-            }
-        };
 
         self.fault("tap")?;
         let tap = rt
             .net
             .create_tap(&h.tap)
             .await
-            .map_err(|e| step("tap")(super::chain(&e)))?;
+            .map_err(|e| step_err("tap")(super::chain(&e)))?;
         // The firewall must know the new tap before the guest speaks.
         if let Err(e) = self.sync_firewall(Some(h)).await {
             drop(tap);
             let _ = rt.net.delete_link(&h.tap).await;
-            return Err(step("firewall")(e));
+            return Err(step_err("firewall")(e));
         }
         let spec = vm::VmSpec {
             id: h.id.0,
@@ -434,7 +423,7 @@ impl Hostings {
             Ok(s) => s,
             Err(e) => {
                 let _ = rt.net.delete_link(&h.tap).await;
-                return Err(step("qemu")(e));
+                return Err(step_err("qemu")(e));
             }
         };
         info!(hosting = %h.id, pid = proc.pid(), "qemu started");
@@ -443,7 +432,7 @@ impl Hostings {
             Ok(()) => self
                 .open_ssh(h)
                 .await
-                .map_err(|e| step("routes")(super::chain(&e))),
+                .map_err(|e| step_err("routes")(super::chain(&e))),
             Err(e) => Err(e),
         };
         if let Err(e) = routed {
@@ -565,6 +554,14 @@ impl Hostings {
                 proxy::ForwardLimits::default(),
             )
             .await
+    }
+}
+
+/// Turns a step's error text into the error that names the step.
+fn step_err(step: &'static str) -> impl Fn(String) -> HostingError {
+    move |message| HostingError::Step {
+        step: step.into(),
+        message,
     }
 }
 
@@ -1341,12 +1338,7 @@ pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
         None => cloudinit::Templates::embedded(),
     }
     .map_err(|e| format!("cloud-init templates: {}", super::chain(&e)))?;
-    let choice = match cfg.vm.accel {
-        crate::config::AccelSetting::Auto => vm::AccelChoice::Auto,
-        crate::config::AccelSetting::Kvm => vm::AccelChoice::Kvm,
-        crate::config::AccelSetting::Tcg => vm::AccelChoice::Tcg,
-    };
-    let (accel, why) = vm::resolve(choice).await;
+    let (accel, why) = vm::resolve(cfg.vm.accel.into()).await;
     info!(?accel, %why, "accelerator");
     let net = NetRuntime::setup(&cfg.network.bridge, subnet)
         .await
