@@ -32,6 +32,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             let listen: SocketAddr = arg(1)?.parse()?;
             let upstream: SocketAddrV4 = arg(2)?.parse()?;
             let routes = Routes::new(vec![Route {
+                generation: 0,
                 slug: "bench".into(),
                 hosting_id: "bench".into(),
                 upstream: Some(upstream),

@@ -413,13 +413,17 @@ fn hosting_end_to_end() {
 
         // VMs cannot reach each other, but reach the gateway.
         let probe = format!(
-            "ping -c1 -W2 10.77.0.1 >/dev/null && echo GW_OK; ping -c1 -W2 {} >/dev/null && echo PEER_REACHED; curl -s -m3 http://{}/ >/dev/null && echo PEER_WEB",
+            "ping -c3 -W3 10.77.0.1 >/dev/null && echo GW_OK; ping -c1 -W2 {} >/dev/null && echo PEER_REACHED; curl -s -m3 http://{}/ >/dev/null && echo PEER_WEB",
             b["ip"].as_str().expect("ip"),
             b["ip"].as_str().expect("ip")
         );
-        let text =
-            String::from_utf8_lossy(&ssh(a_port, "alice", &alice_key, &probe).stdout).into_owned();
-        assert!(text.contains("GW_OK"), "{text}");
+        let out = ssh(a_port, "alice", &alice_key, &probe);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains("GW_OK"),
+            "{text} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             !text.contains("PEER_REACHED") && !text.contains("PEER_WEB"),
             "{text}"
@@ -580,22 +584,25 @@ fn hosting_end_to_end() {
         wait_state(&alice, "running", Duration::from_secs(300));
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
 
-        // Reboot through QMP: the guest starts over (uptime falls) and comes back.
-        let before = uptime(a_port, &alice_key, "alice");
-        assert_eq!(
-            http(
-                "POST",
-                &format!("/api/v1/admin/vms/{a_id}/reboot"),
-                Some(&admin),
-                None
-            )
-            .0,
-            202
-        );
+        // Reboot through QMP: the guest starts over (a new boot id) and comes back.
+        let boot_id = || {
+            let o = ssh(
+                a_port,
+                "alice",
+                &alice_key,
+                "cat /proc/sys/kernel/random/boot_id",
+            );
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        let before = boot_id().expect("boot id");
+        let url = format!("/api/v1/admin/vms/{a_id}/reboot");
+        assert_eq!(http("POST", &url, Some(&admin), None).0, 202);
         common::poll("guest rebooted", Duration::from_secs(240), || {
-            let up = uptime(a_port, &alice_key, "alice");
-            (up > 0.0 && up < before).then_some(())
+            boot_id().filter(|b| *b != before)
         });
+        wait_state(&alice, "running", Duration::from_secs(240));
         assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
 
         // Delete both: nothing is left.

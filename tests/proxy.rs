@@ -152,6 +152,7 @@ impl Drop for Harness {
 
 fn route(slug: &str, upstream: SocketAddrV4, status: RouteStatus) -> Route {
     Route {
+        generation: 0,
         slug: slug.into(),
         hosting_id: format!("h-{slug}"),
         upstream: Some(upstream),

@@ -82,6 +82,9 @@ pub(super) struct Inner {
     /// Hostings with a job in flight (create, delete, action); the reconciler leaves them be.
     busy: Mutex<HashSet<HostingId>>,
     backoff: Mutex<HashMap<HostingId, Backoff>>,
+    /// Boots of each VM seen by this daemon: the proxy drops pooled connections to a VM
+    /// whose generation changed (a rebooted guest has forgotten them).
+    generations: Mutex<HashMap<HostingId, u64>>,
     /// Test hook: `ROOST_FAULTS=step,...` makes those creation steps fail.
     faults: HashSet<String>,
 }
@@ -131,6 +134,7 @@ impl Hostings {
                 live: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
                 backoff: Mutex::new(HashMap::new()),
+                generations: Mutex::new(HashMap::new()),
                 faults,
             }),
         }
@@ -427,6 +431,7 @@ impl Hostings {
             }
         };
         info!(hosting = %h.id, pid = proc.pid(), "qemu started");
+        self.new_generation(h.id);
         let live = self.watch(h.id, proc, None, SystemTime::now(), &p);
         let routed = match self.fault("routes") {
             Ok(()) => self
@@ -529,6 +534,10 @@ impl Hostings {
             HostingState::Failed => RouteStatus::Failed,
         };
         Route {
+            generation: lock(&self.inner.generations)
+                .get(&h.id)
+                .copied()
+                .unwrap_or(0),
             slug: h.slug.clone(),
             hosting_id: h.id.to_string(),
             upstream: Some(SocketAddrV4::new(h.ip, 80)),
@@ -746,9 +755,25 @@ impl Hostings {
                     live.guest_poweroff.store(true, Ordering::SeqCst);
                 }
             }
-            E::Reset { .. } | E::Powerdown => info!(hosting = %id, event = ?ev, "vm event"),
+            E::Reset { .. } => {
+                // A rebooting guest is not serving: show "starting" until it answers again.
+                info!(hosting = %id, "guest reset");
+                self.new_generation(id);
+                if let Ok(Some(h)) = self.inner.store.hosting(id) {
+                    if h.state == HostingState::Running {
+                        self.set_state(id, HostingState::Booting, None);
+                        let me = self.clone();
+                        tokio::spawn(async move { me.await_ready(id).await });
+                    }
+                }
+            }
+            E::Powerdown => info!(hosting = %id, "power button pressed"),
             E::Disconnected => {}
         }
+    }
+
+    fn new_generation(&self, id: HostingId) {
+        *lock(&self.inner.generations).entry(id).or_default() += 1;
     }
 
     fn set_state_if(&self, id: HostingId, from: &[HostingState], to: HostingState) {

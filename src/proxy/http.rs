@@ -31,11 +31,51 @@ use super::pages::{self, Page};
 use super::routes::{resolve, Resolution, Route, RouteStatus, Routes};
 use super::ProxyConfig;
 
+type UpstreamClient = Client<HttpConnector, Incoming>;
+
 struct Shared {
     api: axum::Router,
     routes: Routes,
     cfg: ProxyConfig,
-    client: Client<HttpConnector, Incoming>,
+    /// One keep-alive pool per site and VM generation (see [`Route::generation`]).
+    clients: std::sync::RwLock<std::collections::HashMap<String, (u64, UpstreamClient)>>,
+}
+
+impl Shared {
+    fn new_client(&self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.cfg.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(self.cfg.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector)
+    }
+
+    /// The pool for this route's current generation; a new generation replaces (and so
+    /// closes) the pool of the previous boot.
+    fn client(&self, route: &Route) -> UpstreamClient {
+        if let Ok(map) = self.clients.read() {
+            if let Some((g, c)) = map.get(&route.slug) {
+                if *g == route.generation {
+                    return c.clone();
+                }
+            }
+        }
+        let c = self.new_client();
+        if let Ok(mut map) = self.clients.write() {
+            // Forget pools of sites that are gone, so the map stays bounded.
+            let table = self.routes.snapshot();
+            if map.len() > 2 * table.len() + 16 {
+                map.retain(|slug, _| table.get(slug).is_some());
+            }
+            map.insert(route.slug.clone(), (route.generation, c.clone()));
+        }
+        c
+    }
 }
 
 /// Serves the API and every site on `listener` until `shutdown` completes, then stops
@@ -50,17 +90,6 @@ pub async fn serve_http(
     cfg: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector);
-
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -73,7 +102,7 @@ pub async fn serve_http(
         api,
         routes,
         cfg,
-        client,
+        clients: Default::default(),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -229,7 +258,7 @@ async fn proxy(
     }
 
     let mut resp = match shared
-        .client
+        .client(route)
         .request(Request::from_parts(parts, body))
         .await
     {

@@ -63,6 +63,9 @@ pub struct Route {
     /// `(host listen port, VM ip:22)` for the SSH forwarder.
     pub ssh: Option<(u16, SocketAddrV4)>,
     pub status: RouteStatus,
+    /// Changes whenever the VM behind the route (re)boots. Pooled connections belong to one
+    /// generation: a rebooted guest has forgotten them, so they are dropped, not reused.
+    pub generation: u64,
 }
 
 /// An immutable set of routes, looked up by slug.
@@ -351,6 +354,7 @@ mod tests {
 
     fn route(slug: &str, status: RouteStatus) -> Route {
         Route {
+            generation: 0,
             slug: slug.into(),
             hosting_id: format!("id-{slug}"),
             upstream: Some(addr("10.0.0.2:80")),
