@@ -8,7 +8,9 @@ install_rust
 build_image
 cd "$ROOT"
 
-qemus_before=$(pgrep -c -x qemu-system-x86_64 || true)
+# Match the command line: the process name is cut to 15 characters (qemu-system-x86).
+qemus() { pgrep -c -f '^(/usr/bin/)?qemu-system-x86_64 ' || true; }
+qemus_before=$(qemus)
 netns_before=$(ip netns list | wc -l)
 
 log "cargo fmt --check"
@@ -23,9 +25,9 @@ ROOST_PRIVILEGED_TESTS=1 ROOST_TEST_IMAGE="$IMAGE_DIR" cargo test --locked -q --
 
 log "leak check"
 leaks=0
-qemus_after=$(pgrep -c -x qemu-system-x86_64 || true)
+qemus_after=$(qemus)
 if [ "${qemus_after:-0}" -gt "${qemus_before:-0}" ]; then
-    echo "leak: qemu processes left running:" >&2; pgrep -a -x qemu-system-x86_64 >&2 || true; leaks=1
+    echo "leak: qemu processes left running:" >&2; pgrep -a -f '^(/usr/bin/)?qemu-system-x86_64 ' >&2 || true; leaks=1
 fi
 if [ "$(ip netns list | wc -l)" -gt "$netns_before" ]; then
     echo "leak: network namespaces left:" >&2; ip netns list >&2; leaks=1
