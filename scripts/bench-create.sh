@@ -70,5 +70,5 @@ for r in $(seq "$RUNS"); do
     rst=$(roost_once | tail -1)
     bw=$(sed -E 's/.*web_s=([0-9.]+).*/\1/' <<<"$bare"); bs=$(sed -E 's/.*ssh_s=([0-9.]+).*/\1/' <<<"$bare")
     rw=$(sed -E 's/.*web_s=([0-9.]*).*/\1/' <<<"$rst"); rs=$(sed -E 's/.*ssh_s=([0-9.]*).*/\1/' <<<"$rst")
-    echo "| $r | $bw | $bs | $rw | $rs |"
+    printf "| %s | %.2f | %.2f | %.2f | %.2f |\n" "$r" "$bw" "$bs" "${rw:-0}" "${rs:-0}"
 done
