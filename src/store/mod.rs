@@ -77,10 +77,6 @@ pub enum StoreError {
     NoSuchHosting,
     #[error("the user already has a hosting")]
     HostingExists,
-    #[error("address {0} is already reserved")]
-    IpTaken(Ipv4Addr),
-    #[error("port {0} is already reserved")]
-    PortTaken(u16),
     #[error("no free address is left in the subnet")]
     NoFreeIp,
     #[error("no free port is left in the SSH port range")]
@@ -311,35 +307,6 @@ impl Store {
 
     // ----- hostings -----
 
-    /// Inserts a hosting with its IP and port reservations, atomically: the user may have
-    /// no other hosting, and the IP and port must be free (table keys make them unique).
-    pub fn insert_hosting(&self, h: &Hosting, actor: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let u = h.user.key();
-            let mut by_user = tx.open_table(HOSTINGS_BY_USER)?;
-            if by_user.range((u, 0)..=(u, u128::MAX))?.next().is_some() {
-                return Err(StoreError::HostingExists);
-            }
-            let mut ips = tx.open_table(IP_RESERVATIONS)?;
-            if ips.get(u32::from(h.ip))?.is_some() {
-                return Err(StoreError::IpTaken(h.ip));
-            }
-            let mut ports = tx.open_table(PORT_RESERVATIONS)?;
-            if ports.get(h.ssh_port)?.is_some() {
-                return Err(StoreError::PortTaken(h.ssh_port));
-            }
-            ips.insert(u32::from(h.ip), h.id.key())?;
-            ports.insert(h.ssh_port, h.id.key())?;
-            by_user.insert((u, h.id.key()), ())?;
-            tx.open_table(HOSTINGS)?
-                .insert(h.id.key(), encode(h).as_slice())?;
-            append_audit(&tx, actor, "hosting.create", &h.id.to_string(), &h.slug)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Reserves everything a new hosting needs in one write transaction: the lowest free
     /// address in `ips` (in order), and the lowest free port in `ports` for which
     /// `port_usable` holds (e.g. it also binds on the host). `build` gets the chosen pair
@@ -396,22 +363,6 @@ impl Store {
         };
         tx.commit()?;
         Ok(h)
-    }
-
-    /// Replaces a hosting's record (state changes). Reservations are not touched.
-    pub fn update_hosting(&self, h: &Hosting) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(HOSTINGS)?;
-            if t.get(h.id.key())?.is_none() {
-                return Err(StoreError::NoSuchHosting);
-            }
-            let mut h = h.clone();
-            h.updated_at = now();
-            t.insert(h.id.key(), encode(&h).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// Reads, changes and writes one hosting in a single transaction.
@@ -655,35 +606,36 @@ mod tests {
         let (_d, s) = store();
         let a = s.create_user(new_user("alice"), "t").expect("a");
         let b = s.create_user(new_user("bob"), "t").expect("b");
-        let h = hosting(a.id, [10, 0, 0, 2], 22000);
-        s.insert_hosting(&h, "t").expect("insert");
-        assert!(matches!(
-            s.insert_hosting(&hosting(a.id, [10, 0, 0, 3], 22001), "t"),
-            Err(StoreError::HostingExists)
-        ));
-        assert!(matches!(
-            s.insert_hosting(&hosting(b.id, [10, 0, 0, 2], 22001), "t"),
-            Err(StoreError::IpTaken(_))
-        ));
-        assert!(matches!(
-            s.insert_hosting(&hosting(b.id, [10, 0, 0, 3], 22000), "t"),
-            Err(StoreError::PortTaken(22000))
-        ));
-        assert_eq!(
-            s.reserved_ips().expect("ips"),
-            vec![Ipv4Addr::new(10, 0, 0, 2)]
-        );
+        let reserve = |user: UserId| {
+            s.reserve_hosting(
+                user,
+                (2u8..=9).map(|i| Ipv4Addr::new(10, 0, 0, i)),
+                22000..=22009,
+                |_| true,
+                |ip, port| hosting(user, ip.octets(), port),
+                "t",
+            )
+        };
+        let h = reserve(a.id).expect("reserve");
+        assert_eq!((h.ip, h.ssh_port), (Ipv4Addr::new(10, 0, 0, 2), 22000));
+        assert!(matches!(reserve(a.id), Err(StoreError::HostingExists)));
+        let hb = reserve(b.id).expect("reserve");
+        assert_eq!((hb.ip, hb.ssh_port), (Ipv4Addr::new(10, 0, 0, 3), 22001));
         assert_eq!(s.hostings_of(a.id).expect("of").len(), 1);
         let h2 = s
             .modify_hosting(h.id, |h| h.state = HostingState::Running)
             .expect("modify");
         assert_eq!(h2.state, HostingState::Running);
         s.remove_hosting(h.id, "t").expect("remove");
-        assert!(s.reserved_ips().expect("ips").is_empty());
-        assert!(s.reserved_ports().expect("ports").is_empty());
+        assert_eq!(
+            s.reserved_ips().expect("ips"),
+            vec![Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        assert_eq!(s.reserved_ports().expect("ports"), vec![22001]);
         assert!(s.hostings_of(a.id).expect("of").is_empty());
-        s.insert_hosting(&hosting(b.id, [10, 0, 0, 2], 22000), "t")
-            .expect("reuse after release");
+        // Released addresses and ports are handed out again, lowest first.
+        let h3 = reserve(a.id).expect("reuse after release");
+        assert_eq!((h3.ip, h3.ssh_port), (Ipv4Addr::new(10, 0, 0, 2), 22000));
     }
 
     #[test]
