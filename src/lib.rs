@@ -25,3 +25,15 @@ pub mod proxy;
 pub mod store;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
 pub mod vm;
+
+/// `a: b: c` from an error and its sources: how errors are logged and shown as reasons.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub use crate::error_chain as chain;
+
 use crate::auth::AuthError;
 use crate::hosting::HostingError;
 use crate::store::StoreError;
@@ -67,18 +69,6 @@ impl ApiError {
             "an internal error occurred; it has been logged",
         )
     }
-}
-
-/// `a: b: c` from an error and its sources.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 impl IntoResponse for ApiError {

@@ -14,6 +14,7 @@ use std::time::Duration;
 pub use manager::Hostings;
 
 use crate::config::Config;
+use crate::error_chain as chain;
 use crate::store::{Hosting, Store, StoreError};
 
 /// Everything that can refuse or break a hosting operation.
@@ -121,9 +122,4 @@ pub async fn start(
         }
     });
     h
-}
-
-/// `a: b: c` from an error and its sources, for reasons shown to users and logs.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    crate::api::error::chain(err)
 }
