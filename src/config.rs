@@ -239,36 +239,6 @@ impl PortRange {
     }
 }
 
-/// An IPv4 subnet as written in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    pub network: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Subnet {
-    /// Parses `"a.b.c.d/len"`; the address must be the network address and leave room for
-    /// a gateway and at least one guest (`len` from 8 to 30).
-    pub fn parse(s: &str) -> Option<Subnet> {
-        let (a, l) = s.split_once('/')?;
-        let addr: Ipv4Addr = a.parse().ok()?;
-        let prefix_len: u8 = l.parse().ok()?;
-        if !(8..=30).contains(&prefix_len) {
-            return None;
-        }
-        let mask = u32::MAX << (32 - prefix_len);
-        (u32::from(addr) & !mask == 0).then_some(Subnet {
-            network: addr,
-            prefix_len,
-        })
-    }
-
-    /// The first host address, which the bridge holds.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-}
-
 impl Config {
     /// Loads `path`, or the embedded defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -430,9 +400,13 @@ impl Config {
         PortRange::parse(&self.ssh.port_range)
     }
 
-    /// The VM subnet; `Some` once validated.
-    pub fn subnet(&self) -> Option<Subnet> {
-        Subnet::parse(&self.network.subnet)
+    /// The VM subnet (`/8` to `/30`); `Some` once validated.
+    pub fn subnet(&self) -> Option<crate::net::Ipv4Net> {
+        self.network
+            .subnet
+            .parse::<crate::net::Ipv4Net>()
+            .ok()
+            .filter(|n| n.prefix() >= 8)
     }
 }
 

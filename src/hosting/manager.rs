@@ -221,7 +221,7 @@ impl Hostings {
             .store
             .reserve_hosting(
                 user,
-                hosts(rt.subnet),
+                rt.subnet.hosts(),
                 ports,
                 proxy::port_is_free,
                 |ip, port| Hosting {
@@ -576,15 +576,6 @@ fn step_err(step: &'static str) -> impl Fn(String) -> HostingError {
 
 /// Serial logs are trimmed to half when they grow past this.
 const SERIAL_LOG_CAP: u64 = 1 << 20;
-
-/// Every assignable address of the subnet, lowest first.
-fn hosts(subnet: net::Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
-    let first = u32::from(subnet.network());
-    let last = u32::from(subnet.broadcast());
-    (first..=last)
-        .map(Ipv4Addr::from)
-        .filter(move |a| subnet.is_assignable(*a))
-}
 
 /// True when something answers HTTP on ip:80.
 async fn probe_http(ip: Ipv4Addr) -> bool {
@@ -975,6 +966,23 @@ impl Hostings {
         Ok(answer)
     }
 
+    /// Removes what a hosting's VM may have left in the world: a QEMU nobody watches
+    /// (e.g. adoption failed), its tap, its files.
+    async fn remove_leftovers(&self, h: &Hosting) {
+        self.kill_unwatched(h.id).await;
+        if let Ok(rt) = self.inner.runtime.as_ref() {
+            if let Err(e) = rt.net.delete_link(&h.tap).await {
+                warn!(error = %e, tap = %h.tap, "cannot delete tap");
+            }
+        }
+        let p = VmPaths::new(&self.inner.cfg.state_dir, h.id);
+        if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(error = %e, dir = %p.dir.display(), "cannot remove vm files");
+            }
+        }
+    }
+
     async fn finish_delete(&self, h: &Hosting, actor: &str) {
         let id = h.id;
         self.inner.routes.remove(&h.slug);
@@ -987,19 +995,7 @@ impl Hostings {
             )
             .await;
         }
-        let p = VmPaths::new(&self.inner.cfg.state_dir, id);
-        // A QEMU we do not watch (e.g. adoption failed) must not outlive its row.
-        self.kill_unwatched(id).await;
-        if let Ok(rt) = self.inner.runtime.as_ref() {
-            if let Err(e) = rt.net.delete_link(&h.tap).await {
-                warn!(error = %e, tap = %h.tap, "cannot delete tap");
-            }
-        }
-        if let Err(e) = std::fs::remove_dir_all(&p.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(error = %e, dir = %p.dir.display(), "cannot remove vm files");
-            }
-        }
+        self.remove_leftovers(h).await;
         lock(&self.inner.backoff).remove(&id);
         match self.inner.store.remove_hosting(id, actor) {
             Ok(()) | Err(StoreError::NoSuchHosting) => info!(hosting = %id, "hosting deleted"),
@@ -1054,11 +1050,7 @@ impl Hostings {
             HostingState::Provisioning => {
                 // Interrupted creation: undo whatever was made and run it again.
                 info!(hosting = %id, "resuming an interrupted creation");
-                self.kill_unwatched(id).await;
-                if let Ok(rt) = self.inner.runtime.as_ref() {
-                    let _ = rt.net.delete_link(&h.tap).await;
-                }
-                let _ = std::fs::remove_dir_all(&p.dir);
+                self.remove_leftovers(h).await;
                 let me = self.clone();
                 let h = h.clone();
                 tokio::spawn(async move {
@@ -1351,11 +1343,9 @@ fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
 
 /// Prepares what VMs need, or says why this host cannot run them.
 pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
-    let subnet: net::Ipv4Net = cfg
-        .network
-        .subnet
-        .parse()
-        .map_err(|e: net::NetError| e.to_string())?;
+    let subnet = cfg
+        .subnet()
+        .ok_or_else(|| format!("invalid network.subnet {:?}", cfg.network.subnet))?;
     let image =
         vm::Image::load(&cfg.vm.image).map_err(|e| format!("guest image: {}", super::chain(&e)))?;
     let templates = match &cfg.cloudinit.templates {

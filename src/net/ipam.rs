@@ -74,6 +74,11 @@ impl Ipv4Net {
             && addr != self.broadcast()
     }
 
+    /// Every address a VM may get, lowest first.
+    pub fn hosts(self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.gateway()) + 1..u32::from(self.broadcast())).map(Ipv4Addr::from)
+    }
+
     /// How many addresses VMs can get (hosts minus the gateway).
     pub fn capacity(&self) -> u32 {
         // prefix <= 30, so the shift cannot overflow and the result is at least 1.
@@ -163,6 +168,21 @@ pub fn lowest_free(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Add
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_the_assignable_addresses_in_order() {
+        let n: Ipv4Net = "10.0.0.0/30".parse().expect("net");
+        assert_eq!(
+            n.hosts().collect::<Vec<_>>(),
+            vec![Ipv4Addr::new(10, 0, 0, 2)]
+        );
+        let n: Ipv4Net = "10.0.0.0/24".parse().expect("net");
+        let all: Vec<_> = n.hosts().collect();
+        assert_eq!(all.len() as u32, n.capacity());
+        assert_eq!(all[0], Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(all[all.len() - 1], Ipv4Addr::new(10, 0, 0, 254));
+        assert!(all.iter().all(|a| n.is_assignable(*a)));
+    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("valid subnet")
