@@ -240,6 +240,11 @@ fn every_error_status_from_real_bad_requests() {
         .send()
         .expect("send");
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "a refused body leaves the connection unusable"
+    );
     assert_error(&r.json().expect("json"), "payload_too_large");
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         vec![Ok(vec![b' '; 3000]), Ok(vec![b' '; 3000])];
