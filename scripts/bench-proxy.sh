@@ -3,10 +3,12 @@
 # the SSH forwarder (splice and copy) against a direct connection, in one run, on loopback.
 # Prints a markdown table. Bounded (about 2 minutes) and cleans up every process it starts.
 #
-#   scripts/bench-proxy.sh [ROUNDS]     ROUNDS of 10 s wrk runs per proxy (default 2)
+#   scripts/bench-proxy.sh [ROUNDS] [all|http|ssh]
+#       ROUNDS of 10 s wrk runs per proxy (default 2); the second argument picks the parts
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS="${1:-2}"
+PARTS="${2:-all}"
 BYTES=$((1 << 30))
 P_UP=18081 P_NGX=18082 P_ROOST=18083 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
 
@@ -93,6 +95,7 @@ bench_http() {
 
 declare -A RPS P99
 for name in direct roost nginx; do RPS[$name]=0; P99[$name]=0; done
+if [ "$PARTS" != ssh ]; then
 log "wrk: direct baseline"
 read -r RPS[direct] P99[direct] < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
 for r in $(seq "$ROUNDS"); do
@@ -109,6 +112,7 @@ for name in roost nginx; do
     RPS[$name]=$(awk -v a="${RPS[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.0f", a/n}')
     P99[$name]=$(awk -v a="${P99[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.2f", a/n}')
 done
+fi
 
 # 1 GiB through each path, best of 3 → MiB/s
 bench_tcp() {
@@ -119,21 +123,26 @@ bench_tcp() {
     done
     echo "$best"
 }
+if [ "$PARTS" != http ]; then
 log "1 GiB: direct, splice forwarder, copy forwarder"
 T_DIRECT=$(bench_tcp $P_SINK)
 T_SPLICE=$(bench_tcp $P_SPLICE)
 T_COPY=$(bench_tcp $P_COPY)
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo
 echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(uname -r)"
 echo
+if [ "$PARTS" != ssh ]; then
 echo "| HTTP (wrk -t2 -c50 -d10s, 612 B page, mean of $ROUNDS) | requests/s | p99 ms | vs nginx |"
 echo "|---|---:|---:|---:|"
 echo "| roost proxy | ${RPS[roost]} | ${P99[roost]} | $(ratio "${RPS[roost]}" "${RPS[nginx]}") |"
 echo "| nginx proxy_pass keepalive, 2 workers | ${RPS[nginx]} | ${P99[nginx]} | 1.00 |"
 echo "| direct to upstream (reference) | ${RPS[direct]} | ${P99[direct]} | $(ratio "${RPS[direct]}" "${RPS[nginx]}") |"
 echo
+fi
+[ "$PARTS" = http ] && exit 0
 echo "| SSH path (1 GiB, best of 3) | MiB/s | vs direct |"
 echo "|---|---:|---:|"
 echo "| forwarder, splice(2) | $T_SPLICE | $(ratio "$T_SPLICE" "$T_DIRECT") |"

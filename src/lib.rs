@@ -4,6 +4,13 @@
 //! `api → hosting → (vm, net, cloudinit, proxy) → store`.
 
 /// axum routes, JSON errors, OpenAPI; the only place with HTTP serde types.
+
+/// mimalloc instead of glibc malloc: the proxy allocates and frees small buffers per
+/// request on several threads; glibc's arena locking and `malloc_consolidate` showed up as
+/// CPU and as latency spikes under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 /// argon2id passwords, JWT issue/verify, username rules, login rate limits.
 pub mod auth;

@@ -8,18 +8,24 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// legacy `Proxy-*` ones.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// legacy `Proxy-*` ones. Names are parsed once, at compile time.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -42,6 +48,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is put back, so a
 /// protocol switch (WebSocket) can pass through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The common case, one pass and no hashing: nothing to strip.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<String> = connection_tokens(headers).collect();
     for name in named {
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
@@ -56,8 +66,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);
@@ -95,34 +105,40 @@ fn quoted(s: &str) -> String {
 /// sent under those names. A client's `X-Forwarded-Prefix` is removed on host routes.
 pub fn set_forwarded(headers: &mut HeaderMap, f: Forwarding<'_>) {
     let peer = f.peer.to_string();
-    let for_value = match f.peer {
-        IpAddr::V4(_) => peer.clone(),
-        IpAddr::V6(_) => quoted(&format!("[{peer}]")),
+    let mut forwarded = match f.peer {
+        IpAddr::V4(_) => format!("for={peer}"),
+        IpAddr::V6(_) => format!("for=\"[{peer}]\""),
     };
-    let mut forwarded = format!("for={for_value}");
     if let Some(h) = f.host {
         forwarded.push_str(";host=");
         forwarded.push_str(&quoted(h));
     }
     forwarded.push_str(";proto=http");
 
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        headers.remove(name);
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
+    // `insert` replaces every value the client sent under that name.
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        match HeaderValue::from_str(value) {
+            Ok(v) => headers.insert(name, v),
+            Err(_) => headers.remove(name),
+        };
     };
-    set(headers, "x-forwarded-for", &peer);
-    set(headers, "x-real-ip", &peer);
-    set(headers, "x-forwarded-proto", "http");
-    headers.remove("x-forwarded-host");
-    if let Some(h) = f.host {
-        set(headers, "x-forwarded-host", h);
+    if let Ok(v) = HeaderValue::from_str(&peer) {
+        headers.insert(X_FORWARDED_FOR, v.clone());
+        headers.insert(X_REAL_IP, v);
     }
-    set(headers, "forwarded", &forwarded);
-    headers.remove("x-forwarded-prefix");
-    if let Some(p) = f.prefix {
-        set(headers, "x-forwarded-prefix", p);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match f.host {
+        Some(h) => set(headers, X_FORWARDED_HOST, h),
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    set(headers, header::FORWARDED, &forwarded);
+    match f.prefix {
+        Some(p) => set(headers, X_FORWARDED_PREFIX, p),
+        None => {
+            headers.remove(X_FORWARDED_PREFIX);
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,6 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -28,58 +26,61 @@ use tower::ServiceExt;
 use super::framing::Sniffed;
 use super::headers::{self, Forwarding};
 use super::pages::{self, Page};
-use super::routes::{resolve, Resolution, Route, RouteStatus, Routes};
+use super::routes::{resolve, Resolution, Route, RouteCache, RouteStatus, Routes};
+use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
-
-type UpstreamClient = Client<HttpConnector, Incoming>;
 
 struct Shared {
     api: axum::Router,
+    /// The runtime API requests run on (the daemon's, not a proxy worker's).
+    api_rt: tokio::runtime::Handle,
     routes: Routes,
+    /// This worker's copy of `routes`.
+    cache: std::sync::Mutex<RouteCache>,
     cfg: ProxyConfig,
-    /// One keep-alive pool per site and VM generation (see [`Route::generation`]).
-    clients: std::sync::RwLock<std::collections::HashMap<String, (u64, UpstreamClient)>>,
+    /// This worker's keep-alive pool per site and VM generation (see [`Route::generation`]).
+    pools: std::sync::RwLock<std::collections::HashMap<String, (u64, Arc<Pool>)>>,
 }
 
 impl Shared {
-    fn new_client(&self) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(self.cfg.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector)
-    }
-
     /// The pool for this route's current generation; a new generation replaces (and so
     /// closes) the pool of the previous boot.
-    fn client(&self, route: &Route) -> UpstreamClient {
-        if let Ok(map) = self.clients.read() {
-            if let Some((g, c)) = map.get(&route.slug) {
-                if *g == route.generation {
-                    return c.clone();
+    fn pool(&self, route: &Route, upstream: SocketAddrV4) -> Arc<Pool> {
+        if let Ok(map) = self.pools.read() {
+            if let Some((g, p)) = map.get(&route.slug) {
+                if *g == route.generation && p.addr() == upstream {
+                    return p.clone();
                 }
             }
         }
-        let c = self.new_client();
-        if let Ok(mut map) = self.clients.write() {
+        let p = Pool::new(
+            upstream,
+            PoolLimits {
+                connect_timeout: self.cfg.connect_timeout,
+                idle_timeout: self.cfg.pool_idle_timeout,
+                max_idle: self.cfg.pool_max_idle_per_host,
+            },
+        );
+        if let Ok(mut map) = self.pools.write() {
             // Forget pools of sites that are gone, so the map stays bounded.
             let table = self.routes.snapshot();
             if map.len() > 2 * table.len() + 16 {
                 map.retain(|slug, _| table.get(slug).is_some());
             }
-            map.insert(route.slug.clone(), (route.generation, c.clone()));
+            map.insert(route.slug.clone(), (route.generation, p.clone()));
         }
-        c
+        p
     }
 }
 
 /// Serves the API and every site on `listener` until `shutdown` completes, then stops
 /// accepting and drains in-flight requests for up to `cfg.drain_timeout`.
+///
+/// Connections are accepted here and dealt round-robin to `cfg.workers` threads, each with
+/// its own single-threaded runtime and its own keep-alive pools to the VMs (nginx's worker
+/// model): a request and its upstream connection stay on one thread, with no cross-thread
+/// wake-ups. API requests are handed back to the runtime that called `serve_http`, where
+/// the daemon's other tasks live. Dropping the returned future also stops the workers.
 ///
 /// Route changes made through `routes` apply to the next request; they never touch open
 /// connections. Tunnelled (upgraded) connections are not drained: they end with the process.
@@ -90,22 +91,46 @@ pub async fn serve_http(
     cfg: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-
-    let shared = Arc::new(Shared {
-        api,
-        routes,
-        cfg,
-        clients: Default::default(),
-    });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let api_rt = tokio::runtime::Handle::current();
+    let mut workers = Vec::new();
+    let mut done = Vec::new();
+    for n in 0..cfg.workers.max(1) {
+        let shared = Arc::new(Shared {
+            api: api.clone(),
+            api_rt: api_rt.clone(),
+            routes: routes.clone(),
+            cache: std::sync::Mutex::new(RouteCache::new(routes.clone())),
+            cfg: cfg.clone(),
+            pools: Default::default(),
+        });
+        let (conn_tx, conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("roost-http-{n}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(worker(conn_rx, shared)),
+                    Err(e) => tracing::error!(error = %e, "http worker runtime"),
+                }
+                drop(done_tx);
+            });
+        match spawned {
+            Ok(_) => {
+                workers.push(conn_tx);
+                done.push(done_rx);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start an http worker"),
+        }
+    }
+    if workers.is_empty() {
+        tracing::error!("no http worker could start");
+        return;
+    }
     tokio::pin!(shutdown);
+    let mut next = 0usize;
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -118,6 +143,49 @@ pub async fn serve_http(
                     continue;
                 }
             },
+        };
+        // The worker registers the socket with its own runtime.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        next = (next + 1) % workers.len();
+        if workers[next].send((stream, peer)).is_err() {
+            tracing::error!(worker = next, "http worker is gone");
+        }
+    }
+    drop(listener);
+    // Closing the channels tells each worker to drain and stop.
+    drop(workers);
+    for d in done {
+        let _ = d.await;
+    }
+}
+
+/// One worker: serves the connections it is handed until the channel closes, then drains
+/// its own connections for up to `cfg.drain_timeout`.
+async fn worker(
+    mut conns: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    shared: Arc<Shared>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(shared.cfg.header_read_timeout)
+        .max_buf_size(shared.cfg.max_header_bytes.max(8192));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    while let Some((stream, peer)) = conns.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "http worker cannot register a connection");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -137,7 +205,6 @@ pub async fn serve_http(
             }
         });
     }
-    drop(listener);
     let drain = shared.cfg.drain_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -163,7 +230,10 @@ async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     }
-    let table = shared.routes.snapshot();
+    let table = match shared.cache.lock() {
+        Ok(mut c) => c.table(),
+        Err(p) => p.into_inner().table(),
+    };
     let host: Option<String> = match req.uri().authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => req
@@ -188,9 +258,23 @@ async fn handle(
     Ok(match resolution {
         Resolution::Api => {
             req.extensions_mut().insert(ConnectInfo(peer));
-            match shared.api.clone().oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let call = shared.api.clone().oneshot(req);
+            match shared.api_rt.spawn(call).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                // The daemon's runtime is shutting down (or the handler panicked).
+                Err(e) => {
+                    tracing::warn!(error = %e, "api request did not complete");
+                    let mut r = Response::new(Body::from(
+                        r#"{"error":"unavailable","message":"the service is shutting down"}"#,
+                    ));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
             }
         }
         Resolution::Redirect(to) => pages::redirect(&to),
@@ -231,7 +315,8 @@ async fn proxy(
     let Some(upstream) = route.upstream.filter(|_| route.status == RouteStatus::Live) else {
         return pages::render(Page::BadGateway, req.headers());
     };
-    let uri: Uri = match format!("http://{upstream}{upstream_path}").parse() {
+    // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
+    let uri: Uri = match upstream_path.parse() {
         Ok(u) => u,
         Err(_) => return pages::render(Page::BadRequest, req.headers()),
     };
@@ -252,14 +337,18 @@ async fn proxy(
         },
     );
     if !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        // HTTP/1.1 requires one: the client's, else the VM's address.
+        let h = host
+            .and_then(|h| HeaderValue::from_str(h).ok())
+            .or_else(|| HeaderValue::from_str(&upstream.to_string()).ok());
+        if let Some(h) = h {
             parts.headers.insert(header::HOST, h);
         }
     }
 
     let mut resp = match shared
-        .client(route)
-        .request(Request::from_parts(parts, body))
+        .pool(route, upstream)
+        .send(Request::from_parts(parts, body))
         .await
     {
         Ok(r) => r,

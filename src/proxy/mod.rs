@@ -11,13 +11,14 @@ mod http;
 mod pages;
 mod routes;
 mod tcp;
+mod upstream;
 
 use std::time::Duration;
 
 pub use headers::{set_forwarded, strip_hop_by_hop, wants_upgrade, Forwarding};
 pub use http::serve_http;
 pub use routes::{
-    resolve, valid_slug, Resolution, Route, RouteDiff, RouteStatus, RouteTable, Routes,
+    resolve, valid_slug, Resolution, Route, RouteCache, RouteDiff, RouteStatus, RouteTable, Routes,
     RESERVED_SEGMENTS, RETRY_AFTER_SECS,
 };
 pub use tcp::{port_is_free, ForwardLimits, Forwarders};
@@ -60,6 +61,8 @@ pub struct ProxyConfig {
     pub pool_max_idle_per_host: usize,
     /// How long shutdown waits for in-flight requests before it drops them.
     pub drain_timeout: Duration,
+    /// Threads serving HTTP connections, each with its own runtime and VM pools.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -81,6 +84,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 64,
             drain_timeout: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hyper::Method;
@@ -147,12 +148,15 @@ impl RouteDiff {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     current: Arc<RwLock<Arc<RouteTable>>>,
+    /// Bumped after every swap, so a [`RouteCache`] can tell that its copy is stale.
+    version: Arc<AtomicU64>,
 }
 
 impl Routes {
     pub fn new(routes: Vec<Route>) -> Routes {
         Routes {
             current: Arc::new(RwLock::new(Arc::new(RouteTable::new(routes)))),
+            version: Arc::default(),
         }
     }
 
@@ -197,11 +201,57 @@ impl Routes {
         let new = f(&guard);
         let diff = RouteDiff::between(&guard, &new);
         *guard = new;
+        self.version.fetch_add(1, Ordering::Release);
         drop(guard);
         if !diff.is_empty() {
             tracing::info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "routes changed");
         }
         diff
+    }
+}
+
+/// One thread's private copy of the table, re-copied only when the shared one changes.
+///
+/// The proxy's workers resolve every request; with a shared table each request would
+/// bump reference counts on cache lines that every worker writes. Here the hot path reads
+/// one counter that only changes with the routes.
+#[derive(Debug)]
+pub struct RouteCache {
+    routes: Routes,
+    seen: u64,
+    table: Arc<RouteTable>,
+}
+
+impl RouteCache {
+    pub fn new(routes: Routes) -> RouteCache {
+        let mut c = RouteCache {
+            routes,
+            seen: 0,
+            table: Arc::default(),
+        };
+        c.refresh(c.routes.version.load(Ordering::Acquire));
+        c
+    }
+
+    /// The current table (a private copy).
+    pub fn table(&mut self) -> Arc<RouteTable> {
+        let v = self.routes.version.load(Ordering::Acquire);
+        if v != self.seen {
+            self.refresh(v);
+        }
+        self.table.clone()
+    }
+
+    fn refresh(&mut self, version: u64) {
+        // The snapshot is at least as new as `version` (bumped after the swap).
+        let shared = self.routes.snapshot();
+        let by_slug = shared
+            .by_slug
+            .iter()
+            .map(|(k, r)| (k.clone(), Arc::new(Route::clone(r))))
+            .collect();
+        self.table = Arc::new(RouteTable { by_slug });
+        self.seen = version;
     }
 }
 
