@@ -4,13 +4,6 @@
 //! `api → hosting → (vm, net, cloudinit, proxy) → store`.
 
 /// axum routes, JSON errors, OpenAPI; the only place with HTTP serde types.
-
-/// mimalloc instead of glibc malloc: the proxy allocates and frees small buffers per
-/// request on several threads; glibc's arena locking and `malloc_consolidate` showed up as
-/// CPU and as latency spikes under load (docs/benchmarks.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod api;
 /// argon2id passwords, JWT issue/verify, username rules, login rate limits.
 pub mod auth;
@@ -32,6 +25,11 @@ pub mod proxy;
 pub mod store;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
 pub mod vm;
+
+/// mimalloc instead of glibc malloc for every binary and test: the proxy allocates and
+/// frees small buffers per request on several threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `a: b: c` from an error and its sources: how errors are logged and shown as reasons.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
