@@ -187,7 +187,9 @@ impl Harness {
         let routes = Routes::new(vec![
             route("alice", upstream, RouteStatus::Live),
             route("bob", upstream, RouteStatus::Live),
-            route("boot", upstream, RouteStatus::Booting),
+            // Booting: its web server is not up yet, or already is.
+            route("boot", down, RouteStatus::Booting),
+            route("early", upstream, RouteStatus::Booting),
             route("off", upstream, RouteStatus::Stopped),
             route("down", down, RouteStatus::Live),
         ]);
@@ -355,6 +357,10 @@ fn error_pages_by_state() {
     let r = c.get(h.url("/boot/")).send().expect("send");
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
+    assert!(r.text().expect("text").contains("starting"));
+    // A booting guest whose web server already answers is served at once.
+    let r = c.get(h.url("/early/")).send().expect("send");
+    assert_eq!(r.status(), 200);
     let r = c.get(h.url("/off/")).send().expect("send");
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_none());

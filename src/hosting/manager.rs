@@ -474,18 +474,26 @@ impl Hostings {
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(self.inner.cfg.vm.boot_timeout_secs);
+        // Each service is probed on its own cadence and remembered once it answers, so a
+        // slow SSH start never delays noticing the web server (and the other way round).
+        let (mut web, mut ssh) = (false, false);
         loop {
             match self.inner.store.hosting(id) {
                 Ok(Some(cur)) if cur.state == HostingState::Booting => {}
                 _ => return, // stopped, deleted or failed meanwhile
             }
-            if probe_http(h.ip).await && probe_ssh(h.ip).await {
+            let tick = tokio::time::sleep(READY_POLL);
+            let (w, s) = tokio::join!(async { web || probe_http(h.ip).await }, async {
+                ssh || probe_ssh(h.ip).await
+            },);
+            (web, ssh) = (w, s);
+            if web && ssh {
                 info!(hosting = %id, "guest answers on :80 and :22");
                 self.set_state(id, HostingState::Running, None);
                 return;
             }
             if Instant::now() > deadline {
-                warn!(hosting = %id, "guest did not answer in time");
+                warn!(hosting = %id, web, ssh, "guest did not answer in time");
                 self.set_failed(
                     id,
                     &format!(
@@ -495,7 +503,7 @@ impl Hostings {
                 );
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tick.await;
         }
     }
 
@@ -577,11 +585,31 @@ fn step_err(step: &'static str) -> impl Fn(String) -> HostingError {
 /// Serial logs are trimmed to half when they grow past this.
 const SERIAL_LOG_CAP: u64 = 1 << 20;
 
+/// How often a booting guest is probed (at most: a probe can take longer).
+const READY_POLL: Duration = Duration::from_millis(100);
+/// Connecting gives up after this: an unanswered SYN is retried by the next probe rather
+/// than by TCP's one-second retransmission.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Once connected, a busy guest gets this long to answer.
+const PROBE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn probe_connect(ip: Ipv4Addr, port: u16) -> Option<tokio::net::TcpStream> {
+    tokio::time::timeout(
+        PROBE_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((ip, port)),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
 /// True when something answers HTTP on ip:80.
 async fn probe_http(ip: Ipv4Addr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect((ip, 80)).await.ok()?;
+    let Some(mut s) = probe_connect(ip, 80).await else {
+        return false;
+    };
+    let answer = async {
         s.write_all(b"HEAD / HTTP/1.0\r\nHost: roost-probe\r\n\r\n")
             .await
             .ok()?;
@@ -590,7 +618,7 @@ async fn probe_http(ip: Ipv4Addr) -> bool {
         buf.starts_with(b"HTTP/").then_some(())
     };
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), fut).await,
+        tokio::time::timeout(PROBE_ANSWER_TIMEOUT, answer).await,
         Ok(Some(()))
     )
 }
@@ -598,15 +626,13 @@ async fn probe_http(ip: Ipv4Addr) -> bool {
 /// True when an SSH server greets on ip:22.
 async fn probe_ssh(ip: Ipv4Addr) -> bool {
     use tokio::io::AsyncReadExt;
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect((ip, 22)).await.ok()?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).await.ok()?;
-        (&buf == b"SSH-").then_some(())
+    let Some(mut s) = probe_connect(ip, 22).await else {
+        return false;
     };
+    let mut buf = [0u8; 4];
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), fut).await,
-        Ok(Some(()))
+        tokio::time::timeout(PROBE_ANSWER_TIMEOUT, s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"SSH-"
     )
 }
 

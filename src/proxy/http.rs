@@ -26,7 +26,9 @@ use tower::ServiceExt;
 use super::framing::Sniffed;
 use super::headers::{self, Forwarding};
 use super::pages::{self, Page};
-use super::routes::{resolve, Resolution, Route, RouteCache, RouteStatus, Routes};
+use super::routes::{
+    resolve, Resolution, Route, RouteCache, RouteStatus, Routes, RETRY_AFTER_SECS,
+};
 use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
 
@@ -56,7 +58,6 @@ impl Shared {
         let p = Pool::new(
             upstream,
             PoolLimits {
-                connect_timeout: self.cfg.connect_timeout,
                 idle_timeout: self.cfg.pool_idle_timeout,
                 max_idle: self.cfg.pool_max_idle_per_host,
             },
@@ -303,6 +304,9 @@ async fn handle(
     })
 }
 
+/// Connecting to a booting guest gives up after this (then the "starting" page).
+const BOOTING_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn proxy(
     shared: &Shared,
     peer: SocketAddr,
@@ -312,8 +316,19 @@ async fn proxy(
     prefix: Option<&str>,
     host: Option<&str>,
 ) -> Response<Body> {
-    let Some(upstream) = route.upstream.filter(|_| route.status == RouteStatus::Live) else {
+    let booting = route.status == RouteStatus::Booting;
+    let Some(upstream) = route
+        .upstream
+        .filter(|_| booting || route.status == RouteStatus::Live)
+    else {
         return pages::render(Page::BadGateway, req.headers());
+    };
+    // A booting guest that does not take the connection yet is "starting", not broken,
+    // and the visitor should not wait long for that answer.
+    let connect_timeout = if booting {
+        shared.cfg.connect_timeout.min(BOOTING_CONNECT_TIMEOUT)
+    } else {
+        shared.cfg.connect_timeout
     };
     // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
     let uri: Uri = match upstream_path.parse() {
@@ -348,10 +363,22 @@ async fn proxy(
 
     let mut resp = match shared
         .pool(route, upstream)
-        .send(Request::from_parts(parts, body))
+        .send(Request::from_parts(parts, body), connect_timeout)
         .await
     {
         Ok(r) => r,
+        Err(e) if booting && e.is_connect() => {
+            let mut h = hyper::HeaderMap::new();
+            if let Some(a) = accept {
+                h.insert(header::ACCEPT, a);
+            }
+            return pages::render(
+                Page::Starting {
+                    retry_after: RETRY_AFTER_SECS,
+                },
+                &h,
+            );
+        }
         Err(e) => {
             tracing::warn!(slug = %route.slug, %upstream, error = %e, source = ?std::error::Error::source(&e), "upstream failed");
             let mut h = hyper::HeaderMap::new();

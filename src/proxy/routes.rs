@@ -332,7 +332,9 @@ fn site(route: &Arc<Route>, upstream_path: String, prefix: Option<String>) -> Re
         retry_after,
     };
     match (route.status, route.upstream) {
-        (RouteStatus::Live, Some(_)) => Resolution::Proxy {
+        // A booting guest is tried too: its site answers as soon as its web server does,
+        // not a readiness probe later. The proxy shows the "starting" page if it does not.
+        (RouteStatus::Live | RouteStatus::Booting, Some(_)) => Resolution::Proxy {
             route: route.clone(),
             upstream_path,
             prefix,
@@ -489,7 +491,7 @@ mod tests {
             ("/carol/", None, "nosite"),
             ("/carol", None, "nosite"),
             // States.
-            ("/boot/", None, "503 boot booting Some(5)"),
+            ("/boot/", None, "proxy boot / /boot"),
             ("/prov/x", None, "503 prov provisioning Some(5)"),
             ("/off/", None, "503 off stopped None"),
             ("/dead/", None, "503 dead failed None"),
@@ -523,7 +525,7 @@ mod tests {
             ("carol.example.com", "/", "nosite"),
             ("a.b.example.com", "/", "nosite"),
             ("-x.example.com", "/", "nosite"),
-            ("boot.example.com", "/", "503 boot booting Some(5)"),
+            ("boot.example.com", "/", "proxy boot / -"),
             // The bare domain, IPs and foreign hosts fall back to path routing.
             ("example.com", "/alice/", "proxy alice / /alice"),
             ("EXAMPLE.com:80", "/alice/", "proxy alice / /alice"),

@@ -45,10 +45,19 @@ pub enum UpstreamError {
     },
 }
 
+impl UpstreamError {
+    /// True when no connection to the VM could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::Connect { .. }
+        )
+    }
+}
+
 /// Limits of one pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolLimits {
-    pub connect_timeout: Duration,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
     /// Idle connections kept; more are closed when they finish.
@@ -82,10 +91,12 @@ impl Pool {
         self.addr
     }
 
-    /// Sends `req` (origin-form URI) on a pooled connection or a new one.
+    /// Sends `req` (origin-form URI) on a pooled connection or a new one, made within
+    /// `connect_timeout`.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
+        connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         while let Some(mut tx) = self.checkout() {
             if tx.ready().await.is_err() {
@@ -100,7 +111,7 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
+        let mut tx = self.connect(connect_timeout).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, tx)),
             Err(e) => Err(self.request_error(e.into_error())),
@@ -146,9 +157,8 @@ impl Pool {
         idle.push_back(Idle { tx, since: now });
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, after: Duration) -> Result<SendRequest<Incoming>, UpstreamError> {
         let addr = self.addr;
-        let after = self.limits.connect_timeout;
         let stream = tokio::time::timeout(after, TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout { addr, after })?
