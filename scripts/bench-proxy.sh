@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks roost's HTTP proxy against nginx proxy_pass (keepalive upstream, 2 workers) and
-# the SSH forwarder (splice and copy) against a direct connection, in one run, on loopback.
+# the SSH forwarder against a direct connection, in one run, on loopback: real SSH sessions
+# (OpenSSH client and server, two ciphers) and raw TCP (splice and copy forwarders).
 # Prints a markdown table. Bounded (about 2 minutes) and cleans up every process it starts.
 #
 #   scripts/bench-proxy.sh [ROUNDS] [all|http|ssh]
@@ -11,9 +12,10 @@ ROUNDS="${1:-2}"
 PARTS="${2:-all}"
 BYTES=$((1 << 30))
 P_UP=18081 P_NGX=18082 P_ROOST=18083 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
+P_SSHD=18094 P_SSHFWD=18095
 
 apt_install wrk nginx-light
-for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY; do
+for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY $P_SSHD $P_SSHFWD; do
     ss -Hltn "sport = :$p" | grep -q . && die "port $p is busy"
 done
 
@@ -84,6 +86,43 @@ for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY; do wait_port $p; done
 curl -fsS "http://127.0.0.1:$P_ROOST/bench/index.html" | cmp -s - "$WORK/index.html" || die "roost proxy does not serve the page"
 curl -fsS "http://127.0.0.1:$P_NGX/bench/index.html" | cmp -s - "$WORK/index.html" || die "nginx proxy does not serve the page"
 
+# A real OpenSSH server for the SSH-session rows. Its binary is taken from Debian's package
+# without installing it (no ssh service appears on the host); it runs on loopback only, as
+# root, with privilege separation (hence the `sshd` system user the package would create).
+SSHD_DIR=/var/cache/roost/bench/openssh-server
+SSHD="$SSHD_DIR/usr/sbin/sshd"
+if [ "$PARTS" != http ]; then
+    if [ ! -x "$SSHD" ]; then
+        log "fetching OpenSSH's sshd (unpacked, not installed) into $SSHD_DIR"
+        [ -n "$APT_UPDATED" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1; }
+        (cd "$WORK" && apt-get download -qq openssh-server >/dev/null)
+        rm -rf "$SSHD_DIR.tmp" && mkdir -p "$SSHD_DIR.tmp"
+        dpkg-deb -x "$WORK"/openssh-server_*.deb "$SSHD_DIR.tmp"
+        rm -rf "$SSHD_DIR" && mv "$SSHD_DIR.tmp" "$SSHD_DIR"
+    fi
+    id sshd >/dev/null 2>&1 || useradd --system --home-dir /run/sshd --shell /usr/sbin/nologin sshd
+    mkdir -p /run/sshd && chmod 755 /run/sshd
+    ssh-keygen -q -t ed25519 -N "" -f "$WORK/hostkey"
+    ssh-keygen -q -t ed25519 -N "" -f "$WORK/userkey"
+    cp "$WORK/userkey.pub" "$WORK/authorized_keys"
+    cat > "$WORK/sshd_config" <<CONF
+ListenAddress 127.0.0.1:$P_SSHD
+HostKey $WORK/hostkey
+PidFile $WORK/sshd.pid
+AuthorizedKeysFile $WORK/authorized_keys
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+LogLevel ERROR
+CONF
+    "$SSHD" -D -e -f "$WORK/sshd_config" & PIDS+=($!)
+    "$BIN" forward $P_SSHFWD "127.0.0.1:$P_SSHD" splice & PIDS+=($!)
+    wait_port $P_SSHD; wait_port $P_SSHFWD
+fi
+
 # wrk → "requests/s p99_ms"
 bench_http() {
     local out rps p99
@@ -123,7 +162,27 @@ bench_tcp() {
     done
     echo "$best"
 }
+# 1 GiB through an SSH session (`cat > /dev/null` on the server), best of 3 → MiB/s
+bench_ssh() { # port cipher
+    local best=0 i t0 t1 v
+    for i in 1 2 3; do
+        t0=$(date +%s.%N)
+        head -c $BYTES /dev/zero | ssh -p "$1" -c "$2" -i "$WORK/userkey" -o BatchMode=yes \
+            -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+            root@127.0.0.1 'cat > /dev/null' || die "ssh through port $1 failed"
+        t1=$(date +%s.%N)
+        v=$(awk -v a="$t0" -v b="$t1" -v n=$BYTES 'BEGIN{printf "%.1f", n/1048576/(b-a)}')
+        best=$(awk -v a="$best" -v b="$v" 'BEGIN{print (b>a)?b:a}')
+    done
+    echo "$best"
+}
+
 if [ "$PARTS" != http ]; then
+log "1 GiB over SSH: direct and through the forwarder, two ciphers"
+S_DIRECT_CHACHA=$(bench_ssh $P_SSHD chacha20-poly1305@openssh.com)
+S_FWD_CHACHA=$(bench_ssh $P_SSHFWD chacha20-poly1305@openssh.com)
+S_DIRECT_AES=$(bench_ssh $P_SSHD aes128-gcm@openssh.com)
+S_FWD_AES=$(bench_ssh $P_SSHFWD aes128-gcm@openssh.com)
 log "1 GiB: direct, splice forwarder, copy forwarder"
 T_DIRECT=$(bench_tcp $P_SINK)
 T_SPLICE=$(bench_tcp $P_SPLICE)
@@ -143,7 +202,14 @@ echo "| direct to upstream (reference) | ${RPS[direct]} | ${P99[direct]} | $(rat
 echo
 fi
 [ "$PARTS" = http ] && exit 0
-echo "| SSH path (1 GiB, best of 3) | MiB/s | vs direct |"
+echo "| SSH session (1 GiB to \`cat > /dev/null\`, OpenSSH 9.2 on loopback, best of 3) | MiB/s | vs direct |"
+echo "|---|---:|---:|"
+echo "| forwarder, chacha20-poly1305 (OpenSSH's default) | $S_FWD_CHACHA | $(ratio "$S_FWD_CHACHA" "$S_DIRECT_CHACHA") |"
+echo "| direct, chacha20-poly1305 | $S_DIRECT_CHACHA | 1.00 |"
+echo "| forwarder, aes128-gcm | $S_FWD_AES | $(ratio "$S_FWD_AES" "$S_DIRECT_AES") |"
+echo "| direct, aes128-gcm | $S_DIRECT_AES | 1.00 |"
+echo
+echo "| Raw TCP, no SSH (1 GiB, best of 3; the forwarder's worst case) | MiB/s | vs direct |"
 echo "|---|---:|---:|"
 echo "| forwarder, splice(2) | $T_SPLICE | $(ratio "$T_SPLICE" "$T_DIRECT") |"
 echo "| forwarder, copy_bidirectional | $T_COPY | $(ratio "$T_COPY" "$T_DIRECT") |"
