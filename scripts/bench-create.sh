@@ -4,9 +4,10 @@
 # NoCloud seed boot of the same image by scripts/bare-boot.sh, in the same run.
 # Everything runs in network namespaces this script creates; all of it is removed.
 #
-#   scripts/bench-create.sh [RUNS]      (default 1 run of each)
+#   scripts/bench-create.sh [RUNS]      (default 3 runs of each, alternating; means and the
+#                                        difference of the means close the table)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-RUNS="${1:-1}"
+RUNS="${1:-3}"
 IMAGE="${IMAGE_DIR:-/var/cache/roost/images/default}"
 (cd "$ROOT" && cargo build -q --release)
 BIN="$ROOT/target/release/roost"
@@ -65,10 +66,18 @@ CFG
 apt_install bc
 echo "| run | bare QEMU web s | bare QEMU ssh s | roost web s | roost ssh s |"
 echo "|---|---:|---:|---:|---:|"
+BW=() BS=() RW=() RS=()
 for r in $(seq "$RUNS"); do
     bare=$("$ROOT/scripts/bare-boot.sh" -i "$IMAGE" -n 1 | grep '^run=' | head -1)
     rst=$(roost_once | tail -1)
     bw=$(sed -E 's/.*web_s=([0-9.]+).*/\1/' <<<"$bare"); bs=$(sed -E 's/.*ssh_s=([0-9.]+).*/\1/' <<<"$bare")
     rw=$(sed -E 's/.*web_s=([0-9.]*).*/\1/' <<<"$rst"); rs=$(sed -E 's/.*ssh_s=([0-9.]*).*/\1/' <<<"$rst")
-    printf "| %s | %.2f | %.2f | %.2f | %.2f |\n" "$r" "$bw" "$bs" "${rw:-0}" "${rs:-0}"
+    [ -n "$rw" ] && [ -n "$rs" ] || die "roost run $r did not become ready: $rst"
+    BW+=("$bw") BS+=("$bs") RW+=("$rw") RS+=("$rs")
+    printf "| %s | %.2f | %.2f | %.2f | %.2f |\n" "$r" "$bw" "$bs" "$rw" "$rs"
 done
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
+mbw=$(mean "${BW[@]}") mbs=$(mean "${BS[@]}") mrw=$(mean "${RW[@]}") mrs=$(mean "${RS[@]}")
+printf "| mean of %s | %s | %s | %s | %s |\n" "$RUNS" "$mbw" "$mbs" "$mrw" "$mrs"
+printf "| roost − bare (target ≤ 1 s) | | | %+.2f | %+.2f |\n" \
+    "$(echo "$mrw - $mbw" | bc)" "$(echo "$mrs - $mbs" | bc)"

@@ -16,9 +16,9 @@ OUT="$ROOT/docs/benchmarks.md"
     echo
     echo "### Create-to-ready (scripts/bench-create.sh)"
     echo
-    "$ROOT/scripts/bench-create.sh" "${CREATE_RUNS:-2}"
+    "$ROOT/scripts/bench-create.sh" "${CREATE_RUNS:-3}"
     echo
     echo "### HTTP proxy and SSH path (scripts/bench-proxy.sh)"
     echo
-    "$ROOT/scripts/bench-proxy.sh" "${PROXY_ROUNDS:-2}"
+    "$ROOT/scripts/bench-proxy.sh" "${PROXY_ROUNDS:-3}"
 } | tee -a "$OUT"
