@@ -45,8 +45,12 @@ fn stream_of(n: usize) -> BoxBody {
     StreamBody::new(frames).boxed()
 }
 
-/// The fake VM web server: echoes the request as JSON, serves `/big?n=`, echoes upgrades.
-async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<BoxBody>, hyper::Error> {
+/// The fake VM web server: echoes the request (and the proxy's address on this connection)
+/// as JSON, serves `/big?n=`, echoes upgrades, and closes the connection after `/close`.
+async fn upstream_service(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<BoxBody>, hyper::Error> {
     let path = req
         .uri()
         .path_and_query()
@@ -89,10 +93,13 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<BoxBody
             len += d.len();
         }
     }
-    let json = serde_json::json!({"method": method, "path": path, "len": len, "headers": headers});
+    let json = serde_json::json!({
+        "method": method, "path": path, "len": len, "headers": headers, "peer": peer.to_string(),
+    });
+    let connection = if path == "/close" { "close" } else { "x-hop" };
     Ok(Response::builder()
         .header("x-upstream", "yes")
-        .header("connection", "x-hop")
+        .header("connection", connection)
         .header("x-hop", "secret")
         .body(full(json.to_string()))
         .expect("response"))
@@ -100,14 +107,14 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<BoxBody
 
 async fn run_upstream(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((s, _)) = listener.accept().await else {
+        let Ok((s, peer)) = listener.accept().await else {
             return;
         };
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(
                     TokioIo::new(s),
-                    hyper::service::service_fn(upstream_service),
+                    hyper::service::service_fn(move |req| upstream_service(req, peer)),
                 )
                 .with_upgrades()
                 .await;
@@ -255,6 +262,60 @@ fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One request on an open keep-alive connection; returns the status line and the body.
+fn keep_alive_get(s: &mut TcpStream, path: &str) -> (String, String) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read head"), 1, "connection closed");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read body");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn upstream_connections_are_reused_and_follow_the_vm_boot() {
+    let h = Harness::default();
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let peer = |s: &mut TcpStream, path: &str| {
+        let (status, body) = keep_alive_get(s, path);
+        assert!(status.starts_with("http/1.1 200"), "{status}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["peer"].as_str().expect("peer").to_string()
+    };
+    // Sequential requests reuse one pooled connection to the VM.
+    let first = peer(&mut s, "/alice/");
+    for _ in 0..5 {
+        assert_eq!(peer(&mut s, "/alice/x"), first);
+    }
+    // The VM closes that connection after a response: the next request gets a new one,
+    // and no error.
+    assert_eq!(peer(&mut s, "/alice/close"), first);
+    let second = peer(&mut s, "/alice/");
+    assert_ne!(second, first);
+    assert_eq!(peer(&mut s, "/alice/"), second);
+    // A new boot of the VM (generation) never gets a connection made to the previous one.
+    let mut rebooted = route("alice", h.upstream, RouteStatus::Live);
+    rebooted.generation = 1;
+    h.routes.upsert(rebooted);
+    let third = peer(&mut s, "/alice/");
+    assert_ne!(third, second);
+    assert_eq!(peer(&mut s, "/alice/"), third);
 }
 
 #[test]
