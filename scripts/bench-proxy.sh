@@ -71,13 +71,16 @@ CONF
 
 # The upstream: one nginx serving the page (the VM's nginx in production).
 nginx_conf up 1 "server { listen 127.0.0.1:$P_UP; root $WORK; location /bench/ { alias $WORK/; } location / { } }"
-# nginx as the reverse proxy, same worker count as roost's runtime (2).
+# nginx as the reverse proxy, same worker count as roost's workers (2), sending the VM the
+# same forwarding headers roost sends.
 nginx_conf ngx 2 "upstream vm { server 127.0.0.1:$P_UP; keepalive 64; }
     server { listen 127.0.0.1:$P_NGX;
       location /bench/ { proxy_pass http://vm/; proxy_http_version 1.1;
         proxy_set_header Connection \"\"; proxy_set_header Host \$host;
         proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto \$scheme;
-        proxy_set_header X-Forwarded-Prefix /bench; } }"
+        proxy_set_header X-Forwarded-Prefix /bench; proxy_set_header X-Real-IP \$remote_addr;
+        proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header Forwarded \"for=\$remote_addr;host=\\\"\$host\\\";proto=\$scheme\"; } }"
 "$BIN" http "127.0.0.1:$P_ROOST" "127.0.0.1:$P_UP" & PIDS+=($!)
 "$BIN" sink "127.0.0.1:$P_SINK" & PIDS+=($!)
 "$BIN" forward $P_SPLICE "127.0.0.1:$P_SINK" splice & PIDS+=($!)
