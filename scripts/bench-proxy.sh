@@ -14,7 +14,14 @@ BYTES=$((1 << 30))
 P_UP=18081 P_NGX=18082 P_ROOST=18083 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
 P_SSHD=18094 P_SSHFWD=18095
 
+had_nginx=0
+dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" && had_nginx=1
 apt_install wrk nginx-light
+# Debian starts nginx.service on :80 when it installs it, where roost listens: the bench only
+# needs the binary, so a service this script brought in is stopped and disabled again.
+if [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
+    systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
 for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY $P_SSHD $P_SSHFWD; do
     ss -Hltn "sport = :$p" | grep -q . && die "port $p is busy"
 done
