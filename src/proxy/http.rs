@@ -367,24 +367,22 @@ async fn proxy(
         .await
     {
         Ok(r) => r,
-        Err(e) if booting && e.is_connect() => {
-            let mut h = hyper::HeaderMap::new();
-            if let Some(a) = accept {
-                h.insert(header::ACCEPT, a);
-            }
-            return pages::render(
-                Page::Starting {
-                    retry_after: RETRY_AFTER_SECS,
-                },
-                &h,
-            );
-        }
         Err(e) => {
-            tracing::warn!(slug = %route.slug, %upstream, error = %e, source = ?std::error::Error::source(&e), "upstream failed");
+            // The request (and its headers) went to the pool: the page is chosen by the
+            // client's saved `Accept` alone.
             let mut h = hyper::HeaderMap::new();
             if let Some(a) = accept {
                 h.insert(header::ACCEPT, a);
             }
+            if booting && e.is_connect() {
+                return pages::render(
+                    Page::Starting {
+                        retry_after: RETRY_AFTER_SECS,
+                    },
+                    &h,
+                );
+            }
+            tracing::warn!(slug = %route.slug, %upstream, error = %e, source = ?std::error::Error::source(&e), "upstream failed");
             return pages::render(Page::BadGateway, &h);
         }
     };
