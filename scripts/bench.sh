@@ -16,7 +16,7 @@ OUT="$ROOT/docs/benchmarks.md"
     echo
     echo "### Create-to-ready (scripts/bench-create.sh)"
     echo
-    "$ROOT/scripts/bench-create.sh" "${CREATE_RUNS:-3}"
+    "$ROOT/scripts/bench-create.sh" "${CREATE_RUNS:-6}"
     echo
     echo "### HTTP proxy and SSH path (scripts/bench-proxy.sh)"
     echo

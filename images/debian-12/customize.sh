@@ -46,10 +46,10 @@ chroot "$root" passwd -l root >/dev/null
 # Per-VM identity must not be baked in: every VM makes its own machine-id and
 # SSH host keys at first boot (systemd and cloud-init do that).
 rm -f "$root"/etc/ssh/ssh_host_*
-# Password logins are off in the main sshd_config itself, not only in sshd_config.d:
-# cloud-init's `ssh_pwauth: false` edits this file and restarts sshd when the line is not
-# already there, and that restart, seconds after sshd first answered, resets the first
-# logins of a just-booted VM.
+# Password logins are off in the main sshd_config itself and in the drop-in that Debian's
+# cloud-init edits for `ssh_pwauth: false` (files/etc/ssh/sshd_config.d/50-cloud-init.conf):
+# cloud-init restarts sshd when that line is not already there, and the restart, seconds
+# after sshd first answered, resets the first logins of a just-booted VM.
 sed -i -E 's/^#?[[:space:]]*PasswordAuthentication[[:space:]].*/PasswordAuthentication no/' "$root/etc/ssh/sshd_config"
 grep -q '^PasswordAuthentication no$' "$root/etc/ssh/sshd_config" || echo 'PasswordAuthentication no' >> "$root/etc/ssh/sshd_config"
 : > "$root/etc/machine-id"

@@ -83,7 +83,9 @@ fn user_data_has_the_expected_structure_and_values() {
     assert!(!page.contains("{{"), "{page}");
     assert_eq!(
         ud["runcmd"],
-        parse("[[chown, -R, alice, /var/www/html], [systemctl, enable, --now, nginx.service]]")
+        parse(
+            "[[chown, -R, alice, /var/www/html], [sh, -c, \"test -e /etc/systemd/system/multi-user.target.wants/nginx.service || systemctl enable nginx.service; systemctl start nginx.service\"]]"
+        )
     );
     assert!(ud.get("packages").is_none());
 }
