@@ -6,13 +6,14 @@
 //! escape), so a name or path cannot inject another option.
 //!
 //! Choices, and why:
-//! - `-machine pc` (i440fx): measured against `q35` with this project's image under TCG
-//!   (direct kernel boot, 2 vCPUs, time from spawn to the serial `login:` prompt, five
-//!   interleaved pairs on a shared 2-core host): pc 24.4/26.1/32.4/30.1/26.2 s, q35
-//!   27.1/30.5/31.8/31.1/29.0 s; pc won 4 of 5 pairs, about 2 s (7%) on average (likely because it
-//!   emulates fewer chipset devices; not profiled). Nothing roost uses needs PCIe. `microvm` was not
-//!   tried: it needs virtio-mmio and the Debian initrd's early module set, and ACPI power-off
-//!   there differs.
+//! - `-machine q35`: measured against `pc` (i440fx) with this project's tuned image under TCG
+//!   (direct kernel boot, 1 vCPU, seconds from spawn to the guest's nginx answering, three
+//!   interleaved triples with scripts/bare-boot.sh on an otherwise idle 2-core host): q35
+//!   15.46/15.63/15.26 s, pc 16.02/16.50/16.26 s; q35 won every pair, by 0.9 s (6%) on
+//!   average. (An earlier measurement, on the untuned image, to the serial `login:` prompt,
+//!   on a host busy with other builds, had pc ahead; the later one is the one roost's create-
+//!   to-ready benchmark agrees with.) `microvm` was not tried: it needs virtio-mmio and the
+//!   Debian initrd's early module set, and ACPI power-off there differs.
 //! - No `-daemonize`: [`super::process`] starts QEMU with `setsid` itself, so it keeps the pid
 //!   (and a pidfd) while QEMU still survives the daemon.
 //! - The VM id appears in argv as `-uuid` (the ULID's 128 bits as a UUID): `/proc/PID/cmdline`
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use ulid::Ulid;
 
 /// The QEMU machine type (see the module docs for why).
-pub const MACHINE: &str = "pc";
+pub const MACHINE: &str = "q35";
 
 /// Which spelling of "drop to this user" the installed QEMU understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,7 +330,7 @@ mod tests {
             "-uuid",
             "018ffc39-0f88-f2cd-7270-f94dc542d513",
             "-machine",
-            "pc",
+            "q35",
             "-accel",
             "tcg,thread=multi",
             "-cpu",
