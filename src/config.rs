@@ -64,6 +64,8 @@ pub struct AuthConfig {
     /// Login attempts allowed per client address and per username in `login_window_secs`.
     pub login_attempts: u32,
     pub login_window_secs: u64,
+    /// Accounts that may be created from one client address per hour (the CLI is exempt).
+    pub register_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -171,6 +173,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 3600,
             login_attempts: 10,
             login_window_secs: 60,
+            register_per_hour: 20,
         }
     }
 }
@@ -312,6 +315,13 @@ impl Config {
                 "auth.login_attempts",
                 "at least 1",
                 self.auth.login_attempts,
+            ));
+        }
+        if self.auth.register_per_hour == 0 {
+            return Err(bad(
+                "auth.register_per_hour",
+                "at least 1",
+                self.auth.register_per_hour,
             ));
         }
         if self.auth.login_window_secs == 0 {

@@ -134,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let u = rt
-                .block_on(auth.register(&name, &password, None, role, "cli"))
+                .block_on(auth.register(None, &name, &password, None, role, "cli"))
                 .map_err(|e| {
                     anyhow::anyhow!("cannot add user {name:?}: {}", roost::api::error::chain(&e))
                 })?;

@@ -351,6 +351,38 @@ fn every_error_status_from_real_bad_requests() {
 }
 
 #[test]
+fn registrations_per_address_are_limited() {
+    let d = Daemon::start_with("[auth]\nregister_per_hour = 2\n");
+    // Refused before any hashing: these do not use up the address's quota.
+    assert_eq!(
+        register(&d, "Bad Name", "password1").0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    for user in ["alice", "bob"] {
+        let (s, v) = register(&d, user, "password1");
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let r = client()
+        .post(d.url("/api/v1/auth/register"))
+        .json(&json!({"username": "carol", "password": "password1"}))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    // 2 per hour: the next one is allowed within half an hour.
+    assert!((1..=1800).contains(&retry), "{retry}");
+    assert_error(&r.json().expect("json"), "rate_limited");
+    // Nothing was created for carol; the accounts made before still work.
+    assert_eq!(login(&d, "carol", "password1").0, StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&d, "alice", "password1").0, StatusCode::OK);
+}
+
+#[test]
 fn bad_input_never_makes_a_5xx() {
     let d = Daemon::start();
     let c = client();

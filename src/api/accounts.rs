@@ -71,14 +71,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 201, body = UserView),
         (status = 409, description = "username taken", body = ErrorBody),
         (status = 422, description = "a field is invalid", body = ErrorBody),
+        (status = 429, description = "too many accounts from this address; see Retry-After", body = ErrorBody),
+        (status = 503, description = "password hashing is busy; see Retry-After", body = ErrorBody),
     ))]
 async fn register(
     State(st): State<AppState>,
+    PeerAddr(peer): PeerAddr,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let u = st
         .auth
         .register(
+            Some(peer),
             &req.username,
             &req.password,
             req.email.as_deref(),
@@ -103,6 +107,7 @@ async fn register(
         (status = 200, body = TokenView),
         (status = 401, description = "wrong credentials", body = ErrorBody),
         (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
+        (status = 503, description = "password hashing is busy; see Retry-After", body = ErrorBody),
     ))]
 async fn login(
     State(st): State<AppState>,

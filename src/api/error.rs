@@ -136,6 +136,22 @@ impl From<AuthError> for ApiError {
                     "too many login attempts; try again later",
                 )
             },
+            AuthError::RegisterLimited(wait) => ApiError {
+                retry_after: Some(wait.as_secs_f64().ceil() as u64),
+                ..ApiError::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many accounts were created from this address; try again later",
+                )
+            },
+            AuthError::Busy => ApiError {
+                retry_after: Some(2),
+                ..ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the service is busy checking passwords; try again in a moment",
+                )
+            },
             AuthError::InvalidUsername(u) => ApiError::field("username", u),
             AuthError::InvalidPassword(p) => ApiError::field("password", p),
             AuthError::InvalidEmail => ApiError::field(

@@ -1,5 +1,6 @@
-//! Accounts: argon2id hashes, JWT issue/verify, username rules, login rate limits, and
-//! the axum extractors for a signed-in user and an administrator.
+//! Accounts: argon2id hashes, JWT issue/verify, username rules, login and registration rate
+//! limits, a cap on concurrent password hashing, and the axum extractors for a signed-in
+//! user and an administrator.
 //!
 //! Owns the rules of who may do what. Knows the store's user records but no redb table,
 //! and nothing of hostings or VMs. Errors are mapped to HTTP once, in `api::error`.
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::store::{NewUser, Role, Store, StoreError, User, UserId};
@@ -36,6 +38,10 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many login attempts")]
     RateLimited(Duration),
+    #[error("too many accounts created from this address")]
+    RegisterLimited(Duration),
+    #[error("no password hashing slot became free in time")]
+    Busy,
     #[error("username {0}")]
     InvalidUsername(#[source] UsernameError),
     #[error("password {0}")]
@@ -79,11 +85,53 @@ pub struct Token {
     pub expires_in: u64,
 }
 
+/// How long a password hash or check waits for a free slot before the caller is told to
+/// come back (503 with `Retry-After`).
+const HASH_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs password hashing on the blocking threads, at most `slots` at a time. Each argon2id
+/// computation takes 19 MiB and a core for tens of milliseconds, so a burst of logins or
+/// registrations must queue (briefly) rather than take the host's memory and CPU.
+struct HashGate {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl HashGate {
+    fn new(slots: usize, wait: Duration) -> HashGate {
+        HashGate {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            wait,
+        }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let permit = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        // The permit moves into the blocking task: a client that goes away does not free
+        // the slot while its hash still occupies a core.
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            f()
+        })
+        .await
+        .map_err(AuthError::Join)
+    }
+}
+
 /// The account service, shared by the API and the CLI.
 pub struct Auth {
     store: Store,
     jwt: Jwt,
     limiter: ratelimit::LoginLimiter,
+    register_limiter: ratelimit::RegisterLimiter,
+    hashing: HashGate,
 }
 
 impl Auth {
@@ -95,12 +143,20 @@ impl Auth {
                 cfg.auth.login_attempts,
                 Duration::from_secs(cfg.auth.login_window_secs),
             ),
+            register_limiter: ratelimit::RegisterLimiter::new(cfg.auth.register_per_hour),
+            hashing: HashGate::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                HASH_WAIT,
+            ),
         }
     }
 
-    /// Validates and creates an account. Hashing runs off the async threads.
+    /// Validates and creates an account. Hashing runs off the async threads. `peer` is the
+    /// client's address for an API call (counted against `auth.register_per_hour`), `None`
+    /// for the operator's CLI.
     pub async fn register(
         &self,
+        peer: Option<IpAddr>,
         username: &str,
         password: &str,
         email: Option<&str>,
@@ -117,10 +173,16 @@ impl Auth {
         if self.store.user_by_name(username)?.is_some() {
             return Err(AuthError::UsernameTaken);
         }
+        if let Some(ip) = peer {
+            self.register_limiter
+                .check(ip)
+                .map_err(AuthError::RegisterLimited)?;
+        }
         let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || password::hash_password(&pw))
-            .await
-            .map_err(AuthError::Join)?
+        let hash = self
+            .hashing
+            .run(move || password::hash_password(&pw))
+            .await?
             .map_err(AuthError::Hash)?;
         let store = self.store.clone();
         let (username, email, actor) = (
@@ -161,9 +223,10 @@ impl Auth {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| password::dummy_hash().to_owned());
         let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || password::verify_password(&pw, &stored))
-            .await
-            .map_err(AuthError::Join)?;
+        let ok = self
+            .hashing
+            .run(move || password::verify_password(&pw, &stored))
+            .await?;
         let user = match (ok, user) {
             (true, Some(u)) => u,
             _ => {
@@ -197,6 +260,7 @@ impl Auth {
     /// Periodic housekeeping of the rate limiter's memory.
     pub fn prune(&self) {
         self.limiter.prune();
+        self.register_limiter.prune();
     }
 }
 
@@ -259,5 +323,30 @@ mod tests {
         assert!(!valid_email("@b.co"));
         assert!(!valid_email("a b@c.de"));
         assert!(!valid_email("a@b@c.de"));
+    }
+
+    #[tokio::test]
+    async fn hashing_waits_for_a_slot_and_gives_up_busy() {
+        let gate = HashGate::new(1, Duration::from_millis(100));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, is_running) = tokio::sync::oneshot::channel();
+        let first = {
+            let slots = gate.slots.clone();
+            let wait = gate.wait;
+            tokio::spawn(async move {
+                HashGate { slots, wait }
+                    .run(move || {
+                        let _ = started.send(());
+                        held.recv().is_ok()
+                    })
+                    .await
+            })
+        };
+        is_running.await.expect("first hash started");
+        // The only slot is taken: the next one waits 100 ms, then gives up.
+        assert!(matches!(gate.run(|| 1).await, Err(AuthError::Busy)));
+        release.send(()).expect("release");
+        assert!(first.await.expect("join").expect("first ran"));
+        assert_eq!(gate.run(|| 2).await.expect("slot free again"), 2);
     }
 }
