@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# All benchmarks, in one run: create-to-ready (roost vs bare QEMU + seed), HTTP proxy
-# (roost vs nginx proxy_pass), SSH path (forwarder vs direct). Appends the tables, the
+# All benchmarks, in one run: create-to-ready (roost vs bare QEMU + seed, and SSH into the
+# real VM through the forwarder vs direct), HTTP proxy (roost vs nginx proxy_pass), SSH path
+# on loopback (forwarder vs direct), daemon memory per VM and overlay creation. Appends the tables, the
 # machine and the command to docs/benchmarks.md. Timings never decide a test: compare the
 # ratios measured within one run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,4 +22,8 @@ OUT="$ROOT/docs/benchmarks.md"
     echo "### HTTP proxy and SSH path (scripts/bench-proxy.sh)"
     echo
     "$ROOT/scripts/bench-proxy.sh" "${PROXY_ROUNDS:-3}"
+    echo
+    echo "### Daemon memory per VM and overlay creation (scripts/bench-scale.sh)"
+    echo
+    "$ROOT/scripts/bench-scale.sh" "${SCALE_VMS:-8}"
 } | tee -a "$OUT"
