@@ -138,9 +138,8 @@ fn state_dir(cfg: &Config) -> Finding {
 }
 
 fn free_disk(cfg: &Config) -> Finding {
-    match nix::sys::statvfs::statvfs(&cfg.state_dir) {
-        Ok(s) => {
-            let free = s.blocks_available() * s.fragment_size();
+    match crate::vm::disk::available_bytes(&cfg.state_dir) {
+        Ok(free) => {
             let need = u64::from(cfg.vm.disk_reserve_gib + cfg.vm.disk_gib) << 30;
             Finding {
                 name: "free_disk",
@@ -159,7 +158,11 @@ fn free_disk(cfg: &Config) -> Finding {
             name: "free_disk",
             ok: false,
             fatal: false,
-            detail: format!("cannot stat {}: {e}", cfg.state_dir.display()),
+            detail: format!(
+                "cannot stat {}: {}",
+                cfg.state_dir.display(),
+                crate::error_chain(&e)
+            ),
         },
     }
 }

@@ -1,10 +1,9 @@
-//! IPv4 address management, pure: the VM subnet and the lowest free host address in it.
+//! IPv4 address management, pure: the VM subnet and the addresses a VM may get in it.
 //!
 //! The first host address of the subnet is the gateway (the bridge's own address); the
 //! network and broadcast addresses are never handed out. Reservations themselves live in
 //! `store`: this module only computes, it remembers nothing.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -141,30 +140,6 @@ impl From<Ipv4Net> for String {
     }
 }
 
-/// The lowest address of `subnet` that a VM may get and that is not in `used`.
-///
-/// Never returns the network, gateway or broadcast address. Addresses in `used` outside
-/// the subnet are ignored.
-pub fn lowest_free(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, NetError> {
-    let first = u32::from(subnet.gateway()) + 1;
-    let last = u32::from(subnet.broadcast()) - 1;
-    // Walk the used addresses in order alongside the candidates: O(used) rather than
-    // one set lookup per candidate.
-    let mut candidate = first;
-    for &u in used.range(Ipv4Addr::from(first)..=Ipv4Addr::from(last)) {
-        let u = u32::from(u);
-        if u > candidate {
-            break;
-        }
-        candidate = u + 1;
-    }
-    if candidate <= last {
-        Ok(Ipv4Addr::from(candidate))
-    } else {
-        Err(NetError::PoolExhausted(subnet))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,71 +269,5 @@ mod tests {
             assert_eq!(n.contains(ip(a)), contains, "{a}");
             assert_eq!(n.is_assignable(ip(a)), assignable, "{a}");
         }
-    }
-
-    #[test]
-    fn lowest_free_table() {
-        let cases: &[(&str, &[&str], Option<&str>)] = &[
-            ("10.88.0.0/24", &[], Some("10.88.0.2")),
-            ("10.88.0.0/24", &["10.88.0.2"], Some("10.88.0.3")),
-            (
-                "10.88.0.0/24",
-                &["10.88.0.2", "10.88.0.3", "10.88.0.5"],
-                Some("10.88.0.4"),
-            ),
-            ("10.88.0.0/24", &["10.88.0.3"], Some("10.88.0.2")),
-            // Addresses outside the subnet, and the reserved ones, do not matter.
-            (
-                "10.88.0.0/24",
-                &["10.88.0.0", "10.88.0.1", "10.9.9.9"],
-                Some("10.88.0.2"),
-            ),
-            ("192.168.7.4/30", &[], Some("192.168.7.6")),
-            ("192.168.7.4/30", &["192.168.7.6"], None),
-            (
-                "10.88.0.0/29",
-                &["10.88.0.2", "10.88.0.3", "10.88.0.4", "10.88.0.5"],
-                Some("10.88.0.6"),
-            ),
-            (
-                "10.88.0.0/29",
-                &[
-                    "10.88.0.2",
-                    "10.88.0.3",
-                    "10.88.0.4",
-                    "10.88.0.5",
-                    "10.88.0.6",
-                ],
-                None,
-            ),
-        ];
-        for (subnet, used, want) in cases {
-            let used: BTreeSet<Ipv4Addr> = used.iter().map(|a| ip(a)).collect();
-            let got = lowest_free(net(subnet), &used);
-            match want {
-                Some(w) => assert_eq!(got.expect(subnet), ip(w), "{subnet} {used:?}"),
-                None => assert!(
-                    matches!(got, Err(NetError::PoolExhausted(n)) if n == net(subnet)),
-                    "{subnet} {used:?}: {got:?}"
-                ),
-            }
-        }
-    }
-
-    #[test]
-    fn lowest_free_fills_a_whole_pool_without_reserved_addresses() {
-        let n = net("10.88.0.0/26");
-        let mut used = BTreeSet::new();
-        for _ in 0..n.capacity() {
-            let a = lowest_free(n, &used).expect("not yet exhausted");
-            assert!(n.is_assignable(a), "{a}");
-            assert!(used.insert(a), "{a} handed out twice");
-        }
-        assert!(matches!(
-            lowest_free(n, &used),
-            Err(NetError::PoolExhausted(_))
-        ));
-        let msg = lowest_free(n, &used).expect_err("full").to_string();
-        assert_eq!(msg, "address pool 10.88.0.0/26 is exhausted");
     }
 }

@@ -21,7 +21,7 @@ pub mod tap;
 pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
 pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, MacAddr};
-pub use ipam::{lowest_free, Ipv4Net};
+pub use ipam::Ipv4Net;
 pub use link::{attach_isolated, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
 
@@ -34,9 +34,6 @@ pub enum NetError {
     /// A subnet string that does not parse, or a subnet too small to hold a VM.
     #[error("invalid subnet {input:?}: {reason}")]
     InvalidSubnet { input: String, reason: &'static str },
-    /// Every host address of the subnet is in use.
-    #[error("address pool {0} is exhausted")]
-    PoolExhausted(Ipv4Net),
     /// An interface name the kernel would reject (empty, too long, bad characters).
     #[error("invalid interface name {0:?}")]
     InvalidName(String),

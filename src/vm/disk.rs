@@ -59,12 +59,16 @@ pub async fn create_overlay(base: &Path, overlay: &Path, size_gib: u32) -> Resul
 /// Fails with [`VmError::DiskFull`] unless the file system holding `dir` has `needed` bytes
 /// available to unprivileged writers after keeping `reserve` bytes free.
 pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<(), VmError> {
+    check_space(dir, available_bytes(dir)?, needed, reserve)
+}
+
+/// Bytes available to unprivileged writers on the file system holding `dir`.
+pub fn available_bytes(dir: &Path) -> Result<u64, VmError> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let available = st.blocks_available().saturating_mul(st.fragment_size());
-    check_space(dir, available, needed, reserve)
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Pure part of [`check_free_space`].
