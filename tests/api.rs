@@ -124,6 +124,15 @@ fn login(d: &Daemon, user: &str, pw: &str) -> (StatusCode, Value) {
     (r.status(), r.json().unwrap_or(Value::Null))
 }
 
+/// The response's `Retry-After`, in seconds (it must be there).
+fn retry_after(r: &reqwest::blocking::Response) -> u64 {
+    r.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After")
+}
+
 fn token(d: &Daemon, user: &str, pw: &str) -> String {
     let (s, v) = login(d, user, pw);
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -335,12 +344,7 @@ fn every_error_status_from_real_bad_requests() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let r = limited.expect("rate limit reached");
-    let retry: u64 = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry = retry_after(&r);
     assert!((1..=600).contains(&retry), "{retry}");
     assert_error(&r.json().expect("json"), "rate_limited");
     // Even the right password is refused while limited.
@@ -368,12 +372,7 @@ fn registrations_per_address_are_limited() {
         .send()
         .expect("send");
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry = retry_after(&r);
     // 2 per hour: the next one is allowed within half an hour.
     assert!((1..=1800).contains(&retry), "{retry}");
     assert_error(&r.json().expect("json"), "rate_limited");
