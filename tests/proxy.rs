@@ -657,6 +657,7 @@ fn limits(splice: bool) -> ForwardLimits {
         idle_timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(2),
         splice,
+        new_conns_per_minute: 1000,
     }
 }
 
@@ -744,6 +745,43 @@ async fn forwarder_caps_connections_and_removal_closes_them() {
     assert!(closed_within(&mut a, Duration::from_secs(5)).await);
     assert!(closed_within(&mut b, Duration::from_secs(5)).await);
     assert!(connect().await.is_err(), "nothing listens after remove");
+}
+
+/// A connection to the forwarder on 127.0.0.1 from the source address `src` (any 127/8).
+async fn connect_from(src: Ipv4Addr, port: u16) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::from((src, 0))).expect("bind source");
+    sock.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_limits_new_connections_per_address() {
+    let echo = echo_server().await;
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let port = free_port();
+    let l = ForwardLimits {
+        max_conns: 10,
+        new_conns_per_minute: 3,
+        ..limits(true)
+    };
+    fw.ensure(port, echo, l).await.expect("ensure");
+    // Three in a row are fine, even once closed again...
+    for _ in 0..3 {
+        let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
+        ping(&mut s).await;
+    }
+    // ...the fourth within the minute is closed at once...
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "fourth new connection in a minute should be closed"
+    );
+    // ...while another client address is not affected.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), port).await;
+    ping(&mut other).await;
+    assert!(fw.remove(port).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

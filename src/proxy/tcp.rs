@@ -1,7 +1,9 @@
 //! The SSH forwarder: one listening socket per hosting port, bytes copied to the VM's :22.
 //!
-//! It never terminates SSH. Each port caps its live connections (extra ones are accepted
-//! and closed at once), closes connections idle in both directions, and `remove` stops the
+//! It never terminates SSH. Each port caps its live connections and the new connections one
+//! client address may open per minute (extra ones are accepted and closed at once: sshd
+//! forks and re-executes itself for every connection, which scans and password guessing
+//! would make the guest pay for), closes connections idle in both directions, and `remove` stops the
 //! listener and closes that port's live connections (they are tasks owned by the listener's
 //! task, so aborting it drops them all). Bytes move with `splice(2)` through a pipe (no
 //! copy into user space), falling back to `copy_bidirectional` if splice is refused.
@@ -32,6 +34,9 @@ pub struct ForwardLimits {
     pub connect_timeout: Duration,
     /// Use `splice(2)`; `false` forces `copy_bidirectional` (benchmarks, odd kernels).
     pub splice: bool,
+    /// New connections per minute that one client address may open to a port, all usable
+    /// at once and replenished evenly; the next ones are closed at once. 0 counts as 1.
+    pub new_conns_per_minute: u32,
 }
 
 impl Default for ForwardLimits {
@@ -41,6 +46,7 @@ impl Default for ForwardLimits {
             idle_timeout: Duration::from_secs(30 * 60),
             connect_timeout: Duration::from_secs(5),
             splice: true,
+            new_conns_per_minute: 60,
         }
     }
 }
@@ -198,6 +204,9 @@ fn socket2_like_bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
     l.into_std()
 }
 
+/// Size of a port's per-address table at which addresses with a full quota are dropped.
+const FORGET_ADDRESSES_ABOVE: usize = 1024;
+
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
@@ -205,6 +214,10 @@ async fn accept_loop(
     limits: ForwardLimits,
 ) {
     let mut conns = JoinSet::new();
+    let per_minute =
+        std::num::NonZeroU32::new(limits.new_conns_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+    let by_address: governor::DefaultKeyedRateLimiter<std::net::IpAddr> =
+        governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute));
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -214,6 +227,17 @@ async fn accept_loop(
                 continue;
             }
         };
+        if by_address.check_key(&peer.ip()).is_err() {
+            // Not a warning: a scan would make one per port and per attempt.
+            tracing::debug!(port, %peer, "ssh connection refused: too many new connections from this address");
+            drop(client);
+            continue;
+        }
+        // Addresses back to a full quota are forgotten, so a scan from many addresses
+        // cannot grow the table without bound.
+        if by_address.len() > FORGET_ADDRESSES_ABOVE {
+            by_address.retain_recent();
+        }
         while conns.try_join_next().is_some() {}
         if conns.len() >= limits.max_conns {
             tracing::warn!(port, %peer, max = limits.max_conns, "ssh connection refused: per-port cap reached");
