@@ -4,7 +4,8 @@
 //! project's hosts a few bytes of real-mode code finish at once, but SeaBIOS's POST takes 8 s
 //! and a Linux kernel never gets past its decompressor. So [`probe_kvm`] runs the firmware
 //! itself: QEMU with no disk, `-boot reboot-timeout=0 -no-reboot`, which POSTs, finds nothing
-//! to boot and exits with status 0 (0.25 s under TCG here). It must do so within
+//! to boot and exits with status 0 (0.25 s under TCG here). It uses the machine type the VMs
+//! use ([`MACHINE`]). It must do so within
 //! [`PROBE_DEADLINE`]. The result is computed once per process.
 
 use std::process::Stdio;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tracing::info;
 
-use super::argv::{Accel, QEMU_BINARY};
+use super::argv::{Accel, MACHINE, QEMU_BINARY};
 
 /// How long the KVM test guest may take.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(3);
@@ -44,7 +45,7 @@ pub fn probe_argv(accel: Accel) -> Vec<std::ffi::OsString> {
     };
     [
         "-machine",
-        "pc",
+        MACHINE,
         "-accel",
         accel,
         "-m",
