@@ -129,7 +129,7 @@ PrintMotd no
 LogLevel ERROR
 CONF
     "$SSHD" -D -e -f "$WORK/sshd_config" & PIDS+=($!)
-    "$BIN" forward $P_SSHFWD "127.0.0.1:$P_SSHD" splice & PIDS+=($!)
+    "$BIN" forward $P_SSHFWD "127.0.0.1:$P_SSHD" "${SSH_FORWARD_MODE:-splice}" & PIDS+=($!)
     wait_port $P_SSHD; wait_port $P_SSHFWD
 fi
 

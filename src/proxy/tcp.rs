@@ -253,6 +253,10 @@ async fn accept_loop(
     }
 }
 
+/// Buffer per direction of the user-space copy (tokio's default is 8 KiB: one read and one
+/// write per 8 KiB was measured at less than half of splice's throughput).
+const COPY_BUF: usize = 256 << 10;
+
 /// Connects to `target` and moves bytes both ways until both sides close, an error, or
 /// `limits.idle_timeout` without traffic. Returns bytes (client→target, target→client).
 pub(crate) async fn forward(
@@ -276,7 +280,7 @@ pub(crate) async fn forward(
         }
         let (mut c, mut u) = (client, upstream);
         let mut c2 = Counted::new(&mut c, &activity);
-        tokio::io::copy_bidirectional(&mut c2, &mut u).await
+        tokio::io::copy_bidirectional_with_sizes(&mut c2, &mut u, COPY_BUF, COPY_BUF).await
     };
     with_idle_timeout(copy, &activity, limits.idle_timeout).await
 }
