@@ -253,8 +253,9 @@ async fn accept_loop(
     }
 }
 
-/// Buffer per direction of the user-space copy (tokio's default is 8 KiB: one read and one
-/// write per 8 KiB was measured at less than half of splice's throughput).
+/// Buffer per direction of the user-space copy, the fallback when splice is refused (so
+/// 512 KiB per connection there). tokio's default of 8 KiB was measured at less than half
+/// of splice's throughput; 256 KiB is on par with it (docs/benchmarks.md).
 const COPY_BUF: usize = 256 << 10;
 
 /// Connects to `target` and moves bytes both ways until both sides close, an error, or
