@@ -3,10 +3,10 @@
 //! It never terminates SSH. Each port caps its live connections and the new connections one
 //! client address may open per minute (extra ones are accepted and closed at once: sshd
 //! forks and re-executes itself for every connection, which scans and password guessing
-//! would make the guest pay for), closes connections idle in both directions, and `remove` stops the
-//! listener and closes that port's live connections (they are tasks owned by the listener's
-//! task, so aborting it drops them all). Bytes move with `splice(2)` through a pipe (no
-//! copy into user space), falling back to `copy_bidirectional` if splice is refused.
+//! would make the guest pay for), and closes connections idle in both directions. `remove`
+//! stops the listener and closes that port's live connections (they are tasks owned by the
+//! listener's task, so aborting it drops them all). Bytes move with `splice(2)` through a
+//! pipe (no copy into user space), falling back to a user-space copy if splice is refused.
 
 use std::collections::HashMap;
 use std::future::Future;
