@@ -264,17 +264,23 @@ fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a response head byte by byte (nothing of the body), lowercased; `closed` is the
+/// failure message if the connection ends first.
+fn read_head(s: &mut TcpStream, closed: &str) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read head"), 1, "{closed}");
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
 /// One request on an open keep-alive connection; returns the status line and the body.
 fn keep_alive_get(s: &mut TcpStream, path: &str) -> (String, String) {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).expect("read head"), 1, "connection closed");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = read_head(s, "connection closed");
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))
@@ -484,13 +490,7 @@ fn upgrade_is_tunnelled() {
         b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
     .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).expect("read"), 1, "closed before 101");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = read_head(&mut s, "closed before 101");
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     for msg in [
