@@ -27,7 +27,7 @@ use super::framing::Sniffed;
 use super::headers::{self, Forwarding};
 use super::pages::{self, Page};
 use super::routes::{
-    resolve, Resolution, Route, RouteCache, RouteStatus, Routes, RETRY_AFTER_SECS,
+    resolve, Resolution, Route, RouteCache, RouteStatus, RouteTable, Routes, RETRY_AFTER_SECS,
 };
 use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
@@ -36,8 +36,7 @@ struct Shared {
     api: axum::Router,
     /// The runtime API requests run on (the daemon's, not a proxy worker's).
     api_rt: tokio::runtime::Handle,
-    routes: Routes,
-    /// This worker's copy of `routes`.
+    /// This worker's copy of the route table.
     cache: std::sync::Mutex<RouteCache>,
     cfg: ProxyConfig,
     /// This worker's keep-alive pool per site and VM generation (see [`Route::generation`]).
@@ -45,6 +44,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// The current route table, as this worker sees it.
+    fn table(&self) -> Arc<RouteTable> {
+        match self.cache.lock() {
+            Ok(mut c) => c.table(),
+            Err(p) => p.into_inner().table(),
+        }
+    }
+
     /// The pool for this route's current generation; a new generation replaces (and so
     /// closes) the pool of the previous boot.
     fn pool(&self, route: &Route, upstream: SocketAddrV4) -> Arc<Pool> {
@@ -64,7 +71,7 @@ impl Shared {
         );
         if let Ok(mut map) = self.pools.write() {
             // Forget pools of sites that are gone, so the map stays bounded.
-            let table = self.routes.snapshot();
+            let table = self.table();
             if map.len() > 2 * table.len() + 16 {
                 map.retain(|slug, _| table.get(slug).is_some());
             }
@@ -99,7 +106,6 @@ pub async fn serve_http(
         let shared = Arc::new(Shared {
             api: api.clone(),
             api_rt: api_rt.clone(),
-            routes: routes.clone(),
             cache: std::sync::Mutex::new(RouteCache::new(routes.clone())),
             cfg: cfg.clone(),
             pools: Default::default(),
@@ -231,10 +237,7 @@ async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     }
-    let table = match shared.cache.lock() {
-        Ok(mut c) => c.table(),
-        Err(p) => p.into_inner().table(),
-    };
+    let table = shared.table();
     let host: Option<String> = match req.uri().authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => req
