@@ -1,5 +1,16 @@
 # shellcheck shell=bash
-# Shared by run.sh and test.sh: idempotent installation of what roost needs on Debian 12.
+# Shared by run.sh, test.sh, build-image.sh and the benchmarks: installation of what roost
+# needs on Debian 12.
+#
+# Every run resolves the whole package set against apt's lists, also on a machine that has
+# it all: `apt-get install --simulate` with the exact versions decides what is missing, so
+# a wrong pin or a renamed package fails here on every machine, not only on a fresh one.
+# Network steps (update, download) are retried; resolution is not (it is deterministic).
+#
+# Test hooks (environment):
+#   ROOST_PKG_OVERRIDE="name=version ..."  replaces the computed spec of those packages
+#                                          (tests/install.rs injects a wrong pin with it)
+#   ROOST_APT_RETRIES (default 4), ROOST_APT_RETRY_PAUSE (seconds, default 15)
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,54 +21,159 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (roost manages bridges, taps and QEMU)"
 
+export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=
-apt_install() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+APT_RETRIES=${ROOST_APT_RETRIES:-4}
+APT_RETRY_PAUSE=${ROOST_APT_RETRY_PAUSE:-15}
+
+# What roost runs with (`roost serve`, the README's commands) and what the tests use.
+RUNTIME_PACKAGES=(ca-certificates debian-archive-keyring iproute2 nftables e2fsprogs
+    dosfstools mtools mmdebstrap openssh-client curl jq procps iputils-ping)
+# QEMU comes from one source version: the emulator and qemu-img side by side. Installing
+# qemu-system-x86 alone next to a newer qemu-utils (as some images ship) removes qemu-img.
+QEMU_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data qemu-block-extra qemu-utils)
+
+# Runs `apt-get "$@"` until it succeeds, at most APT_RETRIES times, pausing in between:
+# the first update on a fresh machine can fail on name resolution, a mirror can hiccup.
+apt_retry() {
+    local i=1
+    while ! apt-get "$@"; do
+        [ "$i" -lt "$APT_RETRIES" ] ||
+            die "apt-get $1 failed $i times; check the network and the mirrors in /etc/apt/sources.list*"
+        log "apt-get $1 failed (attempt $i of $APT_RETRIES; a name-resolution or mirror hiccup?); retrying in ${APT_RETRY_PAUSE} s"
+        sleep "$APT_RETRY_PAUSE"
+        i=$((i + 1))
     done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$APT_UPDATED" ]; then
-        log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        APT_UPDATED=1
-    fi
-    log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# qemu-system-x86 must come with qemu-utils of the same version: installing it alone next
-# to a newer qemu-utils (as some images ship) removes qemu-img. Pin both to the candidate.
-install_qemu() {
-    if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
+apt_update() {
+    log "apt-get update"
+    apt_retry update -qq
+    APT_UPDATED=1
+}
+
+# True when apt has package lists to resolve against (a minimal root may have none).
+apt_has_lists() {
+    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
+}
+
+# The version of package $1 that was built from source version $2, from apt's lists.
+# Architecture-dependent packages may carry a binNMU suffix (+b2) that `Architecture: all`
+# packages such as qemu-system-data never have, so versions cannot simply be copied
+# between them; the Source field ties them together.
+version_from_source() {
+    apt-cache show "$1" 2>/dev/null | awk -v want="$2" '
+        function flush() { if (ver != "" && (srcver == "" ? ver : srcver) == want) { print ver; found = 1; exit } }
+        /^Package:/ { flush(); ver = ""; srcver = "" }
+        /^Version:/ { ver = $2 }
+        /^Source:/ { if (match($0, /\(.*\)/)) srcver = substr($0, RSTART + 1, RLENGTH - 2) }
+        END { if (!found) flush() }'
+}
+
+# The source version a binary package version was built from ("qemu (1:7.2+dfsg-7)").
+source_version() {
+    apt-cache show "$1=$2" 2>/dev/null | awk -v v="$2" '
+        /^Source:/ && match($0, /\(.*\)/) { print substr($0, RSTART + 1, RLENGTH - 2); done = 1; exit }
+        END { if (!done) print v }'
+}
+
+# Prints the exact package specs (name=version for QEMU, names for the rest), one per line.
+package_specs() {
+    local v src p pv
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+    [ -n "$v" ] && [ "$v" != "(none)" ] || die "apt knows no qemu-system-x86 package (check /etc/apt/sources.list*)"
+    src=$(source_version qemu-system-x86 "$v")
+    for p in "${QEMU_PACKAGES[@]}"; do
+        pv=$(version_from_source "$p" "$src")
+        [ -n "$pv" ] || die "no version of $p built from qemu $src (the one of qemu-system-x86 $v) in apt's lists"
+        echo "$p=$pv"
+    done
+    printf '%s\n' "${RUNTIME_PACKAGES[@]}" "$@"
+}
+
+# Applies ROOST_PKG_OVERRIDE to a list of specs on stdin.
+apply_overrides() {
+    local spec o name
+    while read -r spec; do
+        name=${spec%%=*}
+        for o in ${ROOST_PKG_OVERRIDE:-}; do
+            [ "${o%%=*}" = "$name" ] && spec=$o
+        done
+        echo "$spec"
+    done
+}
+
+# Resolves the specs with apt (no changes); prints apt's Inst/Remv lines. Fails, printing
+# apt's reason, when they cannot be resolved.
+apt_plan() {
+    local out
+    if ! out=$(apt-get install --simulate --no-install-recommends --allow-downgrades "$@" 2>&1); then
+        printf '%s\n' "$out" | grep -E '^(E|W):' >&2 || printf '%s\n' "$out" >&2
+        return 1
+    fi
+    printf '%s\n' "$out" | grep -E '^(Inst|Remv) ' || true
+}
+
+# Sets the array `specs` to the exact package set; dies (in this shell) when it cannot.
+resolve_specs() {
+    local out
+    out=$(package_specs "$@" | apply_overrides) || die "cannot compute roost's package set"
+    mapfile -t specs <<<"$out"
+    [ "${#specs[@]}" -gt "${#RUNTIME_PACKAGES[@]}" ] || die "roost's package set came out short: ${specs[*]}"
+}
+
+# Makes the given specs (and the runtime set) installed, resolving them on every run.
+ensure_packages() {
+    local specs plan
+    apt_has_lists || apt_update
+    resolve_specs "$@"
+    if ! plan=$(apt_plan "${specs[@]}"); then
+        # Stale lists can name versions the mirror no longer has: refresh once, then decide.
+        [ -z "$APT_UPDATED" ] || die "apt cannot resolve roost's packages: ${specs[*]}"
+        log "apt cannot resolve roost's packages with the current lists; updating them"
+        apt_update
+        resolve_specs "$@"
+        plan=$(apt_plan "${specs[@]}") || die "apt cannot resolve roost's packages: ${specs[*]}"
+    fi
+    if [ -z "$plan" ]; then
+        log "packages: all ${#specs[@]} present at the resolved versions"
         return 0
     fi
-    [ -n "$APT_UPDATED" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1; }
-    local v
-    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
-    [ -n "$v" ] && [ "$v" != "(none)" ] || die "no qemu-system-x86 package candidate"
-    log "apt-get install qemu-system-x86=$v qemu-utils=$v"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
-        "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" \
-        "qemu-system-data=$v" >/dev/null
-    command -v qemu-img >/dev/null || die "qemu-img missing after install"
+    if printf '%s\n' "$plan" | grep -q '^Remv '; then
+        log "installing roost's packages removes: $(printf '%s\n' "$plan" | awk '/^Remv /{printf "%s ", $2}')"
+    fi
+    log "apt-get install $(printf '%s\n' "$plan" | awk '/^Inst /{printf "%s ", $2}')"
+    if ! apt-get install -y -qq --no-install-recommends --allow-downgrades "${specs[@]}" >/dev/null; then
+        # A download that failed: fresh lists (the mirror may have moved on), then retries.
+        apt_update
+        resolve_specs "$@"
+        apt_retry install -y -qq --no-install-recommends --allow-downgrades "${specs[@]}" >/dev/null
+    fi
+    plan=$(apt_plan "${specs[@]}") || die "apt cannot resolve roost's packages after installing them"
+    [ -z "$plan" ] || die "packages still missing after apt-get install: $plan"
+    local q i
+    q=$(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p')
+    i=$(qemu-img --version | sed -n '1s/.*version \([^ ]*\).*/\1/p')
+    [ -n "$q" ] && [ "$q" = "$i" ] || die "qemu-system-x86_64 ($q) and qemu-img ($i) differ after install"
 }
 
+# Kept for the benchmarks: extra packages on top of the runtime set, resolved the same way.
+apt_install() { ensure_packages "$@"; }
+
 install_runtime_deps() {
-    install_qemu
-    apt_install ca-certificates iproute2 nftables e2fsprogs dosfstools mtools mmdebstrap \
-        openssh-client curl procps iputils-ping
+    ensure_packages
     # QEMU runs as this unprivileged user (see [vm] run_as).
     if ! id roost-qemu >/dev/null 2>&1; then
         log "adding system user roost-qemu"
         useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin roost-qemu
     fi
+    export ROOST_DEPS_OK=1
 }
 
 install_rust() {
     if command -v cargo >/dev/null; then return 0; fi
     # No rustup downloads here: fall back to Debian's toolchain and say if it is too old.
-    apt_install cargo rustc gcc libc6-dev
+    ensure_packages cargo rustc gcc libc6-dev
     command -v cargo >/dev/null || die "cargo not found; install a Rust toolchain (rustup) first"
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState, ReadinessState};
 use crate::auth::{jwt, Auth};
 use crate::config::Config;
+use crate::control;
 use crate::hosting;
 use crate::proxy;
 use crate::store::Store;
@@ -43,6 +44,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(r) => format!("disabled: {r}"),
         None => "ok".to_owned(),
     }));
+    // The operator's CLI talks to the running daemon here (root only).
+    let control_socket = control::server::bind(&control::socket_path(&cfg.state_dir))?;
+    let ops = Arc::new(control::Ops::live(
+        cfg.clone(),
+        store.clone(),
+        auth.clone(),
+        hostings.clone(),
+    ));
+    let control_task = tokio::spawn(control::server::serve(control_socket, ops));
     let state = AppState {
         cfg: cfg.clone(),
         store,
@@ -82,6 +92,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .await;
     housekeeping.abort();
+    // Dropping the serve task drops the socket, which removes its file.
+    control_task.abort();
+    let _ = control_task.await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped; VMs keep running");
     Ok(())

@@ -9,10 +9,14 @@ pub mod api;
 pub mod auth;
 /// `roost check`: the preflight report of what this host can run.
 pub mod check;
+/// The operator's commands: run through the daemon's control socket or on the store.
+pub mod cli;
 /// NoCloud documents as data and the `cidata` seed image writer.
 pub mod cloudinit;
 /// TOML configuration with embedded defaults; every key validated by name.
 pub mod config;
+/// The operator's requests, the root-only control socket, and the code that runs them.
+pub mod control;
 /// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
 pub mod daemon;
 /// The create/delete saga, the VM supervisor and the reconciler.

@@ -2,10 +2,12 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use roost::config::Config;
+use roost::control::Request;
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +16,10 @@ use roost::config::Config;
     about = "Web hosting on per-user QEMU VMs, in one daemon."
 )]
 struct Cli {
+    /// TOML config; every key has an embedded default. The operator's commands read it to
+    /// find the state directory (and with it the daemon's control socket).
+    #[arg(long, global = true, env = "ROOST_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -21,41 +27,69 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon.
-    Serve {
-        /// TOML config; every key has an embedded default.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Serve,
     /// Print a preflight report; exit non-zero when this host cannot run VMs.
-    Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Manage accounts without the API.
+    Check,
+    /// Accounts. Works the same whether the daemon runs (through its control socket) or not.
     User {
         #[command(subcommand)]
         cmd: UserCmd,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Hostings' VMs. Works the same whether the daemon runs or not.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The daemon, accounts and hostings at a glance.
+    Status {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Subcommand)]
 enum UserCmd {
     /// Create an account; the password is read from stdin or prompted for.
-    /// The daemon must not be running (it holds the database open).
     Add {
         name: String,
         /// Give the account the administrator role.
         #[arg(long)]
         admin: bool,
-        #[arg(long)]
-        config: Option<PathBuf>,
     },
+    /// Every account.
+    List,
+    /// Give an account the administrator role (or take it with --off).
+    SetAdmin {
+        name: String,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Stop an account from logging in and revoke every token it holds.
+    Disable { name: String },
+    /// Let a disabled account log in again (its old tokens stay revoked).
+    Enable { name: String },
 }
 
-fn init_logging(cfg: &Config) {
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Every hosting's VM: owner, state, address, SSH port, PID, uptime.
+    List,
+    /// One VM (by hosting id or slug) with its figures and the end of its serial console.
+    Show { vm: String },
+}
+
+/// `level` overrides the configured log level (the operator's commands log warnings only).
+fn init_logging(cfg: &Config, level: Option<&str>) {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or(&cfg.log_level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // netlink-packet-route warns on every link dump about kernel attributes newer than it
     // knows; that is noise, not a problem of this host.
@@ -92,54 +126,88 @@ fn read_password() -> anyhow::Result<String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Serve { config } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(&cfg);
-            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            rt.block_on(roost::daemon::serve(cfg))
-        }
-        Cmd::Check { config } => {
-            let cfg = Config::load(config.as_deref())?;
-            // The same decision `serve` makes: KVM only if a test guest really runs.
-            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            let accel = rt.block_on(roost::vm::resolve(cfg.vm.accel.into()));
-            let findings = roost::check::run(&cfg, accel);
-            if !roost::check::print(&findings) {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Cmd::User {
-            cmd:
-                UserCmd::Add {
-                    name,
-                    admin,
-                    config,
-                },
-        } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(&cfg);
-            roost::daemon::prepare_state_dir(&cfg)?;
-            let password = read_password()?;
-            let store = roost::store::Store::open(&cfg.state_dir)?;
-            let secret = roost::auth::jwt::load_or_create_secret(&cfg.state_dir)?;
-            let auth = roost::auth::Auth::new(store, &secret, &cfg);
-            let role = if admin {
-                roost::store::Role::Admin
-            } else {
-                roost::store::Role::User
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let result = match cli.cmd {
+        Cmd::Serve => {
+            init_logging(&cfg, None);
+            return match serve(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("{e:#}")),
             };
-            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            let u = rt
-                .block_on(auth.register(None, &name, &password, None, role, "cli"))
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot add user {name:?}: {}", roost::api::error::chain(&e))
-                })?;
-            println!("created {} {} ({})", u.role.as_str(), u.username, u.id);
-            Ok(())
         }
+        Cmd::Check => return check(cfg),
+        Cmd::User { cmd, json } => user(cmd).map(|r| (r, json)),
+        Cmd::Vm { cmd, json } => {
+            let req = match cmd {
+                VmCmd::List => Request::VmList,
+                VmCmd::Show { vm } => Request::VmShow { vm },
+            };
+            Ok((req, json))
+        }
+        Cmd::Status { json } => Ok((Request::Status, json)),
+    };
+    let (req, json) = match result {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    // The operator's commands log only what is wrong; their output is the answer.
+    init_logging(&cfg, Some("warn"));
+    match roost::cli::exec(&cfg, req) {
+        Ok((reply, _via)) => {
+            print!("{}", roost::cli::render(&reply, json));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&roost::error_chain(&e)),
     }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("roost: {msg}");
+    ExitCode::FAILURE
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    rt.block_on(roost::daemon::serve(cfg))
+}
+
+fn check(cfg: Config) -> ExitCode {
+    // The same decision `serve` makes: KVM only if a test guest really runs.
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("tokio runtime: {e}")),
+    };
+    let accel = rt.block_on(roost::vm::resolve(cfg.vm.accel.into()));
+    let findings = roost::check::run(&cfg, accel);
+    if roost::check::print(&findings) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn user(cmd: UserCmd) -> anyhow::Result<Request> {
+    Ok(match cmd {
+        UserCmd::Add { name, admin } => Request::UserAdd {
+            // A name that cannot be an account is refused before the password is asked for.
+            password: match roost::auth::validate_username(&name) {
+                Ok(()) => read_password()?,
+                Err(e) => anyhow::bail!("cannot add user {name:?}: username {e}"),
+            },
+            username: name,
+            admin,
+        },
+        UserCmd::List => Request::UserList,
+        UserCmd::SetAdmin { name, off } => Request::UserSetAdmin {
+            username: name,
+            admin: !off,
+        },
+        UserCmd::Disable { name } => Request::UserDisable { username: name },
+        UserCmd::Enable { name } => Request::UserEnable { username: name },
+    })
 }

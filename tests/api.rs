@@ -3,150 +3,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpListener;
+use common::daemon::*;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    _dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_roost")
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        Daemon::start_with("")
-    }
-
-    fn start_with(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("roost.toml");
-        std::fs::write(
-            &config,
-            format!(
-                // No image: VM hosting stays disabled, so these tests never touch the host's network.
-                "state_dir = \"{}\"\ndomain = \"example.test\"\n[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n[vm]\nimage = \"/nonexistent/roost-test-image\"\n{extra}",
-                dir.path().join("state").display()
-            ),
-        )
-        .expect("write config");
-        let mut d = Daemon {
-            child: None,
-            port,
-            _dir: dir,
-            config,
-        };
-        d.spawn();
-        d
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn roost");
-        self.child = Some(child);
-        let url = self.url("/healthz");
-        common::poll("roost to answer /healthz", Duration::from_secs(20), || {
-            reqwest::blocking::get(&url)
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn state_dir(&self) -> std::path::PathBuf {
-        self.config.parent().expect("dir").join("state")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-fn register(d: &Daemon, user: &str, pw: &str) -> (StatusCode, Value) {
-    let r = client()
-        .post(d.url("/api/v1/auth/register"))
-        .json(&json!({"username": user, "password": pw}))
-        .send()
-        .expect("send");
-    (r.status(), r.json().unwrap_or(Value::Null))
-}
-
-fn login(d: &Daemon, user: &str, pw: &str) -> (StatusCode, Value) {
-    let r = client()
-        .post(d.url("/api/v1/auth/login"))
-        .json(&json!({"username": user, "password": pw}))
-        .send()
-        .expect("send");
-    (r.status(), r.json().unwrap_or(Value::Null))
-}
-
-/// The response's `Retry-After`, in seconds (it must be there).
-fn retry_after(r: &reqwest::blocking::Response) -> u64 {
-    r.headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After")
-}
-
-fn token(d: &Daemon, user: &str, pw: &str) -> String {
-    let (s, v) = login(d, user, pw);
-    assert_eq!(s, StatusCode::OK, "{v}");
-    v["access_token"].as_str().expect("token").to_owned()
-}
-
-fn get(d: &Daemon, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut r = client().get(d.url(path));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().expect("send");
-    (r.status(), r.json().unwrap_or(Value::Null))
-}
 
 /// Asserts the error shape: `{"error": code, "message": sentence}`.
 fn assert_error(v: &Value, code: &str) {
@@ -501,54 +365,6 @@ fn concurrent_registrations_of_one_name_give_exactly_one_201() {
             .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
         "{statuses:?}"
     );
-}
-
-#[test]
-fn cli_user_add_creates_an_admin() {
-    let mut d = Daemon::start();
-    d.kill9();
-    let mut child = Command::new(bin())
-        .args(["user", "add", "root-admin", "--admin", "--config"])
-        .arg(&d.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"admin password\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("created admin root-admin"));
-    // A bad name is refused with a message and exit code.
-    let out = Command::new(bin())
-        .args(["user", "add", "Bad Name", "--config"])
-        .arg(&d.config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("username"));
-
-    d.spawn();
-    let t = token(&d, "root-admin", "admin password");
-    let (s, v) = get(&d, "/api/v1/auth/me", Some(&t));
-    assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some("admin")));
-    let (s, v) = get(&d, "/api/v1/admin/users", Some(&t));
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v.as_array().map(Vec::len), Some(1));
-    let (s, v) = get(&d, "/api/v1/admin/audit", Some(&t));
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v[0]["action"], "user.create");
-    assert_eq!(v[0]["actor"], "cli");
 }
 
 #[test]

@@ -106,6 +106,7 @@ async fn register(
     responses(
         (status = 200, body = TokenView),
         (status = 401, description = "wrong credentials", body = ErrorBody),
+        (status = 403, description = "the account is disabled", body = ErrorBody),
         (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
         (status = 503, description = "password hashing is busy; see Retry-After", body = ErrorBody),
     ))]

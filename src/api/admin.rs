@@ -18,6 +18,8 @@ pub struct AdminUserView {
     pub email: Option<String>,
     pub role: String,
     pub created_at: String,
+    /// When the account was disabled, if it is.
+    pub disabled_at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -59,6 +61,7 @@ async fn users(
                 email: u.email,
                 role: u.role.as_str().into(),
                 created_at: rfc3339(u.created_at),
+                disabled_at: u.disabled_at.map(rfc3339),
             })
             .collect(),
     ))

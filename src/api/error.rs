@@ -118,6 +118,17 @@ impl From<AuthError> for ApiError {
                 "invalid_token",
                 "the account of this token no longer exists",
             ),
+            AuthError::TokenRevoked => ApiError::new(
+                S::UNAUTHORIZED,
+                "token_revoked",
+                "the token was revoked; log in again",
+            ),
+            AuthError::Disabled => ApiError::new(
+                S::FORBIDDEN,
+                "account_disabled",
+                "this account is disabled; contact the operator",
+            ),
+            AuthError::NoSuchUser(_) => ApiError::not_found("user"),
             AuthError::Forbidden => ApiError::new(
                 S::FORBIDDEN,
                 "forbidden",

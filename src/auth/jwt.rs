@@ -18,6 +18,10 @@ pub struct Claims {
     pub role: Role,
     pub iat: u64,
     pub exp: u64,
+    /// The account's token generation when issued; a token of an older generation was
+    /// revoked (tokens from before generations existed carry 0, the first one).
+    #[serde(default)]
+    pub gen: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +109,15 @@ impl Jwt {
         self.ttl_secs
     }
 
-    /// Issues a token for `sub` with `role`, valid from `now` for the configured lifetime.
-    pub fn issue(&self, sub: &str, role: Role, now: u64) -> Result<String, TokenError> {
+    /// Issues a token for `sub` with `role` and token generation `gen`, valid from `now`
+    /// for the configured lifetime.
+    pub fn issue(&self, sub: &str, role: Role, gen: u32, now: u64) -> Result<String, TokenError> {
         let claims = Claims {
             sub: sub.to_owned(),
             role,
             iat: now,
             exp: now + self.ttl_secs,
+            gen,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(TokenError::Invalid)
@@ -146,7 +152,7 @@ mod tests {
     #[test]
     fn issue_and_verify() {
         let j = Jwt::new(SECRET, 3600);
-        let t = j.issue("01ABC", Role::Admin, unix_now()).expect("issue");
+        let t = j.issue("01ABC", Role::Admin, 0, unix_now()).expect("issue");
         let c = j.verify(&t).expect("verify");
         assert_eq!(c.sub, "01ABC");
         assert_eq!(c.role, Role::Admin);
@@ -156,14 +162,14 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let j = Jwt::new(SECRET, 60);
-        let t = j.issue("u", Role::User, unix_now() - 61).expect("issue");
+        let t = j.issue("u", Role::User, 0, unix_now() - 61).expect("issue");
         assert!(matches!(j.verify(&t), Err(TokenError::Expired)));
     }
 
     #[test]
     fn tampered_tokens_are_refused() {
         let j = Jwt::new(SECRET, 3600);
-        let t = j.issue("u", Role::User, unix_now()).expect("issue");
+        let t = j.issue("u", Role::User, 0, unix_now()).expect("issue");
         // Another secret.
         assert!(matches!(
             Jwt::new(b"another secret, also 32 bytes long!", 3600).verify(&t),

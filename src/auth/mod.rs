@@ -32,6 +32,12 @@ pub enum AuthError {
     BadToken(#[source] TokenError),
     #[error("the account of this token no longer exists")]
     UserGone,
+    #[error("the token was revoked")]
+    TokenRevoked,
+    #[error("the account is disabled")]
+    Disabled,
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
     #[error("administrator role required")]
     Forbidden,
     #[error("wrong username or password")]
@@ -42,10 +48,12 @@ pub enum AuthError {
     RegisterLimited(Duration),
     #[error("no password hashing slot became free in time")]
     Busy,
+    // The cause is part of the message (and not a `#[source]`), so that an error chain
+    // says it once.
     #[error("username {0}")]
-    InvalidUsername(#[source] UsernameError),
+    InvalidUsername(UsernameError),
     #[error("password {0}")]
-    InvalidPassword(#[source] PasswordPolicyError),
+    InvalidPassword(PasswordPolicyError),
     #[error("email must look like name@domain and be at most 254 characters")]
     InvalidEmail,
     #[error("username is already taken")]
@@ -62,6 +70,7 @@ impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UsernameTaken(_) => AuthError::UsernameTaken,
+            StoreError::NoSuchUser => AuthError::NoSuchUser(String::new()),
             e => AuthError::Store(e),
         }
     }
@@ -234,9 +243,19 @@ impl Auth {
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        // Said only after the password proved the caller owns the account.
+        if user.disabled_at.is_some() {
+            tracing::info!(user = %username, %peer, "login refused: account disabled");
+            return Err(AuthError::Disabled);
+        }
         let access_token = self
             .jwt
-            .issue(&user.id.to_string(), user.role, jwt::unix_now())
+            .issue(
+                &user.id.to_string(),
+                user.role,
+                user.token_generation,
+                jwt::unix_now(),
+            )
             .map_err(AuthError::BadToken)?;
         Ok(Token {
             access_token,
@@ -249,6 +268,12 @@ impl Auth {
         let claims = self.jwt.verify(token).map_err(AuthError::BadToken)?;
         let id: UserId = claims.sub.parse().map_err(|_| AuthError::UserGone)?;
         let user = self.store.user(id)?.ok_or(AuthError::UserGone)?;
+        if user.disabled_at.is_some() {
+            return Err(AuthError::Disabled);
+        }
+        if claims.gen != user.token_generation {
+            return Err(AuthError::TokenRevoked);
+        }
         Ok(AuthUser {
             id: user.id,
             username: user.username,
@@ -257,10 +282,70 @@ impl Auth {
         })
     }
 
+    /// Every account, in username order.
+    pub fn users(&self) -> Result<Vec<User>, AuthError> {
+        let mut users = self.store.users()?;
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(users)
+    }
+
+    /// Gives or takes the administrator role. Takes effect on the next request, whatever
+    /// the account's tokens say (the stored role wins).
+    pub fn set_admin(&self, username: &str, admin: bool, actor: &str) -> Result<User, AuthError> {
+        let role = if admin { Role::Admin } else { Role::User };
+        let u = self
+            .store
+            .modify_user(username, actor, "user.set_role", |u| {
+                u.role = role;
+                Ok::<_, AuthError>(role.as_str().to_owned())
+            })
+            .map_err(|e| named(e, username))?;
+        tracing::info!(user = %u.username, role = role.as_str(), %actor, "role changed");
+        Ok(u)
+    }
+
+    /// Disables an account: it cannot log in, and every token issued so far is refused
+    /// from the next request on. Its hosting keeps running (an operator's separate call).
+    pub fn disable(&self, username: &str, actor: &str) -> Result<User, AuthError> {
+        let u = self
+            .store
+            .modify_user(username, actor, "user.disable", |u| {
+                if u.disabled_at.is_none() {
+                    u.disabled_at = Some(crate::store::now());
+                }
+                u.token_generation = u.token_generation.wrapping_add(1);
+                Ok::<_, AuthError>("tokens revoked".to_owned())
+            })
+            .map_err(|e| named(e, username))?;
+        tracing::info!(user = %u.username, %actor, "account disabled; its tokens are revoked");
+        Ok(u)
+    }
+
+    /// Enables a disabled account again; tokens from before the disabling stay refused.
+    pub fn enable(&self, username: &str, actor: &str) -> Result<User, AuthError> {
+        let u = self
+            .store
+            .modify_user(username, actor, "user.enable", |u| {
+                u.disabled_at = None;
+                Ok::<_, AuthError>(String::new())
+            })
+            .map_err(|e| named(e, username))?;
+        tracing::info!(user = %u.username, %actor, "account enabled");
+        Ok(u)
+    }
+
     /// Periodic housekeeping of the rate limiter's memory.
     pub fn prune(&self) {
         self.limiter.prune();
         self.register_limiter.prune();
+    }
+}
+
+/// Names the user in a "no such user" error.
+fn named(e: AuthError, username: &str) -> AuthError {
+    match e {
+        AuthError::NoSuchUser(_) => AuthError::NoSuchUser(username.to_owned()),
+        e => e,
     }
 }
 

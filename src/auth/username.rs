@@ -38,6 +38,8 @@ pub const RESERVED: &[&str] = &[
     "null",
     "nobody",
     "daemon",
+    "console",
+    "dashboard",
 ];
 
 /// Why a username is not acceptable.
@@ -49,7 +51,7 @@ pub enum UsernameError {
     Charset,
     #[error("must not start or end with '-'")]
     Hyphen,
-    #[error("is a reserved name")]
+    #[error("is a reserved name (reserved: {})", RESERVED.join(", "))]
     Reserved,
 }
 

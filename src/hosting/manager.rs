@@ -584,6 +584,8 @@ fn step_err(step: &'static str) -> impl Fn(String) -> HostingError {
 
 /// Serial logs are trimmed to half when they grow past this.
 const SERIAL_LOG_CAP: u64 = 1 << 20;
+/// How many serial console lines a VM's detail shows.
+pub(super) const SERIAL_TAIL_LINES: usize = 40;
 
 /// How often a booting guest is probed (at most: a probe can take longer).
 const READY_POLL: Duration = Duration::from_millis(100);
@@ -1272,7 +1274,7 @@ impl Hostings {
             block_stats,
             tap_rx_bytes: counters.map(|c| c.0),
             tap_tx_bytes: counters.map(|c| c.1),
-            serial_tail: tail_lines(&p.serial_log, 40),
+            serial_tail: vm::process::tail_lines(&p.serial_log, SERIAL_TAIL_LINES),
             status,
         })
     }
@@ -1344,27 +1346,6 @@ impl Hostings {
             unchanged,
         })
     }
-}
-
-/// The last `n` lines of a text file (lossy UTF-8); empty when it cannot be read.
-fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return vec![];
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(16 * 1024);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return vec![];
-    }
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }
 
 /// Prepares what VMs need, or says why this host cannot run them.

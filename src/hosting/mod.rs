@@ -6,6 +6,7 @@
 pub mod lifecycle;
 mod manager;
 mod netrt;
+pub mod offline;
 pub mod paths;
 
 use std::sync::Arc;

@@ -198,6 +198,8 @@ impl Store {
             password_hash: new.password_hash.to_owned(),
             role: new.role,
             created_at: now(),
+            disabled_at: None,
+            token_generation: 0,
         };
         let tx = self.db.begin_write()?;
         {
@@ -249,6 +251,40 @@ impl Store {
             out.push(decode("users", v.value())?);
         }
         Ok(out)
+    }
+
+    /// Reads, changes and writes one account (found by username) in a single transaction,
+    /// with an audit line `action` whose detail is what `f` returns. `f` may refuse the
+    /// change with an error; then nothing is written.
+    pub fn modify_user<E: From<StoreError>>(
+        &self,
+        username: &str,
+        actor: &str,
+        action: &str,
+        f: impl FnOnce(&mut User) -> Result<String, E>,
+    ) -> Result<User, E> {
+        let tx = self.db.begin_write().map_err(StoreError::from)?;
+        let user = {
+            let id = tx
+                .open_table(USERNAMES)
+                .map_err(StoreError::from)?
+                .get(username)
+                .map_err(StoreError::from)?
+                .map(|g| g.value())
+                .ok_or(StoreError::NoSuchUser)?;
+            let mut t = tx.open_table(USERS).map_err(StoreError::from)?;
+            let mut user: User = match t.get(id).map_err(StoreError::from)? {
+                Some(g) => decode("users", g.value())?,
+                None => return Err(StoreError::NoSuchUser.into()),
+            };
+            let detail = f(&mut user)?;
+            t.insert(id, encode(&user).as_slice())
+                .map_err(StoreError::from)?;
+            append_audit(&tx, actor, action, &user.username, &detail)?;
+            user
+        };
+        tx.commit().map_err(StoreError::from)?;
+        Ok(user)
     }
 
     pub fn user_count(&self) -> Result<u64, StoreError> {

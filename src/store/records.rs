@@ -89,6 +89,14 @@ pub struct User {
     pub role: Role,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When an operator disabled the account; a disabled account cannot log in and its
+    /// tokens are refused.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+    /// Tokens carry the generation they were issued in; disabling the account moves it on,
+    /// which revokes every token issued so far (re-enabling does not bring them back).
+    #[serde(default)]
+    pub token_generation: u32,
 }
 
 /// A public key a user registered for their hostings.

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: the privileged-test switch and private network namespaces.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::time::{Duration, Instant};
 
 /// The one switch that enables tests needing root, network namespaces or QEMU.
