@@ -62,15 +62,12 @@ if [ -e "$out" ]; then
 fi
 
 step "install build dependencies"
-need=()
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v jq >/dev/null || need+=(jq)
-command -v qemu-img >/dev/null || need+=(qemu-utils)
-[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
+# run.sh and test.sh have just resolved and installed roost's whole package set (which
+# holds everything this build uses); run alone, this script does it the same way.
+if [ -z "${ROOST_DEPS_OK:-}" ]; then
+  # shellcheck source=scripts/lib.sh
+  source "$here/scripts/lib.sh"
+  ensure_packages
 fi
 
 mkdir -p "$cache"

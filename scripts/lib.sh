@@ -10,11 +10,13 @@
 # Test hooks (environment):
 #   ROOST_PKG_OVERRIDE="name=version ..."  replaces the computed spec of those packages
 #                                          (tests/install.rs injects a wrong pin with it)
+#   ROOST_APT_OFFLINE=1   never use the network: resolve against the lists at hand and fail
+#                         if anything is missing (tests in a namespace without a network)
 #   ROOST_APT_RETRIES (default 4), ROOST_APT_RETRY_PAUSE (seconds, default 15)
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PATH="$HOME/.cargo/bin:/usr/local/cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:/usr/local/cargo/bin:$PATH"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -47,14 +49,23 @@ apt_retry() {
 }
 
 apt_update() {
+    [ "${ROOST_APT_OFFLINE:-}" != 1 ] || die "apt's lists need a refresh, but ROOST_APT_OFFLINE=1"
     log "apt-get update"
-    apt_retry update -qq
+    # apt-get update only warns (exit 0) when a source cannot be fetched, e.g. when a name
+    # does not resolve; make that an error so that it is retried.
+    apt_retry update -qq -o APT::Update::Error-Mode=any
     APT_UPDATED=1
+    mkdir -p "$(dirname "$APT_STAMP")" && touch "$APT_STAMP"
 }
 
-# True when apt has package lists to resolve against (a minimal root may have none).
-apt_has_lists() {
-    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
+# When this script last refreshed apt's lists (their own mtimes are the mirror's dates).
+APT_STAMP=/var/cache/roost/apt-lists.stamp
+
+# True when apt has package lists that this script refreshed less than a day ago: older
+# lists name versions the mirror may no longer carry, and a fresh machine may have none.
+apt_lists_fresh() {
+    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null &&
+        [ -n "$(find "$APT_STAMP" -mmin -1440 2>/dev/null)" ]
 }
 
 # The version of package $1 that was built from source version $2, from apt's lists.
@@ -114,25 +125,27 @@ apt_plan() {
     printf '%s\n' "$out" | grep -E '^(Inst|Remv) ' || true
 }
 
-# Sets the array `specs` to the exact package set; dies (in this shell) when it cannot.
+# Sets the array `specs` to the exact package set; fails when apt's lists cannot give it
+# (no QEMU in them, e.g. lists that do not match the sources).
 resolve_specs() {
     local out
-    out=$(package_specs "$@" | apply_overrides) || die "cannot compute roost's package set"
+    specs=()
+    out=$(package_specs "$@" | apply_overrides) || return 1
     mapfile -t specs <<<"$out"
-    [ "${#specs[@]}" -gt "${#RUNTIME_PACKAGES[@]}" ] || die "roost's package set came out short: ${specs[*]}"
+    [ "${#specs[@]}" -gt "${#RUNTIME_PACKAGES[@]}" ] || return 1
 }
 
 # Makes the given specs (and the runtime set) installed, resolving them on every run.
 ensure_packages() {
     local specs plan
-    apt_has_lists || apt_update
-    resolve_specs "$@"
-    if ! plan=$(apt_plan "${specs[@]}"); then
+    apt_lists_fresh || [ "${ROOST_APT_OFFLINE:-}" = 1 ] || apt_update
+    if ! resolve_specs "$@" || ! plan=$(apt_plan "${specs[@]}"); then
         # Stale lists can name versions the mirror no longer has: refresh once, then decide.
-        [ -z "$APT_UPDATED" ] || die "apt cannot resolve roost's packages: ${specs[*]}"
+        [ -z "$APT_UPDATED" ] && [ "${ROOST_APT_OFFLINE:-}" != 1 ] ||
+            die "apt cannot resolve roost's packages: ${specs[*]:-(no QEMU package in the lists)}"
         log "apt cannot resolve roost's packages with the current lists; updating them"
         apt_update
-        resolve_specs "$@"
+        resolve_specs "$@" || die "no QEMU package set in apt's lists, even after apt-get update"
         plan=$(apt_plan "${specs[@]}") || die "apt cannot resolve roost's packages: ${specs[*]}"
     fi
     if [ -z "$plan" ]; then
@@ -143,10 +156,11 @@ ensure_packages() {
         log "installing roost's packages removes: $(printf '%s\n' "$plan" | awk '/^Remv /{printf "%s ", $2}')"
     fi
     log "apt-get install $(printf '%s\n' "$plan" | awk '/^Inst /{printf "%s ", $2}')"
+    [ "${ROOST_APT_OFFLINE:-}" != 1 ] || die "packages are missing or outdated, but ROOST_APT_OFFLINE=1"
     if ! apt-get install -y -qq --no-install-recommends --allow-downgrades "${specs[@]}" >/dev/null; then
         # A download that failed: fresh lists (the mirror may have moved on), then retries.
         apt_update
-        resolve_specs "$@"
+        resolve_specs "$@" || die "no QEMU package set in apt's lists, even after apt-get update"
         apt_retry install -y -qq --no-install-recommends --allow-downgrades "${specs[@]}" >/dev/null
     fi
     plan=$(apt_plan "${specs[@]}") || die "apt cannot resolve roost's packages after installing them"

@@ -19,9 +19,11 @@ log "cargo clippy"
 cargo clippy --locked --all-targets -q -- -D warnings
 log "unit and API tests (no root needed)"
 cargo test --locked -q
-log "privileged tests (netns, QEMU)"
+log "privileged tests (netns, QEMU, the install step, the README's commands)"
 # One test at a time: tests boot TCG guests, and two at once on two cores only slow both.
-ROOST_PRIVILEGED_TESTS=1 ROOST_TEST_IMAGE="$IMAGE_DIR" cargo test --locked -q -- --test-threads=1
+# ROOST_UNDER_TEST_SH tells tests/readme.rs that the README's `scripts/test.sh` is this run.
+ROOST_PRIVILEGED_TESTS=1 ROOST_TEST_IMAGE="$IMAGE_DIR" ROOST_UNDER_TEST_SH=1 \
+    cargo test --locked -q -- --test-threads=1
 
 log "leak check"
 leaks=0
