@@ -171,6 +171,7 @@ for run in $(seq 1 "$runs"); do
   make_seed "$run"
   rm -f "$work/overlay.qcow2"
   qemu-img create -q -f qcow2 -F qcow2 -b "$disk" "$work/overlay.qcow2" 4G
+  # shellcheck disable=SC2054 # QEMU option values are comma-separated, not array items
   args=(-name bare-boot -accel tcg -machine q35 -cpu "$cpu" -smp "$cpus" -m "$mem"
         -nodefaults -no-user-config -display none
         -serial "file:$work/serial-$run.log"

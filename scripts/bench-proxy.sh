@@ -42,8 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 wait_port() {
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         ss -Hltn "sport = :$1" | grep -q . && return 0
         sleep 0.1
     done
@@ -146,7 +145,7 @@ declare -A RPS P99
 for name in direct roost nginx; do RPS[$name]=0; P99[$name]=0; done
 if [ "$PARTS" != ssh ]; then
 log "wrk: direct baseline"
-read -r RPS[direct] P99[direct] < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
+read -r "RPS[direct]" "P99[direct]" < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
 for r in $(seq "$ROUNDS"); do
     for name in roost nginx; do
         port=$P_ROOST; [ $name = nginx ] && port=$P_NGX
@@ -165,8 +164,8 @@ fi
 
 # 1 GiB through each path, best of 3 → MiB/s
 bench_tcp() {
-    local best=0 i v
-    for i in 1 2 3; do
+    local best=0 v
+    for _ in 1 2 3; do
         v=$("$BIN" send "127.0.0.1:$1" $BYTES)
         best=$(awk -v a="$best" -v b="$v" 'BEGIN{print (b>a)?b:a}')
     done
@@ -186,8 +185,8 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[
 # Direct and forwarded runs alternate, so a slow spell of this shared machine hits both;
 # the medians of SSH_RUNS each → "direct forwarded".
 bench_ssh() { # cipher
-    local i d=() f=()
-    for i in $(seq "${SSH_RUNS:-5}"); do
+    local d=() f=()
+    for _ in $(seq "${SSH_RUNS:-5}"); do
         d+=("$(ssh_once $P_SSHD "$1")")
         f+=("$(ssh_once $P_SSHFWD "$1")")
     done

@@ -29,7 +29,7 @@ for b in "$base" "$T/x64.qcow2" "$T/data.qcow2"; do
     size=$(jq '.[0]."virtual-size"' <<<"$info")
     data=$(jq '[.[]."actual-size"] | add' <<<"$info")
     a=$(date +%s%N)
-    for i in $(seq 20); do
+    for _ in $(seq 20); do
         qemu-img create -q -f qcow2 -F qcow2 -b "$b" "$T/ov.qcow2" $((size > (4 << 30) ? size : (4 << 30)))
         rm -f "$T/ov.qcow2"
     done

@@ -26,6 +26,7 @@ force=0
 
 STEP=init
 step() { STEP=$1; echo "==> [$(date +%T)] $1" >&2; }
+# shellcheck disable=SC2154 # rc is assigned inside the trap's own text
 trap 'rc=$?; echo "build-image: FAILED at step \"$STEP\" (exit $rc)" >&2' ERR
 
 [ "$(id -u)" = 0 ] || { echo "build-image: must run as root" >&2; exit 1; }

@@ -174,8 +174,9 @@ ensure_packages() {
 # Kept for the benchmarks: extra packages on top of the runtime set, resolved the same way.
 apt_install() { ensure_packages "$@"; }
 
+# Runtime packages plus any extra ones (test.sh's linters), resolved together.
 install_runtime_deps() {
-    ensure_packages
+    ensure_packages "$@"
     # QEMU runs as this unprivileged user (see [vm] run_as).
     if ! id roost-qemu >/dev/null 2>&1; then
         log "adding system user roost-qemu"

@@ -3,16 +3,18 @@
 # then the privileged tests (root, network namespaces, real QEMU guests).
 # Idempotent. Fails if a test leaves a QEMU, a roost tap or a network namespace behind.
 source "$(dirname "$0")/lib.sh"
-install_runtime_deps
+install_runtime_deps shellcheck
 install_rust
 build_image
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 # Match the command line: the process name is cut to 15 characters (qemu-system-x86).
 qemus() { pgrep -c -f '^(/usr/bin/)?qemu-system-x86_64 ' || true; }
 qemus_before=$(qemus)
 netns_before=$(ip netns list | wc -l)
 
+log "shellcheck"
+shellcheck -S warning scripts/*.sh tests/*.sh
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy"

@@ -5,8 +5,11 @@
 //! and a Linux kernel never gets past its decompressor. So [`probe_kvm`] runs the firmware
 //! itself: QEMU with no disk, `-boot reboot-timeout=0 -no-reboot`, which POSTs, finds nothing
 //! to boot and exits with status 0 (0.25 s under TCG here). It uses the machine type the VMs
-//! use ([`MACHINE`]). It must do so within
-//! [`PROBE_DEADLINE`]. The result is computed once per process.
+//! use ([`MACHINE`]). It must do so within [`PROBE_DEADLINE`], and, since how slow a
+//! broken KVM is varies between hosts (8 s on one, 2.5 s on another), also within
+//! [`MAX_KVM_TO_TCG`] times the same guest's run under TCG, measured right after: a KVM that
+//! is not clearly faster than emulation is not real hardware virtualisation.
+//! The result is computed once per process.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +21,10 @@ use super::argv::{Accel, MACHINE, QEMU_BINARY};
 
 /// How long the KVM test guest may take.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How many times the TCG run of the test guest its KVM run may take. Real KVM POSTs in
+/// a fraction of TCG's time; a nested KVM that cannot boot Linux took 10x TCG's here.
+pub const MAX_KVM_TO_TCG: f64 = 2.0;
 
 /// What the configuration asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,13 +128,7 @@ pub async fn probe_kvm_uncached() -> KvmProbe {
         };
     }
     let probe = match run_test_guest(Accel::Kvm, PROBE_DEADLINE).await {
-        Ok(t) => KvmProbe {
-            usable: true,
-            reason: format!(
-                "KVM present and a test guest finished in {} ms",
-                t.as_millis()
-            ),
-        },
+        Ok(kvm) => judge(kvm, run_test_guest(Accel::Tcg, PROBE_DEADLINE).await.ok()),
         Err(why) => KvmProbe {
             usable: false,
             reason: format!("KVM present but {why}: using TCG"),
@@ -135,6 +136,30 @@ pub async fn probe_kvm_uncached() -> KvmProbe {
     };
     info!(usable = probe.usable, reason = %probe.reason, "kvm probe");
     probe
+}
+
+/// KVM is usable when its test guest ran within [`MAX_KVM_TO_TCG`] times the TCG run
+/// (when TCG could not run it, the deadline alone decides).
+fn judge(kvm: Duration, tcg: Option<Duration>) -> KvmProbe {
+    match tcg {
+        Some(tcg) if kvm.as_secs_f64() > tcg.as_secs_f64() * MAX_KVM_TO_TCG => KvmProbe {
+            usable: false,
+            reason: format!(
+                "KVM present but its test guest took {} ms against {} ms under TCG: using TCG",
+                kvm.as_millis(),
+                tcg.as_millis()
+            ),
+        },
+        _ => KvmProbe {
+            usable: true,
+            reason: format!(
+                "KVM present and a test guest finished in {} ms{}",
+                kvm.as_millis(),
+                tcg.map(|t| format!(" ({} ms under TCG)", t.as_millis()))
+                    .unwrap_or_default()
+            ),
+        },
+    }
 }
 
 /// The accelerator to use for `choice`, with the reason.
@@ -162,6 +187,21 @@ mod tests {
         assert_eq!(s[3], "kvm");
         assert!(s.contains(&"-no-reboot".to_string()));
         assert!(s.contains(&"reboot-timeout=0".to_string()));
+    }
+
+    #[test]
+    fn kvm_must_be_clearly_faster_than_tcg() {
+        let ms = Duration::from_millis;
+        assert!(judge(ms(60), Some(ms(250))).usable);
+        assert!(judge(ms(500), Some(ms(250))).usable);
+        let slow = judge(ms(2513), Some(ms(250)));
+        assert!(!slow.usable);
+        assert!(
+            slow.reason.contains("2513 ms against 250 ms"),
+            "{}",
+            slow.reason
+        );
+        assert!(judge(ms(900), None).usable);
     }
 
     #[tokio::test]
