@@ -878,3 +878,50 @@ fn ten_concurrent_creations() {
         roost.kill9();
     });
 }
+
+/// roost's nft tables in this namespace.
+fn roost_tables() -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(" roost"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The daemon applies its firewall at start, before any VM exists, and puts it back when
+/// it is flushed (Debian's nftables.service runs `nft flush ruleset` on start and reload).
+#[test]
+fn the_firewall_comes_back_after_a_flush() {
+    if !common::privileged("the_firewall_comes_back_after_a_flush") {
+        return;
+    }
+    common::in_netns(|| {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut roost = Roost::new(tmp.path(), "");
+        roost.start(&[]);
+        let all = [
+            "table netdev roost",
+            "table bridge roost",
+            "table inet roost",
+        ];
+        common::poll("the firewall at start", Duration::from_secs(20), || {
+            (roost_tables() == all).then_some(())
+        });
+        let st = Command::new("nft")
+            .args(["flush", "ruleset"])
+            .status()
+            .expect("nft");
+        assert!(st.success());
+        assert!(roost_tables().is_empty(), "flushed");
+        // The reconciler runs every 5 s.
+        common::poll("the firewall to come back", Duration::from_secs(30), || {
+            (roost_tables() == all).then_some(())
+        });
+        let log = std::fs::read_to_string(&roost.log).unwrap_or_default();
+        assert!(log.contains("firewall drift"), "logged as drift:\n{log}");
+    });
+}

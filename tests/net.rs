@@ -36,6 +36,19 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn bridge(args: &[&str]) -> String {
+    let out = Command::new("bridge")
+        .args(args)
+        .output()
+        .expect("run bridge");
+    assert!(
+        out.status.success(),
+        "bridge {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn bridge_is_idempotent_and_taps_are_isolated_ports() {
     if !common::privileged("net::bridge_is_idempotent_and_taps_are_isolated_ports") {
@@ -94,13 +107,24 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
         let mut fds = Vec::new();
         for n in &names {
             fds.push(net::open_tap(n).expect("open tap"));
-            rt.block_on(net::attach_isolated(&h, n, first))
+            let mac = net::mac_for(n.as_bytes());
+            rt.block_on(net::attach_vm_port(&h, n, first, mac))
                 .expect("attach");
             // Attaching twice is harmless.
-            rt.block_on(net::attach_isolated(&h, n, first))
+            rt.block_on(net::attach_vm_port(&h, n, first, mac))
                 .expect("attach again");
             let shown = ip(&["-d", "link", "show", "dev", n]);
             assert!(shown.contains("isolated on"), "{shown}");
+            assert!(shown.contains("learning off"), "{shown}");
+            assert!(shown.contains(" flood off"), "{shown}");
+            let fdb = bridge(&["fdb", "show", "dev", n]);
+            assert!(
+                fdb.contains(&format!("{mac} master {BRIDGE} static")),
+                "the VM's MAC is a static entry on its port: {fdb}"
+            );
+            let v6 = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6"))
+                .expect("disable_ipv6");
+            assert_eq!(v6.trim(), "1", "no IPv6 on a VM port");
             assert!(shown.contains(&format!("master {BRIDGE}")), "{shown}");
             assert!(shown.contains("tun type tap"), "{shown}");
         }
@@ -242,8 +266,8 @@ impl Peer {
             self::ip(&["addr", "add", &cidr, "dev", "eth0"]);
             self::ip(&["link", "set", "eth0", "up"]);
         });
-        rt.block_on(net::attach_isolated(h, &port, bridge))
-            .expect("attach veth isolated");
+        rt.block_on(net::attach_vm_port(h, &port, bridge, mac))
+            .expect("attach veth as a VM port");
         Peer { ns, port, mac, ip }
     }
 
@@ -337,7 +361,7 @@ fn isolated_ports_and_firewall_with_real_traffic() {
             || a.connects(to_b, Duration::from_secs(1)).then_some(()),
         );
         for p in [&a, &b] {
-            rt.block_on(net::attach_isolated(&h, &p.port, br))
+            rt.block_on(net::attach_vm_port(&h, &p.port, br, p.mac))
                 .expect("re-isolate");
         }
         assert!(!a.connects(to_b, NO), "isolation restored");
@@ -370,6 +394,7 @@ fn isolated_ports_and_firewall_with_real_traffic() {
                 tap: p.port.clone(),
                 mac: p.mac,
                 ip: p.ip,
+                attached: true,
             })
             .collect();
         rt.block_on(net::apply_firewall(&plan))
@@ -452,6 +477,253 @@ fn isolated_ports_and_firewall_with_real_traffic() {
     });
 }
 
+/// Sends raw Ethernet frames out of `ifname` (from the calling thread's namespace).
+fn send_frames(ifname: &str, frames: &[Vec<u8>]) {
+    let ifindex = nix::net::if_::if_nametoindex(ifname).expect("ifindex");
+    // SAFETY: plain syscalls on a socket this function owns; the address is a zeroed,
+    // then filled sockaddr_ll of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        for f in frames {
+            addr.sll_addr[..6].copy_from_slice(&f[..6]);
+            let n = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                n,
+                f.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Frames from `src` to every link-local group address 01:80:c2:00:00:00-0f, as LLDP and
+/// as IPv4 (the same trick, whatever the ethertype).
+fn link_local_frames(src: [u8; 6], ip_src: Ipv4Addr) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    for last in 0u8..16 {
+        let dst = [0x01, 0x80, 0xc2, 0x00, 0x00, last];
+        frames.push(ether(dst, src, 0x88cc, &[0u8; 46]));
+        let mut ip = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&ip_src.octets());
+        ip.extend_from_slice(&[10, 88, 0, 1]);
+        frames.push(ether(dst, src, 0x0800, &ip));
+    }
+    frames
+}
+
+/// An ARP reply "`ip` is at `mac`" sent from `mac`, to everyone.
+fn arp_claim(mac: [u8; 6], ip: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 2];
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&ip.octets());
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&to.octets());
+    ether([0xff; 6], mac, 0x0806, &arp)
+}
+
+/// The bridge ports on which the FDB has `mac`.
+fn fdb_ports(mac: net::MacAddr) -> Vec<String> {
+    let mac = mac.to_string();
+    bridge(&["fdb", "show", "br", BRIDGE])
+        .lines()
+        .filter(|l| l.starts_with(&mac))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dev").nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The MAC the host's neighbour table has for `ip`, if any.
+fn neighbour(ip: Ipv4Addr) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["neigh", "show", &ip.to_string(), "dev", BRIDGE])
+        .output()
+        .expect("ip neigh");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_owned)
+}
+
+/// A guest owns its tap: it may send any frame. Link-local group frames (which the
+/// bridge hands to its local stack past every bridge filter) with a neighbour's MAC must
+/// not move the neighbour's FDB entry to the attacker's port, and ARP claims of a
+/// neighbour's address must not reach the host. The control half takes the defences away
+/// and shows that both attacks work on this kernel.
+#[test]
+fn a_guest_cannot_take_a_neighbours_place() {
+    if !common::privileged("net::a_guest_cannot_take_a_neighbours_place") {
+        return;
+    }
+    common::in_netns(|| {
+        let rt = runtime();
+        let h = {
+            let _enter = rt.enter();
+            net::netlink().expect("netlink")
+        };
+        let s = subnet();
+        let br = rt
+            .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
+            .expect("bridge");
+        let gw_listener = TcpListener::bind((s.gateway(), 8053)).expect("listen on gateway");
+        let to_gw = gw_listener.local_addr().expect("addr");
+        let a = Peer::new(&rt, &h, "vm-a", Ipv4Addr::new(10, 88, 0, 2), br);
+        let b = Peer::new(&rt, &h, "vm-b", Ipv4Addr::new(10, 88, 0, 3), br);
+        let b_listener =
+            b.ns.run(|| TcpListener::bind("10.88.0.3:8080").expect("listen in b"));
+        let to_b = b_listener.local_addr().expect("addr");
+        let mut plan = net::FirewallPlan::new(BRIDGE, s);
+        plan.gateway_tcp_ports = vec![to_gw.port()];
+        plan.ports = [&a, &b]
+            .iter()
+            .map(|p| net::VmPort {
+                tap: p.port.clone(),
+                mac: p.mac,
+                ip: p.ip,
+                attached: true,
+            })
+            .collect();
+        rt.block_on(net::apply_firewall(&plan)).expect("firewall");
+        common::poll("the host to reach b", Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&to_b, Duration::from_secs(1)).ok()
+        });
+        assert_eq!(neighbour(b.ip).as_deref(), Some(b.mac.to_string().as_str()));
+
+        // The attack, with the defences on: a second of frames from a with b's MAC.
+        let (a_port, b_mac, b_ip, a_mac) = (a.port.clone(), b.mac.octets(), b.ip, a.mac.octets());
+        let attack = move || {
+            let frames = link_local_frames(b_mac, b_ip);
+            let claim = arp_claim(a_mac, b_ip, Ipv4Addr::new(10, 88, 0, 1));
+            for _ in 0..100 {
+                send_frames("eth0", &frames);
+                send_frames("eth0", std::slice::from_ref(&claim));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        a.ns.run(attack);
+        assert_eq!(
+            fdb_ports(b.mac),
+            vec![b.port.clone()],
+            "b's MAC stays on b's port"
+        );
+        assert_eq!(
+            neighbour(b.ip).as_deref(),
+            Some(b.mac.to_string().as_str()),
+            "the host still sends b's traffic to b"
+        );
+        let shown = ip(&["-d", "link", "show", "dev", BRIDGE]);
+        assert!(shown.contains("no_linklocal_learn 1"), "{shown}");
+        TcpStream::connect_timeout(&to_b, Duration::from_secs(2)).expect("host reaches b");
+
+        // IPv6: the host listens on every address, the bridge has a link-local one; the
+        // guest's own link-local address is up. Nothing of it gets through.
+        let v6 = std::net::TcpListener::bind("[::]:8055").expect("listen on [::]");
+        let bridge_ll: std::net::Ipv6Addr = common::poll(
+            "the bridge's IPv6 link-local address",
+            Duration::from_secs(10),
+            || {
+                ip(&["-6", "-o", "addr", "show", "dev", BRIDGE, "scope", "link"])
+                    .split_whitespace()
+                    .skip_while(|w| *w != "inet6")
+                    .nth(1)
+                    .and_then(|a| a.split('/').next()?.parse().ok())
+            },
+        );
+        let v6_connect = move || {
+            let eth0 = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+            let to = std::net::SocketAddrV6::new(bridge_ll, 8055, 0, eth0);
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)).is_ok()
+        };
+        assert!(!a.ns.run(v6_connect), "a guest reaches the host over IPv6");
+
+        // Control: today's main had none of this (learning ports, no static entries, no
+        // ingress filter, the bridge learning from link-local frames). Then the attack works.
+        rt.block_on(net::remove_firewall())
+            .expect("remove firewall");
+        for p in [&a, &b] {
+            bridge(&["fdb", "del", &p.mac.to_string(), "dev", &p.port, "master"]);
+            ip(&[
+                "link",
+                "set",
+                "dev",
+                &p.port,
+                "type",
+                "bridge_slave",
+                "learning",
+                "on",
+                "flood",
+                "on",
+            ]);
+        }
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            BRIDGE,
+            "type",
+            "bridge",
+            "no_linklocal_learn",
+            "0",
+        ]);
+        common::poll(
+            "b's MAC to be learnt on b's port",
+            Duration::from_secs(10),
+            || {
+                b.connects(to_gw, Duration::from_secs(1));
+                (fdb_ports(b.mac) == vec![b.port.clone()]).then_some(())
+            },
+        );
+        common::poll(
+            "control: IPv6 to the host without the firewall",
+            Duration::from_secs(10),
+            || a.ns.run(v6_connect).then_some(()),
+        );
+        a.ns.run(attack);
+        assert!(
+            fdb_ports(b.mac).contains(&a_port),
+            "control: without the defences a steals b's FDB entry ({:?})",
+            fdb_ports(b.mac)
+        );
+        assert_eq!(
+            neighbour(b.ip).as_deref(),
+            Some(a.mac.to_string().as_str()),
+            "control: without the defences a's ARP claim poisons the host's neighbour table"
+        );
+        drop((a, b, b_listener, gw_listener, v6));
+        assert!(rt
+            .block_on(net::delete_link(&h, BRIDGE))
+            .expect("delete bridge"));
+    });
+}
+
 /// Kills and reaps a spawned process on drop, so a failing test leaves no QEMU behind.
 struct Reaped(std::process::Child);
 
@@ -486,7 +758,7 @@ fn qemu_holds_the_tap_fd_and_the_tap_dies_with_it() {
         let name = net::tap_name(b"qemu-vm");
         let mac = net::mac_for(b"qemu-vm");
         let fd = net::open_tap(&name).expect("open tap");
-        rt.block_on(net::attach_isolated(&h, &name, br))
+        rt.block_on(net::attach_vm_port(&h, &name, br, mac))
             .expect("attach");
 
         let dir = tempfile::tempdir().expect("tempdir");

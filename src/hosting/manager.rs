@@ -367,9 +367,13 @@ impl Hostings {
         let p = VmPaths::new(&cfg.state_dir, h.id);
 
         self.fault("tap")?;
+        let mac = h
+            .mac
+            .parse::<net::MacAddr>()
+            .map_err(|e| step_err("tap")(format!("stored MAC {:?}: {e}", h.mac)))?;
         let tap = rt
             .net
-            .create_tap(&h.tap)
+            .create_tap(&h.tap, mac)
             .await
             .map_err(|e| step_err("tap")(super::chain(&e)))?;
         // The firewall must know the new tap before the guest speaks.
@@ -1059,6 +1063,37 @@ impl Hostings {
             self.reconcile_one(h, busy).await;
         }
         self.reap_orphans(&hostings).await;
+        self.check_firewall().await;
+    }
+
+    /// Puts the firewall back when any of its tables is gone (`nft flush ruleset`, which
+    /// Debian's nftables.service runs on start and reload, removes them all).
+    async fn check_firewall(&self) {
+        let Ok(rt) = self.rt() else { return };
+        match rt.net.firewall_missing().await {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => {
+                warn!(
+                    ?missing,
+                    "firewall drift: roost's tables are gone; re-applying them"
+                );
+                if let Err(e) = self.sync_firewall(None).await {
+                    warn!(error = %e, "cannot re-apply the firewall");
+                }
+            }
+            Err(e) => warn!(error = %super::chain(&e), "cannot read the firewall"),
+        }
+    }
+
+    /// Applies the firewall for every hosting; called once at start, before any VM is
+    /// adopted or started, so that guests never run unfiltered under this daemon.
+    pub(super) async fn apply_firewall_at_start(&self) {
+        if self.rt().is_err() {
+            return;
+        }
+        if let Err(e) = self.sync_firewall(None).await {
+            warn!(error = %e, "cannot apply the firewall at start");
+        }
     }
 
     async fn reconcile_one(&self, h: &Hosting, busy: BusyGuard) {

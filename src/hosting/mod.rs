@@ -112,6 +112,7 @@ pub async fn start(
     if let Err(e) = h.rebuild_routes().await {
         tracing::warn!(error = %e, "cannot rebuild routes");
     }
+    h.apply_firewall_at_start().await;
     h.reconcile().await;
     let bg = h.clone();
     tokio::spawn(async move {

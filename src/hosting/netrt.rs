@@ -32,11 +32,12 @@ impl NetRuntime {
         })
     }
 
-    /// Opens a tap and attaches it to the bridge as an isolated port. The tap lives as long
-    /// as the returned fd (and its copies in QEMU) are open.
-    pub async fn create_tap(&self, name: &str) -> Result<OwnedFd, NetError> {
+    /// Opens a tap and makes it the bridge port of the VM whose NIC has `mac` (isolated,
+    /// no learning, static FDB entry, no IPv6). The tap lives as long as the returned fd
+    /// (and its copies in QEMU) are open.
+    pub async fn create_tap(&self, name: &str, mac: net::MacAddr) -> Result<OwnedFd, NetError> {
         let fd = net::open_tap(name)?;
-        net::attach_isolated(&self.handle, name, self.ifindex).await?;
+        net::attach_vm_port(&self.handle, name, self.ifindex, mac).await?;
         tracing::info!(tap = %name, "tap attached");
         Ok(fd)
     }
@@ -67,11 +68,27 @@ impl NetRuntime {
         ports: Vec<(String, net::MacAddr, Ipv4Addr)>,
     ) -> Result<(), NetError> {
         let _g = self.fw.lock().await;
+        // Ingress chains only for taps that exist now (nft refuses the others).
+        let present: BTreeSet<String> = net::list_links(&self.handle)
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
         let mut plan = FirewallPlan::new(&self.bridge, self.subnet);
         plan.ports = ports
             .into_iter()
-            .map(|(tap, mac, ip)| VmPort { tap, mac, ip })
+            .map(|(tap, mac, ip)| VmPort {
+                attached: present.contains(&tap),
+                tap,
+                mac,
+                ip,
+            })
             .collect();
         net::apply_firewall(&plan).await
+    }
+
+    /// roost's firewall tables that are missing from the kernel right now.
+    pub async fn firewall_missing(&self) -> Result<Vec<&'static str>, NetError> {
+        net::firewall::firewall_missing().await
     }
 }

@@ -189,7 +189,50 @@ pub async fn ensure_bridge(
             }
         }
     }
-    ifindex.ok_or_else(|| NetError::LinkNotFound(name.to_owned()))
+    let ifindex = ifindex.ok_or_else(|| NetError::LinkNotFound(name.to_owned()))?;
+    no_linklocal_learn(handle, ifindex).await?;
+    Ok(ifindex)
+}
+
+/// `ip link set BRIDGE type bridge no_linklocal_learn 1`: frames to the link-local group
+/// addresses (01:80:c2:00:00:0X) never reach the bridge's netfilter hooks, so the bridge
+/// must not learn source addresses from them. Set at every start (idempotent).
+async fn no_linklocal_learn(handle: &Handle, ifindex: u32) -> Result<(), NetError> {
+    let mut h = handle.clone();
+    let mut response = h.request(no_linklocal_learn_request(ifindex))?;
+    while let Some(msg) = futures::StreamExt::next(&mut response).await {
+        if let netlink_packet_core::NetlinkPayload::Error(e) = msg.payload {
+            return Err(rtnetlink::Error::NetlinkError(e).into());
+        }
+    }
+    Ok(())
+}
+
+/// `BR_BOOLOPT_NO_LL_LEARN` is bit 0 of `struct br_boolopt_multi { u32 optval, optmask }`.
+const BR_BOOLOPT_NO_LL_LEARN: u32 = 1 << 0;
+
+fn no_linklocal_learn_request(
+    ifindex: u32,
+) -> netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage> {
+    use netlink_packet_route::link::{InfoBridge, InfoData, InfoKind, LinkInfo as NlLinkInfo};
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&BR_BOOLOPT_NO_LL_LEARN.to_ne_bytes());
+    bytes[4..].copy_from_slice(&BR_BOOLOPT_NO_LL_LEARN.to_ne_bytes());
+    let mut msg = netlink_packet_route::link::LinkMessage::default();
+    msg.header.index = ifindex;
+    msg.attributes
+        .push(netlink_packet_route::link::LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(InfoKind::Bridge),
+            NlLinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MultiBoolOpt(
+                u64::from_ne_bytes(bytes),
+            )])),
+        ]));
+    let mut req = netlink_packet_core::NetlinkMessage::from(
+        netlink_packet_route::RouteNetlinkMessage::NewLink(msg),
+    );
+    // Changes the existing bridge; never creates one.
+    req.header.flags = netlink_packet_core::NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+    req
 }
 
 #[cfg(test)]

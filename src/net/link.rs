@@ -12,6 +12,7 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkFlag, LinkInfo as NlLinkInfo,
     LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourFlag, NeighbourState};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 use tracing::info;
@@ -28,6 +29,8 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// The bridge port flag `isolated` (only meaningful when `master` is a bridge).
     pub isolated: bool,
+    /// The bridge port flag `learning`.
+    pub learning: bool,
     /// `IFLA_INFO_KIND`: "bridge", "tun", "veth", ... (`None` for e.g. `lo`).
     pub kind: Option<String>,
     /// Administratively up (`IFF_UP`).
@@ -46,6 +49,7 @@ impl LinkInfo {
             ifindex: msg.header.index,
             master: None,
             isolated: false,
+            learning: false,
             kind: None,
             up: msg.header.flags.contains(&LinkFlag::Up),
             mac: None,
@@ -69,6 +73,7 @@ impl LinkInfo {
                             NlLinkInfo::Kind(k) => info.kind = Some(k.to_string()),
                             NlLinkInfo::PortData(InfoPortData::BridgePort(port)) => {
                                 info.isolated = port.contains(&InfoBridgePort::Isolated(true));
+                                info.learning = port.contains(&InfoBridgePort::Learning(true));
                             }
                             _ => {}
                         }
@@ -101,19 +106,30 @@ pub async fn list_links(handle: &Handle) -> Result<Vec<LinkInfo>, NetError> {
     Ok(msgs.iter().map(LinkInfo::from_message).collect())
 }
 
-/// Makes `name` an isolated, up port of the bridge `bridge_ifindex`.
+/// Makes `name` an up port of the bridge `bridge_ifindex` that carries exactly one VM,
+/// whose NIC has the address `vm_mac`. Idempotent.
 ///
-/// Isolated ports (`IFLA_BRPORT_ISOLATED`, `bridge link set dev X isolated on`) cannot
-/// exchange frames with each other, only with non-isolated ports such as the bridge itself:
-/// VMs reach the gateway but not one another. Idempotent.
-pub async fn attach_isolated(
+/// - Isolated (`IFLA_BRPORT_ISOLATED`): isolated ports exchange frames only with
+///   non-isolated ports such as the bridge itself, so VMs reach the gateway but not one
+///   another.
+/// - No learning, no unknown-unicast flooding, and a static FDB entry `vm_mac → port`: the
+///   bridge never learns an address from what a guest sends (link-local group frames
+///   bypass every bridge filter yet were learnt, letting a guest steal a neighbour's MAC),
+///   and frames for one VM never reach another VM's port.
+/// - No IPv6 on the port itself (`disable_ipv6`, `accept_ra 0`) and strict reverse-path
+///   filtering: the tap's own IP stack, which sees the link-local frames, takes nothing
+///   from the guest (no router advertisements, no addresses).
+pub async fn attach_vm_port(
     handle: &Handle,
     name: &str,
     bridge_ifindex: u32,
+    vm_mac: MacAddr,
 ) -> Result<(), NetError> {
     let link = find_link(handle, name)
         .await?
         .ok_or_else(|| NetError::LinkNotFound(name.to_owned()))?;
+    // Before the link goes up, so it never gets an IPv6 link-local address.
+    harden_sysctls(name)?;
     handle
         .link()
         .set(link.ifindex)
@@ -123,28 +139,62 @@ pub async fn attach_isolated(
         .await?;
     // Port options need the link to be a port already: the kernel finds the bridge's
     // `slave_changelink` through the current master. rtnetlink 0.14 has no builder for
-    // this, so the RTM_NEWLINK message (what `ip link set X type bridge_slave isolated on`
-    // sends) is built from netlink-packet-route types.
-    let mut handle = handle.clone();
-    let mut response = handle.request(isolate_request(link.ifindex))?;
+    // this, so the RTM_NEWLINK message (what `ip link set X type bridge_slave isolated on
+    // learning off flood off` sends) is built from netlink-packet-route types.
+    let mut h = handle.clone();
+    let mut response = h.request(port_options_request(link.ifindex))?;
     while let Some(msg) = futures::StreamExt::next(&mut response).await {
         if let netlink_packet_core::NetlinkPayload::Error(e) = msg.payload {
             return Err(rtnetlink::Error::NetlinkError(e).into());
         }
     }
-    info!(link = name, bridge_ifindex, "port attached, isolated");
+    // `bridge fdb replace VM_MAC dev PORT master static`: NUD_NOARP is "static" (never
+    // aged out, not local to the bridge); NUD_PERMANENT would make it the host's own.
+    handle
+        .neighbours()
+        .add_bridge(link.ifindex, &vm_mac.octets())
+        .flags(vec![NeighbourFlag::Controller])
+        .state(NeighbourState::Noarp)
+        .replace()
+        .execute()
+        .await?;
+    info!(link = name, bridge_ifindex, %vm_mac, "port attached: isolated, no learning, static fdb");
     Ok(())
 }
 
-/// The RTM_NEWLINK request setting `isolated on` for the bridge port `ifindex`.
-fn isolate_request(ifindex: u32) -> NetlinkMessage<RouteNetlinkMessage> {
+/// The per-interface sysctls of a VM port (in the caller's network namespace).
+fn harden_sysctls(name: &str) -> Result<(), NetError> {
+    for (path, value) in port_sysctls(name) {
+        match std::fs::write(&path, value) {
+            Ok(()) => {}
+            // A host booted without IPv6 has no ipv6 tree: nothing to disable there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.contains("/ipv6/") => {}
+            Err(source) => return Err(NetError::Sysctl { path, source }),
+        }
+    }
+    Ok(())
+}
+
+/// What [`harden_sysctls`] writes.
+fn port_sysctls(name: &str) -> [(String, &'static str); 3] {
+    [
+        (format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1"),
+        (format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0"),
+        (format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "1"),
+    ]
+}
+
+/// The RTM_NEWLINK request setting the VM port options on the bridge port `ifindex`.
+fn port_options_request(ifindex: u32) -> NetlinkMessage<RouteNetlinkMessage> {
     let mut msg = LinkMessage::default();
     msg.header.index = ifindex;
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         NlLinkInfo::PortKind(InfoPortKind::Bridge),
-        NlLinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
-            true,
-        )])),
+        NlLinkInfo::PortData(InfoPortData::BridgePort(vec![
+            InfoBridgePort::Isolated(true),
+            InfoBridgePort::Learning(false),
+            InfoBridgePort::UnicastFlood(false),
+        ])),
     ]));
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
     // No NLM_F_CREATE: this changes an existing link and must never create one.
@@ -214,6 +264,7 @@ mod tests {
                 ifindex: 7,
                 master: Some(3),
                 isolated: true,
+                learning: true,
                 kind: Some("tun".into()),
                 up: true,
                 mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, 9])),
@@ -226,8 +277,8 @@ mod tests {
     }
 
     #[test]
-    fn isolate_request_sets_only_the_port_flag() {
-        let req = isolate_request(9);
+    fn port_options_request_sets_only_the_vm_port_flags() {
+        let req = port_options_request(9);
         assert_eq!(req.header.flags, NLM_F_REQUEST | NLM_F_ACK);
         let netlink_packet_core::NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) =
             &req.payload
@@ -239,10 +290,29 @@ mod tests {
             m.attributes,
             vec![LinkAttribute::LinkInfo(vec![
                 NlLinkInfo::PortKind(InfoPortKind::Bridge),
-                NlLinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
-                    true
-                )])),
+                NlLinkInfo::PortData(InfoPortData::BridgePort(vec![
+                    InfoBridgePort::Isolated(true),
+                    InfoBridgePort::Learning(false),
+                    InfoBridgePort::UnicastFlood(false),
+                ])),
             ])]
+        );
+    }
+
+    #[test]
+    fn port_sysctls_are_per_interface() {
+        let s = port_sysctls("rtabc");
+        assert_eq!(
+            s[0],
+            ("/proc/sys/net/ipv6/conf/rtabc/disable_ipv6".into(), "1")
+        );
+        assert_eq!(
+            s[1],
+            ("/proc/sys/net/ipv6/conf/rtabc/accept_ra".into(), "0")
+        );
+        assert_eq!(
+            s[2],
+            ("/proc/sys/net/ipv4/conf/rtabc/rp_filter".into(), "1")
         );
     }
 
@@ -253,6 +323,7 @@ mod tests {
             ifindex: 1,
             master: None,
             isolated: false,
+            learning: false,
             kind: None,
             up: true,
             mac: None,

@@ -9,7 +9,8 @@
 //! - [`firewall`]: the nftables ruleset as data and text (pure), applied with `nft -f -`.
 //! - [`bridge`]: the bridge's desired state as a [`bridge::BridgePlan`], applied over netlink.
 //! - [`tap`]: opening a tap through `/dev/net/tun` (an fd for QEMU).
-//! - [`link`]: enslaving a port with isolation, deleting and listing links over netlink.
+//! - [`link`]: making a tap a VM's bridge port (isolated, no learning, static FDB entry,
+//!   no IPv6), deleting and listing links over netlink.
 
 pub mod bridge;
 pub mod firewall;
@@ -22,7 +23,7 @@ pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
 pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, MacAddr};
 pub use ipam::Ipv4Net;
-pub use link::{attach_isolated, delete_link, find_link, list_links, orphan_taps, LinkInfo};
+pub use link::{attach_vm_port, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
 
 /// A netlink handle, re-exported so callers need not depend on `rtnetlink` themselves.
@@ -60,6 +61,13 @@ pub enum NetError {
     /// Running `nft` failed to start or to finish.
     #[error("running nft")]
     FirewallIo(#[source] std::io::Error),
+    /// A per-interface sysctl could not be written.
+    #[error("cannot write {path}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// `nft` rejected the ruleset; the payload is its stderr.
     #[error("nft rejected the ruleset: {0}")]
     FirewallRejected(String),
