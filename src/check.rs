@@ -123,9 +123,12 @@ fn net_admin() -> Finding {
 fn state_dir(cfg: &Config) -> Finding {
     let dir = &cfg.state_dir;
     let probe = dir.join(".roost-check");
-    let r = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&probe, b"x"))
-        .and_then(|_| std::fs::remove_file(&probe));
+    // Created as `roost serve` creates it: 0700, never world-readable.
+    let r =
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .and_then(|_| std::fs::write(&probe, b"x"))
+            .and_then(|_| std::fs::remove_file(&probe));
     Finding {
         name: "state_dir",
         ok: r.is_ok(),

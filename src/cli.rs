@@ -21,9 +21,11 @@ pub enum CliError {
     Refused(String),
     #[error("{0}")]
     Client(#[from] ClientError),
-    #[error("the database {db} is held by a running roost, but its control socket {socket} does not answer (an older roost without one?); stop that daemon or upgrade it")]
+    #[error(
+        "{holder}, and its control socket {socket} does not answer (an older roost without one?)"
+    )]
     Unreachable {
-        db: std::path::PathBuf,
+        holder: String,
         socket: std::path::PathBuf,
     },
     #[error(
@@ -57,18 +59,27 @@ pub fn exec(cfg: &Config, req: Request) -> Result<(Reply, Via), CliError> {
     if matches!(req, Request::UserAdd { .. }) {
         crate::daemon::prepare_state_dir(cfg).map_err(|e| CliError::Setup(format!("{e:#}")))?;
     }
-    let store = match Store::open(&cfg.state_dir) {
-        Ok(s) => s,
-        Err(StoreError::Locked { path }) => {
+    // The daemon's own lock: while this command works on the store, a daemon that starts
+    // is told which PID holds the state directory (and the other way round).
+    let lock = crate::daemon::lock_state_dir(cfg);
+    let store = match lock.as_ref().map(|_| Store::open(&cfg.state_dir)) {
+        Ok(Ok(s)) => s,
+        Err(_) | Ok(Err(StoreError::Locked { .. })) => {
             // A daemon may have started between the two attempts: ask it once more.
             return match control::client::call(&socket, &req) {
                 Ok(r) => Ok((r, Via::Daemon)),
                 Err(ClientError::Refused(m)) => Err(CliError::Refused(m)),
-                Err(ClientError::NotRunning(_)) => Err(CliError::Unreachable { db: path, socket }),
+                Err(ClientError::NotRunning(_)) => Err(CliError::Unreachable {
+                    holder: match lock {
+                        Err(e) => format!("{e:#}"),
+                        Ok(_) => format!("{} is open in another process", db.display()),
+                    },
+                    socket,
+                }),
                 Err(e) => Err(e.into()),
             };
         }
-        Err(e) => return Err(CliError::Setup(crate::error_chain(&e))),
+        Ok(Err(e)) => return Err(CliError::Setup(crate::error_chain(&e))),
     };
     let secret = crate::auth::jwt::load_or_create_secret(&cfg.state_dir)
         .map_err(|e| CliError::Setup(crate::error_chain(&e)))?;
@@ -82,6 +93,7 @@ pub fn exec(cfg: &Config, req: Request) -> Result<(Reply, Via), CliError> {
     let reply = rt
         .block_on(ops.exec(req))
         .map_err(|e| CliError::Refused(e.to_string()))?;
+    drop(lock);
     Ok((reply, Via::Store))
 }
 

@@ -19,20 +19,83 @@ use crate::hosting;
 use crate::proxy;
 use crate::store::Store;
 
-/// Creates the state directory (mode 0700) if needed.
+/// Creates the state directory if needed, and makes it 0700 whatever made it before (it
+/// holds password hashes, the JWT secret and every VM's disk).
 pub fn prepare_state_dir(cfg: &Config) -> anyhow::Result<()> {
+    let dir = &cfg.state_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&cfg.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))
+        .create(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+    tighten(dir, 0o700)
+}
+
+/// Sets `path`'s mode to `mode` when it allows more; says so when it did.
+fn tighten(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let was = meta.permissions().mode() & 0o7777;
+    if was & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+        tracing::warn!(path = %path.display(), was = format!("{was:o}"), now = format!("{mode:o}"), "restricted the mode of a state file");
+    }
+    Ok(())
+}
+
+/// Held for the daemon's life: one daemon per state directory.
+pub struct DaemonLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes `state_dir/roost.pid` exclusively and writes this PID into it; refuses with the
+/// holder's PID when another daemon has it.
+pub fn lock_state_dir(cfg: &Config) -> anyhow::Result<DaemonLock> {
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cfg.state_dir.join("roost.pid");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(f) => f,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "state_dir {} is in use by another roost daemon (PID {}); stop it first",
+                cfg.state_dir.display(),
+                holder.trim()
+            );
+        }
+        Err((_, e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    };
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(DaemonLock { _file: file })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     prepare_state_dir(&cfg)?;
+    let _lock = lock_state_dir(&cfg)?;
     let store = Store::open(&cfg.state_dir)?;
     let secret = jwt::load_or_create_secret(&cfg.state_dir)?;
+    // Files made before the modes were enforced (redb creates its file 0644).
+    for f in ["roost.redb", "jwt.secret"] {
+        tighten(&cfg.state_dir.join(f), 0o600)?;
+    }
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());

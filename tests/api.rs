@@ -565,3 +565,71 @@ fn ssh_keys_crud_and_hosting_without_vm_support() {
     let (s, _) = get(&d, "/api/v1/admin/vms", Some(&t));
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+/// The state directory holds password hashes, the JWT secret and VM disks: 0700, its
+/// files 0600, and fixed at every start whatever made them looser.
+#[test]
+fn state_files_are_private_and_fixed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::start();
+    let state = d.state_dir();
+    let files = [state.join("roost.redb"), state.join("jwt.secret")];
+    assert_eq!(mode(&state), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    d.kill9();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for f in &files {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    d.spawn();
+    assert_eq!(
+        mode(&state),
+        0o700,
+        "the state directory is tightened at start"
+    );
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{} is tightened at start", f.display());
+    }
+}
+
+/// Two daemons on one state directory would corrupt each other: the second is refused,
+/// naming the first's PID, before it touches anything.
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let d = Daemon::start();
+    let first = d.child.as_ref().expect("daemon").id();
+    let mut second = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&d.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn a second daemon");
+    let status = common::poll(
+        "the second daemon to give up",
+        Duration::from_secs(20),
+        || second.try_wait().expect("wait"),
+    );
+    let mut err = String::new();
+    use std::io::Read;
+    second
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("in use by another roost daemon (PID {first})")),
+        "{err}"
+    );
+    // The first one still serves.
+    assert_eq!(get(&d, "/healthz", None).0, StatusCode::OK);
+}
