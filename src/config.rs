@@ -64,6 +64,9 @@ pub struct AuthConfig {
     /// Login attempts allowed per client address and per username in `login_window_secs`.
     pub login_attempts: u32,
     pub login_window_secs: u64,
+    /// Failed logins per username per hour, from all addresses, before addresses that
+    /// never logged in to that account are refused (its known addresses never are).
+    pub login_user_failures_per_hour: u32,
     /// Accounts that may be created from one client address per hour (the CLI is exempt).
     pub register_per_hour: u32,
 }
@@ -173,6 +176,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 3600,
             login_attempts: 10,
             login_window_secs: 60,
+            login_user_failures_per_hour: 100,
             register_per_hour: 20,
         }
     }
@@ -315,6 +319,13 @@ impl Config {
                 "auth.login_attempts",
                 "at least 1",
                 self.auth.login_attempts,
+            ));
+        }
+        if self.auth.login_user_failures_per_hour == 0 {
+            return Err(bad(
+                "auth.login_user_failures_per_hour",
+                "at least 1",
+                self.auth.login_user_failures_per_hour,
             ));
         }
         if self.auth.register_per_hour == 0 {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -632,4 +633,72 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     );
     // The first one still serves.
     assert_eq!(get(&d, "/healthz", None).0, StatusCode::OK);
+}
+
+/// A login from a chosen loopback source address (the daemon sees it as the client's).
+fn login_from(d: &Daemon, from: [u8; 4], user: &str, pw: &str) -> StatusCode {
+    Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .post(d.url("/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .expect("send")
+        .status()
+}
+
+/// Failed logins slow guessing without locking the owner out: one attacking address is
+/// stopped on its own; guessing spread over many addresses stops strangers, while the
+/// owner's own (known) address still logs in.
+#[test]
+fn an_attacker_cannot_lock_the_owner_out() {
+    let d = Daemon::start_with(
+        "[auth]\nlogin_attempts = 3\nlogin_window_secs = 600\nlogin_user_failures_per_hour = 5\n",
+    );
+    assert_eq!(
+        register(&d, "alice", "alice password").0,
+        StatusCode::CREATED
+    );
+    let home = [127, 0, 0, 2];
+    assert_eq!(
+        login_from(&d, home, "alice", "alice password"),
+        StatusCode::OK
+    );
+
+    // One address guessing: blocked after its 3 failures, also with the right password.
+    let attacker = [127, 0, 0, 66];
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&d, attacker, "alice", "guess"),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_from(&d, attacker, "alice", "alice password"),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The owner from an address the account has never seen: not affected.
+    assert_eq!(
+        login_from(&d, [127, 0, 0, 3], "alice", "alice password"),
+        StatusCode::OK
+    );
+
+    // Guessing from many addresses uses up the username's budget (5 failures, 3 so far).
+    for i in 10..13 {
+        login_from(&d, [127, 0, 1, i], "alice", "guess");
+    }
+    assert_eq!(
+        login_from(&d, [127, 0, 2, 1], "alice", "alice password"),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a stranger's address is refused once the username's budget is used up"
+    );
+    for known in [home, [127, 0, 0, 3]] {
+        assert_eq!(
+            login_from(&d, known, "alice", "alice password"),
+            StatusCode::OK,
+            "the owner's known addresses still log in"
+        );
+    }
 }

@@ -151,6 +151,7 @@ impl Auth {
             limiter: ratelimit::LoginLimiter::new(
                 cfg.auth.login_attempts,
                 Duration::from_secs(cfg.auth.login_window_secs),
+                cfg.auth.login_user_failures_per_hour,
             ),
             register_limiter: ratelimit::RegisterLimiter::new(cfg.auth.register_per_hour),
             hashing: HashGate::new(
@@ -240,6 +241,7 @@ impl Auth {
             (true, Some(u)) => u,
             _ => {
                 tracing::info!(user = %username, %peer, "login refused");
+                self.limiter.failed(peer, username);
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -248,6 +250,7 @@ impl Auth {
             tracing::info!(user = %username, %peer, "login refused: account disabled");
             return Err(AuthError::Disabled);
         }
+        self.limiter.succeeded(peer, username);
         let access_token = self
             .jwt
             .issue(
