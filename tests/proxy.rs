@@ -2,6 +2,8 @@
 //!
 //! Not privileged: every server here (upstream, API, proxy, echo) listens on 127.0.0.1.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
@@ -658,6 +660,8 @@ fn limits(splice: bool) -> ForwardLimits {
         connect_timeout: Duration::from_secs(2),
         splice,
         new_conns_per_minute: 1000,
+        max_conns_per_address: 1000,
+        silent_timeout: Duration::from_secs(30),
     }
 }
 
@@ -781,6 +785,74 @@ async fn forwarder_limits_new_connections_per_address() {
     // ...while another client address is not affected.
     let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), port).await;
     ping(&mut other).await;
+    assert!(fw.remove(port).await);
+}
+
+/// One address cannot fill a port (its owner can still connect from elsewhere), and a
+/// client that says nothing is closed long before the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_caps_each_address_and_closes_silent_clients() {
+    let echo = echo_server().await;
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let port = free_port();
+    for splice in [true, false] {
+        let l = ForwardLimits {
+            max_conns: 10,
+            max_conns_per_address: 3,
+            ..limits(splice)
+        };
+        fw.ensure(port, echo, l).await.expect("ensure");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
+            ping(&mut s).await;
+            held.push(s);
+        }
+        let mut fourth = connect_from(Ipv4Addr::LOCALHOST, port).await;
+        assert!(
+            closed_within(&mut fourth, Duration::from_secs(5)).await,
+            "a fourth live connection from one address is closed"
+        );
+        let mut owner = connect_from(Ipv4Addr::new(127, 0, 0, 2), port).await;
+        ping(&mut owner).await;
+        // A slot comes back when a connection ends.
+        drop(held.pop());
+        let mut again =
+            common::poll_async("a slot to come back", Duration::from_secs(5), || async {
+                let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
+                let ok = tokio::time::timeout(Duration::from_secs(1), async {
+                    s.write_all(b"ping").await.ok()?;
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b).await.ok()
+                })
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+                ok.then_some(s)
+            })
+            .await;
+        ping(&mut again).await;
+        drop((held, owner, again));
+
+        let l = ForwardLimits {
+            silent_timeout: Duration::from_millis(400),
+            ..limits(splice)
+        };
+        fw.ensure(port, echo, l).await.expect("ensure");
+        let mut silent = connect_from(Ipv4Addr::new(127, 0, 0, 3), port).await;
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(5)).await,
+            "a client that sends nothing is closed"
+        );
+        let mut talker = connect_from(Ipv4Addr::new(127, 0, 0, 3), port).await;
+        ping(&mut talker).await;
+        assert!(
+            !closed_within(&mut talker, Duration::from_secs(1)).await,
+            "a client that spoke is not closed for being quiet later"
+        );
+        ping(&mut talker).await;
+    }
     assert!(fw.remove(port).await);
 }
 

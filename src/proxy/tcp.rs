@@ -1,9 +1,11 @@
 //! The SSH forwarder: one listening socket per hosting port, bytes copied to the VM's :22.
 //!
-//! It never terminates SSH. Each port caps its live connections and the new connections one
-//! client address may open per minute (extra ones are accepted and closed at once: sshd
-//! forks and re-executes itself for every connection, which scans and password guessing
-//! would make the guest pay for), and closes connections idle in both directions. `remove`
+//! It never terminates SSH. Each port caps its live connections, the live connections of
+//! one client address (below the port's cap, so one address cannot lock the owner out) and
+//! the new connections one client address may open per minute (extra ones are accepted and
+//! closed at once: sshd forks and re-executes itself for every connection, which scans and
+//! password guessing would make the guest pay for). It closes connections whose client
+//! says nothing at first, and connections idle in both directions. `remove`
 //! stops the listener and closes that port's live connections (they are tasks owned by the
 //! listener's task, so aborting it drops them all). Bytes move with `splice(2)` through a
 //! pipe (no copy into user space), falling back to a user-space copy if splice is refused.
@@ -37,6 +39,13 @@ pub struct ForwardLimits {
     /// New connections per minute that one client address may open to a port, all usable
     /// at once and replenished evenly; the next ones are closed at once. 0 counts as 1.
     pub new_conns_per_minute: u32,
+    /// Live connections one client address may hold on a port: below `max_conns`, so one
+    /// address can never fill a port and lock its owner out. 0 counts as 1.
+    pub max_conns_per_address: usize,
+    /// A client that has sent nothing this long after connecting is closed (an SSH client
+    /// sends its version string at once), so silent connections cannot hold slots for
+    /// `idle_timeout`.
+    pub silent_timeout: Duration,
 }
 
 impl Default for ForwardLimits {
@@ -47,6 +56,8 @@ impl Default for ForwardLimits {
             connect_timeout: Duration::from_secs(5),
             splice: true,
             new_conns_per_minute: 60,
+            max_conns_per_address: 8,
+            silent_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -218,6 +229,7 @@ async fn accept_loop(
         std::num::NonZeroU32::new(limits.new_conns_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
     let by_address: governor::DefaultKeyedRateLimiter<std::net::IpAddr> =
         governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute));
+    let live_by_address = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -244,12 +256,57 @@ async fn accept_loop(
             drop(client);
             continue;
         }
+        let Some(slot) =
+            AddressSlot::take(&live_by_address, peer.ip(), limits.max_conns_per_address)
+        else {
+            tracing::debug!(port, %peer, "ssh connection refused: this address holds its share of the port");
+            drop(client);
+            continue;
+        };
         conns.spawn(async move {
+            let _slot = slot;
             match forward(client, target, limits).await {
                 Ok((up, down)) => tracing::debug!(port, %peer, up, down, "ssh connection closed"),
                 Err(e) => tracing::info!(port, %peer, error = %e, "ssh connection ended"),
             }
         });
+    }
+}
+
+/// One client address's share of a port's live connections, given back on drop.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -283,14 +340,16 @@ pub(crate) async fn forward(
         let mut c2 = Counted::new(&mut c, &activity);
         tokio::io::copy_bidirectional_with_sizes(&mut c2, &mut u, COPY_BUF, COPY_BUF).await
     };
-    with_idle_timeout(copy, &activity, limits.idle_timeout).await
+    with_idle_timeout(copy, &activity, limits.idle_timeout, limits.silent_timeout).await
 }
 
-/// The last time bytes moved, and how many, shared by both directions.
+/// The last time bytes moved, and how many, shared by both directions; and how many came
+/// from the client.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     bytes: AtomicU64,
+    from_client: AtomicU64,
 }
 
 impl Activity {
@@ -299,7 +358,11 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            from_client: AtomicU64::new(0),
         }
+    }
+    fn client_sent(&self, n: usize) {
+        self.from_client.fetch_add(n as u64, Ordering::Relaxed);
     }
     fn touch(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -315,10 +378,13 @@ impl Activity {
     }
 }
 
+/// Runs `work` until it ends, nothing moves for `idle`, or the client has sent nothing
+/// `silent` after the start.
 async fn with_idle_timeout<T>(
     work: impl Future<Output = std::io::Result<T>>,
     activity: &Activity,
     idle: Duration,
+    silent: Duration,
 ) -> std::io::Result<T> {
     let watchdog = async {
         loop {
@@ -329,9 +395,16 @@ async fn with_idle_timeout<T>(
             tokio::time::sleep(left).await;
         }
     };
+    let quiet_client = async {
+        tokio::time::sleep(silent).await;
+        if activity.from_client.load(Ordering::Relaxed) > 0 {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         r = work => r,
         _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+        _ = quiet_client => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client sent nothing")),
     }
 }
 
@@ -358,6 +431,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.activity.touch(n);
+            self.activity.client_sent(n);
         }
         r
     }
@@ -393,15 +467,15 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, S> 
 /// Larger than the 64 KiB default, so a busy connection takes fewer calls and wake-ups.
 const SPLICE_CHUNK: usize = 1 << 20;
 
-/// Both directions with `splice(2)`; returns (a→b, b→a) byte counts.
+/// Both directions with `splice(2)`; returns (a→b, b→a) byte counts. `a` is the client.
 async fn splice_bidirectional(
     a: &TcpStream,
     b: &TcpStream,
     activity: &Activity,
 ) -> std::io::Result<(u64, u64)> {
     tokio::try_join!(
-        splice_one_way(a, b, activity),
-        splice_one_way(b, a, activity)
+        splice_one_way(a, b, activity, true),
+        splice_one_way(b, a, activity, false)
     )
 }
 
@@ -411,6 +485,7 @@ async fn splice_one_way(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
+    from_client: bool,
 ) -> std::io::Result<u64> {
     let (pipe_r, pipe_w): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -443,6 +518,9 @@ async fn splice_one_way(
             return Ok(total);
         }
         activity.touch(n);
+        if from_client {
+            activity.client_sent(n);
+        }
         // Pipe → socket, until the pipe is empty.
         let mut left = n;
         while left > 0 {

@@ -52,3 +52,21 @@ pub fn poll<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// [`poll`] for async checks (inside a tokio test).
+pub async fn poll_async<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
