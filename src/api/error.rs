@@ -183,8 +183,14 @@ impl From<HostingError> for ApiError {
     fn from(e: HostingError) -> Self {
         use StatusCode as S;
         match e {
-            HostingError::Unavailable(_) => {
-                ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            HostingError::Unavailable(reason) => {
+                // The reason names paths and errors of the host: logged, not sent.
+                tracing::warn!(%reason, "VM hosting unavailable");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "VM hosting is not available on this host right now; the operator can see why with `roost status`",
+                )
             }
             HostingError::Exists => ApiError::new(
                 S::CONFLICT,

@@ -18,9 +18,10 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: String,
-    /// `ok` or the reason.
+    /// `ok` or `failed`.
     pub store: String,
-    /// `ok`, `pending`, `disabled: <reason>` or `failed: <reason>`.
+    /// `ok`, `pending`, `disabled` or `failed`. The reasons are in the log and in
+    /// `roost status`, never in this anonymous answer (they name paths and errors).
     pub bridge: String,
 }
 
@@ -44,9 +45,19 @@ async fn healthz() -> Json<Health> {
 async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let store = match st.store.ping() {
         Ok(()) => "ok".to_owned(),
-        Err(e) => format!("failed: {}", super::error::chain(&e)),
+        Err(e) => {
+            tracing::warn!(error = %super::error::chain(&e), "readyz: the store does not answer");
+            "failed".to_owned()
+        }
     };
     let bridge = st.readiness.bridge();
+    // Only the state word: what follows it (`disabled: <reason>`) is for the operator.
+    let bridge = bridge
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let ready = store == "ok" && (bridge == "ok" || bridge.starts_with("disabled"));
     let status = if ready {
         StatusCode::OK

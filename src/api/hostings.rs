@@ -81,12 +81,31 @@ pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {
         id: h.id.to_string(),
         slug: h.slug.clone(),
         state: h.state.as_str().into(),
-        reason: h.reason.clone(),
+        reason: h.reason.as_deref().map(public_reason),
         ip: h.ip.to_string(),
         ssh_port: h.ssh_port,
         created_at: rfc3339(h.created_at),
         private_key,
     }
+}
+
+/// What an owner is told of a failure. A reason that names the host's paths or errors
+/// (a failed set-up step's error chain) becomes the step alone; administrators see the
+/// whole reason in `/api/v1/admin/vms` and `roost vm show`.
+fn public_reason(reason: &str) -> String {
+    let internal = reason.contains('/') || reason.contains("error") || reason.contains("errno");
+    if !internal {
+        return reason.to_owned();
+    }
+    let step = reason
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ' || *c == '-')
+        .collect::<String>();
+    format!("setting up the VM failed at step `{step}`; an administrator can see the details")
 }
 
 /// Creates the caller's hosting; provisioning continues in the background.
@@ -221,4 +240,23 @@ async fn reload_proxy(
         changed: d.changed,
         unchanged: d.unchanged,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_reason;
+
+    #[test]
+    fn owners_see_no_host_details() {
+        assert_eq!(
+            public_reason("the guest did not answer on :80 and :22 within 300 s"),
+            "the guest did not answer on :80 and :22 within 300 s"
+        );
+        let r = public_reason("overlay: qemu-img create /var/lib/roost/vms/01X/disk.qcow2: No such file or directory (os error 2)");
+        assert_eq!(
+            r,
+            "setting up the VM failed at step `overlay`; an administrator can see the details"
+        );
+        assert!(!public_reason("tap: netlink request failed: error -17").contains("17"));
+    }
 }
