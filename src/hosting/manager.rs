@@ -1191,12 +1191,20 @@ impl Hostings {
         let vms_dir = paths::vms_dir(&self.inner.cfg.state_dir);
         let ids: HashSet<String> = hostings.iter().map(|h| h.id.to_string()).collect();
         for (pid, dir) in vm::procfs::qemus_under(&vms_dir) {
-            if !ids.contains(&dir) {
-                warn!(pid, vm = %dir, "killing orphan qemu (no hosting claims it)");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            if ids.contains(&dir) {
+                continue;
+            }
+            // Signal only through a pidfd opened before the check that it is this QEMU, so
+            // a pid reused meanwhile is never hit.
+            let Ok(proc) = vm::process::VmProcess::from_pid(pid) else {
+                continue;
+            };
+            if vm::procfs::qemu_vm_dir(pid, &vms_dir).as_deref() != Some(dir.as_str()) {
+                continue;
+            }
+            warn!(pid, vm = %dir, "killing orphan qemu (no hosting claims it)");
+            if let Err(e) = proc.kill() {
+                warn!(pid, error = %e, "cannot kill orphan qemu");
             }
         }
         let claimed: std::collections::BTreeSet<String> =

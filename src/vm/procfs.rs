@@ -65,32 +65,39 @@ pub fn qemus_under(vms_dir: &Path) -> Vec<(i32, String)> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return vec![];
     };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, qemu_vm_dir(pid, vms_dir)?)))
+        .collect()
+}
+
+/// The VM directory (under `vms_dir`) of the QEMU that `pid` is right now, if it is one.
+/// Read after opening a pidfd for `pid`, it proves what that pidfd refers to.
+pub fn qemu_vm_dir(pid: i32, vms_dir: &Path) -> Option<String> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    vm_dir_of_cmdline(&cmd, vms_dir)
+}
+
+/// `qemu_vm_dir` on a NUL-separated command line.
+fn vm_dir_of_cmdline(cmd: &[u8], vms_dir: &Path) -> Option<String> {
     let prefix = vms_dir.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if !args
-            .first()
-            .is_some_and(|a| a.windows(11).any(|w| w == b"qemu-system"))
-        {
-            continue;
-        }
-        let pidfile = args.windows(2).find(|w| w[0] == b"-pidfile").map(|w| w[1]);
-        if let Some(p) = pidfile {
-            if p.starts_with(prefix) && p.get(prefix.len()) == Some(&b'/') {
-                let rest = &p[prefix.len() + 1..];
-                let dir = rest.split(|&b| b == b'/').next().unwrap_or_default();
-                out.push((pid, String::from_utf8_lossy(dir).into_owned()));
-            }
-        }
+    let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+    if !args
+        .first()
+        .is_some_and(|a| a.windows(11).any(|w| w == b"qemu-system"))
+    {
+        return None;
     }
-    out
+    let p = args
+        .windows(2)
+        .find(|w| w[0] == b"-pidfile")
+        .map(|w| w[1])?;
+    if !(p.starts_with(prefix) && p.get(prefix.len()) == Some(&b'/')) {
+        return None;
+    }
+    let rest = &p[prefix.len() + 1..];
+    let dir = rest.split(|&b| b == b'/').next().unwrap_or_default();
+    (!dir.is_empty()).then(|| String::from_utf8_lossy(dir).into_owned())
 }
 
 #[cfg(test)]
@@ -105,5 +112,20 @@ mod tests {
         let t = start_time(me).expect("start");
         assert!(t <= SystemTime::now());
         assert!(qemus_under(Path::new("/nonexistent/vms")).is_empty());
+    }
+
+    #[test]
+    fn vm_dir_from_a_qemu_command_line() {
+        let vms = Path::new("/var/lib/roost/vms");
+        let cmd =
+            b"/usr/bin/qemu-system-x86_64\0-name\0x\0-pidfile\0/var/lib/roost/vms/01ABC/qemu.pid\0";
+        assert_eq!(vm_dir_of_cmdline(cmd, vms).as_deref(), Some("01ABC"));
+        // Another state directory, a prefix that is not a directory, not QEMU at all.
+        let other = b"qemu-system-x86_64\0-pidfile\0/srv/other/vms/01ABC/qemu.pid\0";
+        assert_eq!(vm_dir_of_cmdline(other, vms), None);
+        let lookalike = b"qemu-system-x86_64\0-pidfile\0/var/lib/roost/vms2/01ABC/qemu.pid\0";
+        assert_eq!(vm_dir_of_cmdline(lookalike, vms), None);
+        let sleeper = b"sleep\0-pidfile\0/var/lib/roost/vms/01ABC/qemu.pid\0";
+        assert_eq!(vm_dir_of_cmdline(sleeper, vms), None);
     }
 }
