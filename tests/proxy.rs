@@ -383,6 +383,35 @@ fn host_route_keeps_path_and_has_no_prefix() {
     assert_eq!(header(&v, "x-forwarded-host"), vec![host.as_str()]);
 }
 
+/// An absolute-form request is routed by its authority, and the VM sees that authority as
+/// `Host`, not the client's independent `Host` header.
+#[test]
+fn absolute_form_requests_carry_their_own_authority_as_host() {
+    let h = Harness::default();
+    let authority = format!("alice.{DOMAIN}");
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET http://{authority}/x HTTP/1.1\r\nHost: bob.{DOMAIN}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace());
+    let body = &body[..body.rfind('}').map_or(body.len(), |i| i + 1)];
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(header(&v, "host"), vec![authority.as_str()], "{v}");
+    assert_eq!(
+        header(&v, "x-forwarded-host"),
+        vec![authority.as_str()],
+        "{v}"
+    );
+}
+
 #[test]
 fn api_requests_reach_the_router_with_the_peer() {
     let h = Harness::default();

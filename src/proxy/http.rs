@@ -343,6 +343,10 @@ async fn proxy(
 
     let (mut parts, body) = req.into_parts();
     let accept = parts.headers.get(header::ACCEPT).cloned();
+    // An absolute-form target (`GET http://alice.DOMAIN/ HTTP/1.1`) was routed by its
+    // authority, which wins over `Host` (RFC 9112 3.2.2): the VM is told that authority,
+    // never a `Host` the client chose independently of the routing.
+    let absolute = parts.uri.authority().is_some();
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -354,6 +358,9 @@ async fn proxy(
             prefix,
         },
     );
+    if absolute {
+        parts.headers.remove(header::HOST);
+    }
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/1.1 requires one: the client's, else the VM's address.
         let h = host
