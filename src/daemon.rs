@@ -99,7 +99,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());
-    let forwarders = proxy::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED);
+    let forwarders = proxy::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?;
     // Bridge, firewall, image, accelerator; then routes from the store, adoption of running
     // VMs and the reconciler. Without root or an image, the API still serves accounts.
     let hostings = hosting::start(cfg.clone(), store.clone(), routes.clone(), forwarders).await;

@@ -712,7 +712,7 @@ async fn roundtrip(port: u16, payload: &[u8]) -> Vec<u8> {
 
 async fn forwarder_roundtrip(splice: bool) {
     let echo = echo_server().await;
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
     fw.ensure(port, echo, limits(splice)).await.expect("ensure");
     fw.ensure(port, echo, limits(splice))
@@ -759,7 +759,7 @@ async fn ping(s: &mut tokio::net::TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_caps_connections_and_removal_closes_them() {
     let echo = echo_server().await;
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
     fw.ensure(port, echo, limits(true)).await.expect("ensure");
     let connect = || tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
@@ -792,7 +792,7 @@ async fn connect_from(src: Ipv4Addr, port: u16) -> tokio::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_limits_new_connections_per_address() {
     let echo = echo_server().await;
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
     let l = ForwardLimits {
         max_conns: 10,
@@ -822,7 +822,7 @@ async fn forwarder_limits_new_connections_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_caps_each_address_and_closes_silent_clients() {
     let echo = echo_server().await;
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
     for splice in [true, false] {
         let l = ForwardLimits {
@@ -888,7 +888,7 @@ async fn forwarder_caps_each_address_and_closes_silent_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_closes_idle_connections() {
     let echo = echo_server().await;
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
     for splice in [true, false] {
         let l = ForwardLimits {
@@ -910,7 +910,7 @@ async fn forwarder_closes_idle_connections() {
 async fn forwarder_reports_port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
     match fw.ensure(port, target, ForwardLimits::default()).await {
         Err(ProxyError::PortInUse { port: p, .. }) => assert_eq!(p, port),
@@ -921,13 +921,61 @@ async fn forwarder_reports_port_in_use() {
     drop(taken);
 }
 
+/// An echo server on plain threads, independent of any async runtime.
+fn thread_echo_server() -> SocketAddrV4 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = match l.local_addr().expect("addr") {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!("bound on 127.0.0.1"),
+    };
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+/// The forwarders run on threads of their own: a daemon runtime whose every worker is
+/// blocked (a store write's fsync blocks one) does not hold forwarded bytes back, and the
+/// forwarders need no runtime from their caller at all.
 #[test]
-fn forwarder_outside_a_runtime_is_an_error() {
-    let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
-    let r = futures::executor::block_on(fw.ensure(
-        free_port(),
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9),
-        ForwardLimits::default(),
-    ));
-    assert!(matches!(r, Err(ProxyError::NoRuntime(_))));
+fn forwarding_does_not_wait_for_a_busy_daemon_runtime() {
+    let echo = thread_echo_server();
+    let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
+    // Ensured from the daemon's runtime, as the daemon does.
+    let daemon = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = free_port();
+    daemon
+        .block_on(fw.ensure(port, echo, limits(true)))
+        .expect("ensure");
+    // And from no runtime at all.
+    let other = free_port();
+    futures::executor::block_on(fw.ensure(other, echo, limits(true)))
+        .expect("ensure outside a runtime");
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, other)).expect("connect");
+    s.write_all(b"ping").expect("write");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).expect("echo");
+    // Every worker of the daemon's runtime is stuck for 20 s.
+    for _ in 0..4 {
+        daemon.spawn(async { std::thread::sleep(Duration::from_secs(20)) });
+    }
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"ping").expect("write");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)
+        .expect("the echo comes back while the daemon's runtime is blocked");
+    assert_eq!(&b, b"ping");
+    daemon.shutdown_background();
 }

@@ -38,8 +38,8 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the forwarder must be used inside a Tokio runtime")]
-    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("cannot start the forwarders' runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("accept failed")]
     Accept(#[source] std::io::Error),
 }

@@ -80,11 +80,28 @@ impl Port {
 /// The set of SSH forwards. Cloning gives another handle to the same set.
 ///
 /// Operations are serialised by one async lock, so `ensure` and `remove` of the same port
-/// never race. Dropping the runtime stops every listener.
+/// never race. The listeners and connections run on the forwarders' own runtime (threads
+/// named `roost-ssh`), so nothing the daemon's runtime does (store writes that fsync, QMP,
+/// netlink, nft) delays forwarded bytes. Dropping the last handle stops every listener.
 #[derive(Clone)]
 pub struct Forwarders {
     bind: Ipv4Addr,
     ports: Arc<Mutex<HashMap<u16, Port>>>,
+    runtime: Arc<OwnRuntime>,
+}
+
+/// A runtime that may be dropped from async code (it shuts down in the background).
+struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// True when nothing listens on `0.0.0.0:port` (a bind test, so it is only a hint).
@@ -93,12 +110,24 @@ pub fn port_is_free(port: u16) -> bool {
 }
 
 impl Forwarders {
-    /// Forwarders listening on `bind` (`0.0.0.0` in production, loopback in tests).
-    pub fn new(bind: Ipv4Addr) -> Forwarders {
-        Forwarders {
+    /// Forwarders listening on `bind` (`0.0.0.0` in production, loopback in tests), with
+    /// one runtime thread per core.
+    pub fn new(bind: Ipv4Addr) -> Result<Forwarders, ProxyError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("roost-ssh")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        Ok(Forwarders {
             bind,
             ports: Arc::new(Mutex::new(HashMap::new())),
-        }
+            runtime: Arc::new(OwnRuntime {
+                handle: runtime.handle().clone(),
+                runtime: Some(runtime),
+            }),
+        })
     }
 
     /// Makes `port` forward to `target`. Idempotent; a changed target or limits re-binds the
@@ -109,7 +138,7 @@ impl Forwarders {
         target: SocketAddrV4,
         limits: ForwardLimits,
     ) -> Result<(), ProxyError> {
-        let rt = tokio::runtime::Handle::try_current().map_err(ProxyError::NoRuntime)?;
+        let rt = self.runtime.handle.clone();
         let mut ports = self.ports.lock().await;
         if let Some(p) = ports.get(&port) {
             if p.target == target && p.limits == limits && !p.task.is_finished() {
@@ -119,9 +148,12 @@ impl Forwarders {
         if let Some(old) = ports.remove(&port) {
             old.stop().await;
         }
-        let listener = bind(self.bind, port)?;
-        let listener =
-            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?;
+        // Bound and registered with the forwarders' own reactor, not the caller's.
+        let listener = {
+            let _in_runtime = rt.enter();
+            let listener = bind(self.bind, port)?;
+            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?
+        };
         let task = rt.spawn(accept_loop(listener, port, target, limits));
         tracing::info!(port, %target, "ssh forward listening");
         ports.insert(
