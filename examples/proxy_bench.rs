@@ -53,7 +53,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             let port: u16 = arg(1)?.parse()?;
             let target: SocketAddrV4 = arg(2)?.parse()?;
             let splice = arg(3)? == "splice";
-            let fw = Forwarders::new(Ipv4Addr::LOCALHOST);
+            let fw = Forwarders::new(Ipv4Addr::LOCALHOST)?;
             let limits = ForwardLimits {
                 splice,
                 ..ForwardLimits::default()
