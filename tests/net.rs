@@ -21,32 +21,50 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// A netlink handle whose connection task runs on `rt`.
+fn netlink(rt: &tokio::runtime::Runtime) -> net::Handle {
+    let _enter = rt.enter();
+    net::netlink().expect("netlink")
+}
+
+/// The firewall that lets exactly these peers speak, with one gateway port open.
+fn plan_for(s: Ipv4Net, peers: &[&Peer], gateway_port: u16) -> net::FirewallPlan {
+    let mut plan = net::FirewallPlan::new(BRIDGE, s);
+    plan.gateway_tcp_ports = vec![gateway_port];
+    plan.ports = peers
+        .iter()
+        .map(|p| net::VmPort {
+            tap: p.port.clone(),
+            mac: p.mac,
+            ip: p.ip,
+            attached: true,
+        })
+        .collect();
+    plan
+}
+
 fn subnet() -> Ipv4Net {
     "10.88.0.0/24".parse().expect("subnet")
 }
 
 /// Runs `ip ARGS` in the calling thread's namespace and returns stdout; panics on failure.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+/// Runs `program args`, which must succeed; returns its stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn ip(args: &[&str]) -> String {
+    run("ip", args)
+}
+
 fn bridge(args: &[&str]) -> String {
-    let out = Command::new("bridge")
-        .args(args)
-        .output()
-        .expect("run bridge");
-    assert!(
-        out.status.success(),
-        "bridge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run("bridge", args)
 }
 
 #[test]
@@ -56,10 +74,7 @@ fn bridge_is_idempotent_and_taps_are_isolated_ports() {
     }
     common::in_netns(|| {
         let rt = runtime();
-        let h = {
-            let _enter = rt.enter();
-            net::netlink().expect("netlink")
-        };
+        let h = netlink(&rt);
         let s = subnet();
 
         // Create, then adopt: same ifindex, address present, up.
@@ -293,10 +308,7 @@ fn isolated_ports_and_firewall_with_real_traffic() {
     }
     common::in_netns(|| {
         let rt = runtime();
-        let h = {
-            let _enter = rt.enter();
-            net::netlink().expect("netlink")
-        };
+        let h = netlink(&rt);
         let s = subnet();
         let gw = s.gateway();
         let br = rt
@@ -386,17 +398,7 @@ fn isolated_ports_and_firewall_with_real_traffic() {
         );
 
         // With the firewall: only the listed gateway port, only from the right MAC and IP.
-        let mut plan = net::FirewallPlan::new(BRIDGE, s);
-        plan.gateway_tcp_ports = vec![to_allowed.port()];
-        plan.ports = [&a, &b]
-            .iter()
-            .map(|p| net::VmPort {
-                tap: p.port.clone(),
-                mac: p.mac,
-                ip: p.ip,
-                attached: true,
-            })
-            .collect();
+        let plan = plan_for(s, &[&a, &b], to_allowed.port());
         rt.block_on(net::apply_firewall(&plan))
             .expect("apply firewall");
         rt.block_on(net::apply_firewall(&plan))
@@ -585,10 +587,7 @@ fn a_guest_cannot_take_a_neighbours_place() {
     }
     common::in_netns(|| {
         let rt = runtime();
-        let h = {
-            let _enter = rt.enter();
-            net::netlink().expect("netlink")
-        };
+        let h = netlink(&rt);
         let s = subnet();
         let br = rt
             .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
@@ -600,17 +599,7 @@ fn a_guest_cannot_take_a_neighbours_place() {
         let b_listener =
             b.ns.run(|| TcpListener::bind("10.88.0.3:8080").expect("listen in b"));
         let to_b = b_listener.local_addr().expect("addr");
-        let mut plan = net::FirewallPlan::new(BRIDGE, s);
-        plan.gateway_tcp_ports = vec![to_gw.port()];
-        plan.ports = [&a, &b]
-            .iter()
-            .map(|p| net::VmPort {
-                tap: p.port.clone(),
-                mac: p.mac,
-                ip: p.ip,
-                attached: true,
-            })
-            .collect();
+        let plan = plan_for(s, &[&a, &b], to_gw.port());
         rt.block_on(net::apply_firewall(&plan)).expect("firewall");
         common::poll("the host to reach b", Duration::from_secs(10), || {
             TcpStream::connect_timeout(&to_b, Duration::from_secs(1)).ok()
@@ -747,10 +736,7 @@ fn qemu_holds_the_tap_fd_and_the_tap_dies_with_it() {
         use std::os::unix::process::CommandExt;
 
         let rt = runtime();
-        let h = {
-            let _enter = rt.enter();
-            net::netlink().expect("netlink")
-        };
+        let h = netlink(&rt);
         let s = subnet();
         let br = rt
             .block_on(net::ensure_bridge(&h, BRIDGE, s.gateway(), s.prefix()))
