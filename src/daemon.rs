@@ -144,13 +144,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let app = api::app(state);
+    let fds = raise_fd_limit();
     // One listener for the API and every site: the proxy resolves each request and hands
     // API requests (with the peer address) to the axum router.
     proxy::serve_http(
         listener,
         app,
         routes,
-        proxy::ProxyConfig::new(cfg.domain.clone()),
+        proxy_config(&cfg, fds),
         shutdown_signal(),
     )
     .await;
@@ -161,6 +162,45 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped; VMs keep running");
     Ok(())
+}
+
+/// File descriptors kept for VM management (taps, QMP sockets, pidfds, disks, SSH
+/// forwards, nft, the store) whatever the HTTP side holds.
+const FD_RESERVE: u64 = 4096;
+
+/// Raises the soft limit on open files to the hard one (systemd's `LimitNOFILE`); returns
+/// the limit in force.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            1024
+        }
+    }
+}
+
+/// The proxy's settings: client connections in total stay below the open-file limit
+/// minus [`FD_RESERVE`], so a flood of connections never stops VM management.
+fn proxy_config(cfg: &Config, fd_limit: u64) -> proxy::ProxyConfig {
+    let mut p = proxy::ProxyConfig::new(cfg.domain.clone());
+    let budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    p.max_conns = p.max_conns.min(budget.max(64));
+    tracing::info!(
+        fd_limit,
+        max_conns = p.max_conns,
+        per_address = p.max_conns_per_address,
+        "http connection caps"
+    );
+    p
 }
 
 async fn shutdown_signal() {

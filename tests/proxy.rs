@@ -383,6 +383,77 @@ fn host_route_keeps_path_and_has_no_prefix() {
     assert_eq!(header(&v, "x-forwarded-host"), vec![host.as_str()]);
 }
 
+/// A plain (blocking) connection to the proxy from a chosen loopback source address.
+fn connect_proxy_from(proxy: SocketAddr, src: Ipv4Addr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(SocketAddr::from((src, 0))).expect("bind source");
+            sock.connect(proxy).await.expect("connect").into_std()
+        })
+        .expect("std stream");
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+/// One request on `s`; true when a response came back, false when the proxy closed it.
+fn answered(s: &mut TcpStream, path: &str) -> bool {
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.1 200")
+}
+
+/// One client address cannot hold more than its share of connections, and all clients
+/// together not more than the total: beyond, connections are closed at once, and other
+/// clients (or the same one, once it lets go) are served.
+#[test]
+fn connection_caps_per_address_and_in_total() {
+    let h = Harness::start(ProxyConfig {
+        max_conns_per_address: 20,
+        max_conns: 40,
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let flooder = Ipv4Addr::new(127, 0, 0, 9);
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| connect_proxy_from(h.proxy, flooder))
+        .collect();
+    // Counted: the proxy has accepted them all before the next one is judged.
+    common::poll("the flood to be accepted", Duration::from_secs(5), || {
+        let mut probe = connect_proxy_from(h.proxy, flooder);
+        (!answered(&mut probe, "/alice/")).then_some(())
+    });
+    let mut other = connect_proxy_from(h.proxy, Ipv4Addr::new(127, 0, 0, 10));
+    assert!(answered(&mut other, "/alice/"), "another address is served");
+
+    // A second flooding address fills the total.
+    let second = Ipv4Addr::new(127, 0, 0, 11);
+    held.extend((0..20).map(|_| connect_proxy_from(h.proxy, second)));
+    common::poll("the total to be reached", Duration::from_secs(5), || {
+        let mut probe = connect_proxy_from(h.proxy, Ipv4Addr::new(127, 0, 0, 12));
+        (!answered(&mut probe, "/alice/")).then_some(())
+    });
+    // Letting go gives the slots back.
+    drop(held);
+    common::poll("slots to come back", Duration::from_secs(5), || {
+        let mut s = connect_proxy_from(h.proxy, flooder);
+        answered(&mut s, "/alice/").then_some(())
+    });
+}
+
 /// An absolute-form request is routed by its authority, and the VM sees that authority as
 /// `Host`, not the client's independent `Host` header.
 #[test]

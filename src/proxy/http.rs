@@ -138,6 +138,7 @@ pub async fn serve_http(
     }
     tokio::pin!(shutdown);
     let mut next = 0usize;
+    let conns = ConnCounter::new(cfg.max_conns, cfg.max_conns_per_address);
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -151,6 +152,12 @@ pub async fn serve_http(
                 }
             },
         };
+        let Some(slot) = conns.take(peer.ip()) else {
+            // Not a warning per connection: a flood would make one per attempt.
+            tracing::debug!(%peer, "http connection refused: connection cap");
+            drop(stream);
+            continue;
+        };
         // The worker registers the socket with its own runtime.
         let stream = match stream.into_std() {
             Ok(s) => s,
@@ -160,7 +167,7 @@ pub async fn serve_http(
             }
         };
         next = (next + 1) % workers.len();
-        if workers[next].send((stream, peer)).is_err() {
+        if workers[next].send((stream, peer, slot)).is_err() {
             tracing::error!(worker = next, "http worker is gone");
         }
     }
@@ -175,7 +182,7 @@ pub async fn serve_http(
 /// One worker: serves the connections it is handed until the channel closes, then drains
 /// its own connections for up to `cfg.drain_timeout`.
 async fn worker(
-    mut conns: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut conns: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, ConnSlot)>,
     shared: Arc<Shared>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -186,7 +193,7 @@ async fn worker(
         .header_read_timeout(shared.cfg.header_read_timeout)
         .max_buf_size(shared.cfg.max_header_bytes.max(8192));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    while let Some((stream, peer)) = conns.recv().await {
+    while let Some((stream, peer, slot)) = conns.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -207,6 +214,9 @@ async fn worker(
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            // Counted until hyper is done with the connection (an upgraded tunnel then
+            // continues in its own task, bounded by its idle timeout).
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
@@ -221,6 +231,64 @@ async fn worker(
             ?drain,
             "http drain timed out; dropping remaining connections"
         );
+    }
+}
+
+/// Open client connections, in total and per address.
+#[derive(Clone)]
+struct ConnCounter {
+    inner: Arc<std::sync::Mutex<ConnCounts>>,
+    max: usize,
+    per_address: usize,
+}
+
+#[derive(Default)]
+struct ConnCounts {
+    total: usize,
+    by_address: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One open connection; counted until dropped.
+struct ConnSlot {
+    counter: ConnCounter,
+    ip: std::net::IpAddr,
+}
+
+impl ConnCounter {
+    fn new(max: usize, per_address: usize) -> ConnCounter {
+        ConnCounter {
+            inner: Arc::default(),
+            max: max.max(1),
+            per_address: per_address.max(1),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, unless a cap is reached.
+    fn take(&self, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = c.by_address.get(&ip).copied().unwrap_or(0);
+        if c.total >= self.max || mine >= self.per_address {
+            return None;
+        }
+        c.total += 1;
+        c.by_address.insert(ip, mine + 1);
+        Some(ConnSlot {
+            counter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = self.counter.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_address.remove(&self.ip);
+            }
+        }
     }
 }
 

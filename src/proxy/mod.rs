@@ -63,6 +63,11 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Threads serving HTTP connections, each with its own runtime and VM pools.
     pub workers: usize,
+    /// Open connections one client address may hold; the next ones are closed at once.
+    pub max_conns_per_address: usize,
+    /// Open client connections in total; beyond, new ones are closed at once, so a flood
+    /// cannot take the file descriptors that VM management needs.
+    pub max_conns: usize,
 }
 
 impl ProxyConfig {
@@ -85,6 +90,8 @@ impl Default for ProxyConfig {
             pool_max_idle_per_host: 64,
             drain_timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_conns_per_address: 256,
+            max_conns: 16384,
         }
     }
 }
