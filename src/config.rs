@@ -54,6 +54,12 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body the API accepts, in bytes.
     pub max_body_bytes: usize,
+    /// Open connections one client address may hold (raise it behind a load balancer or
+    /// CDN, where many visitors share an address).
+    pub max_conns_per_address: usize,
+    /// Open client connections in total (also kept below the open-file limit minus a
+    /// reserve for VM management).
+    pub max_conns: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -166,6 +172,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 80)),
             max_body_bytes: 64 * 1024,
+            max_conns_per_address: 256,
+            max_conns: 16384,
         }
     }
 }
@@ -298,6 +306,20 @@ impl Config {
                 "domain",
                 "a DNS name or IP address such as \"example.com\"",
                 &self.domain,
+            ));
+        }
+        if self.http.max_conns_per_address == 0 {
+            return Err(bad(
+                "http.max_conns_per_address",
+                "at least 1",
+                self.http.max_conns_per_address,
+            ));
+        }
+        if self.http.max_conns < self.http.max_conns_per_address {
+            return Err(bad(
+                "http.max_conns",
+                "at least http.max_conns_per_address",
+                self.http.max_conns,
             ));
         }
         if self.http.max_body_bytes < 1024 {

@@ -193,7 +193,8 @@ fn raise_fd_limit() -> u64 {
 fn proxy_config(cfg: &Config, fd_limit: u64) -> proxy::ProxyConfig {
     let mut p = proxy::ProxyConfig::new(cfg.domain.clone());
     let budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-    p.max_conns = p.max_conns.min(budget.max(64));
+    p.max_conns = cfg.http.max_conns.min(budget.max(64));
+    p.max_conns_per_address = cfg.http.max_conns_per_address;
     tracing::info!(
         fd_limit,
         max_conns = p.max_conns,
