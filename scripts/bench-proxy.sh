@@ -16,7 +16,8 @@ P_SSHD=18094 P_SSHFWD=18095
 
 had_nginx=0
 dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" && had_nginx=1
-apt_install wrk nginx-light
+# libwrap0: a shared library of the unpacked sshd below that openssh-client does not bring.
+apt_install wrk nginx-light libwrap0
 # Debian starts nginx.service on :80 when it installs it, where roost listens: the bench only
 # needs the binary, so a service this script brought in is stopped and disabled again.
 if [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
@@ -103,12 +104,14 @@ SSHD="$SSHD_DIR/usr/sbin/sshd"
 if [ "$PARTS" != http ]; then
     if [ ! -x "$SSHD" ]; then
         log "fetching OpenSSH's sshd (unpacked, not installed) into $SSHD_DIR"
-        [ -n "$APT_UPDATED" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1; }
+        apt_lists_fresh || apt_update
         (cd "$WORK" && apt-get download -qq openssh-server >/dev/null)
         rm -rf "$SSHD_DIR.tmp" && mkdir -p "$SSHD_DIR.tmp"
         dpkg-deb -x "$WORK"/openssh-server_*.deb "$SSHD_DIR.tmp"
         rm -rf "$SSHD_DIR" && mv "$SSHD_DIR.tmp" "$SSHD_DIR"
     fi
+    missing=$(ldd "$SSHD" | awk '/not found/{print $1}')
+    [ -z "$missing" ] || die "the unpacked sshd lacks shared libraries: $missing (add their packages to apt_install above)"
     id sshd >/dev/null 2>&1 || useradd --system --home-dir /run/sshd --shell /usr/sbin/nologin sshd
     mkdir -p /run/sshd && chmod 755 /run/sshd
     ssh-keygen -q -t ed25519 -N "" -f "$WORK/hostkey"
