@@ -88,6 +88,8 @@ pub fn lock_state_dir(cfg: &Config) -> anyhow::Result<DaemonLock> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Before anything holds descriptors: VM adoption, forwarders and clients all count.
+    let fds = raise_fd_limit();
     prepare_state_dir(&cfg)?;
     let _lock = lock_state_dir(&cfg)?;
     let store = Store::open(&cfg.state_dir)?;
@@ -144,7 +146,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let app = api::app(state);
-    let fds = raise_fd_limit();
     // One listener for the API and every site: the proxy resolves each request and hands
     // API requests (with the peer address) to the axum router.
     proxy::serve_http(

@@ -30,10 +30,7 @@ use crate::store::Store;
 pub use error::{ApiError, ErrorBody};
 
 /// Timestamps in API answers: RFC 3339, UTC.
-pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub(crate) use crate::store::rfc3339;
 
 /// What `/readyz` reports about the parts that come up after start.
 #[derive(Default)]

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::hosting::{self, HostingError, Hostings, VmDetail, VmStatus};
-use crate::store::{HostingId, Role, Store, StoreError, User};
+use crate::store::{rfc3339, HostingId, Role, Store, StoreError, User};
 
 /// The control socket of the daemon that uses `state_dir`.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -312,11 +312,6 @@ impl Ops {
             vms_running: vms.iter().filter(|v| v.pid.is_some()).count(),
         })
     }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn user_row(u: &User) -> UserRow {

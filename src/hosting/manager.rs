@@ -1268,13 +1268,7 @@ impl Hostings {
     }
 
     fn owners(&self) -> Result<HashMap<UserId, String>, HostingError> {
-        Ok(self
-            .inner
-            .store
-            .users()?
-            .into_iter()
-            .map(|u| (u.id, u.username))
-            .collect())
+        super::offline::owners(&self.inner.store)
     }
 
     pub async fn vm_list(&self) -> Result<Vec<VmStatus>, HostingError> {

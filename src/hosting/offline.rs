@@ -39,7 +39,8 @@ pub fn vm_detail(cfg: &Config, store: &Store, id: HostingId) -> Result<VmDetail,
     })
 }
 
-fn owners(store: &Store) -> Result<HashMap<UserId, String>, HostingError> {
+/// Usernames by account id, for showing each VM's owner.
+pub(super) fn owners(store: &Store) -> Result<HashMap<UserId, String>, HostingError> {
     Ok(store
         .users()?
         .into_iter()

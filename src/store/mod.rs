@@ -545,6 +545,12 @@ fn append_audit(
     Ok(())
 }
 
+/// A record's time as the API and the CLI show it.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// The current time, UTC, truncated to whole seconds (what the API shows).
 pub fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
