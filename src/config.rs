@@ -60,6 +60,15 @@ pub struct HttpConfig {
     /// Open client connections in total (also kept below the open-file limit minus a
     /// reserve for VM management).
     pub max_conns: usize,
+    /// Seconds a request body may send nothing before it is cut (408).
+    pub body_timeout_secs: u64,
+    /// Seconds a VM may send no response head, or nothing of a response body, before
+    /// the proxy gives up (504 before the head).
+    pub upstream_timeout_secs: u64,
+    /// Seconds a client may take no byte of its response before it is disconnected.
+    pub send_timeout_secs: u64,
+    /// Seconds an upgraded (WebSocket) tunnel may carry nothing before it is closed.
+    pub tunnel_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +183,10 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             max_conns_per_address: 256,
             max_conns: 16384,
+            body_timeout_secs: 60,
+            upstream_timeout_secs: 60,
+            send_timeout_secs: 60,
+            tunnel_idle_secs: 600,
         }
     }
 }
@@ -321,6 +334,19 @@ impl Config {
                 "at least http.max_conns_per_address",
                 self.http.max_conns,
             ));
+        }
+        for (key, v) in [
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            (
+                "http.upstream_timeout_secs",
+                self.http.upstream_timeout_secs,
+            ),
+            ("http.send_timeout_secs", self.http.send_timeout_secs),
+            ("http.tunnel_idle_secs", self.http.tunnel_idle_secs),
+        ] {
+            if !(1..=86400).contains(&v) {
+                return Err(bad(key, "seconds from 1 to 86400", v));
+            }
         }
         if self.http.max_body_bytes < 1024 {
             return Err(bad(
@@ -530,6 +556,8 @@ mod tests {
                 "network.bridge",
             ),
             ("[vm]\nvcpus = 0", "vm.vcpus"),
+            ("[http]\nbody_timeout_secs = 0", "http.body_timeout_secs"),
+            ("[http]\ntunnel_idle_secs = 100000", "http.tunnel_idle_secs"),
             ("[vm]\nmemory_mib = 1", "vm.memory_mib"),
             ("[vm]\ndisk_gib = 0", "vm.disk_gib"),
             (

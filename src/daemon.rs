@@ -196,6 +196,10 @@ fn proxy_config(cfg: &Config, fd_limit: u64) -> proxy::ProxyConfig {
     let budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
     p.max_conns = cfg.http.max_conns.min(budget.max(64));
     p.max_conns_per_address = cfg.http.max_conns_per_address;
+    p.body_timeout = Duration::from_secs(cfg.http.body_timeout_secs);
+    p.upstream_timeout = Duration::from_secs(cfg.http.upstream_timeout_secs);
+    p.send_timeout = Duration::from_secs(cfg.http.send_timeout_secs);
+    p.tunnel_idle_timeout = Duration::from_secs(cfg.http.tunnel_idle_secs);
     tracing::info!(
         fd_limit,
         max_conns = p.max_conns,

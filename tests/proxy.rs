@@ -62,6 +62,25 @@ async fn upstream_service(
         let n: usize = n.parse().unwrap_or(0);
         return Ok(Response::new(stream_of(n)));
     }
+    if path == "/now" {
+        // Answers before reading the request body, as a VM's server may (a 405 for a POST
+        // to a static file, a 413, a redirect), then reads and discards the body, keeping
+        // the connection (nginx's discarded body).
+        let mut body = req.into_body();
+        tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        return Ok(Response::new(full("now")));
+    }
+    if path == "/stall" {
+        // A head and a first chunk, then nothing.
+        let first = futures::stream::once(async {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"first")))
+        });
+        let body = StreamBody::new(futures::StreamExt::chain(first, futures::stream::pending()));
+        return Ok(Response::new(body.boxed()));
+    }
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
     if path == "/ws" {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -131,6 +150,10 @@ fn api_router() -> axum::Router {
         .route(
             "/api/v1/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
+        )
+        .route(
+            "/api/v1/echo",
+            axum::routing::post(|body: String| async move { body }),
         )
         .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "api-404") })
 }
@@ -1049,4 +1072,199 @@ fn forwarding_does_not_wait_for_a_busy_daemon_runtime() {
         .expect("the echo comes back while the daemon's runtime is blocked");
     assert_eq!(&b, b"ping");
     daemon.shutdown_background();
+}
+
+/// Reads from `s` until the proxy answers or closes; `None` when neither happens within
+/// `within` (the connection is still held open).
+fn answer_or_close(s: &mut TcpStream, within: Duration) -> Option<String> {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
+                return Some(String::from_utf8_lossy(&out).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A visitor whose upload stalls, on a site that answered before reading it, must not hold
+/// the pooled connection: the next visitor of the same site (same worker, same pool) is
+/// answered at once, not after the uploader's body timeout.
+#[test]
+fn a_slow_uploader_does_not_delay_the_next_visitor() {
+    let h = Harness::start(ProxyConfig {
+        workers: 1,
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let mut up = TcpStream::connect(h.proxy).expect("connect");
+    up.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    up.write_all(
+        b"POST /alice/now HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nfirst bytes",
+    )
+    .expect("write");
+    let head = read_head(&mut up, "the uploader got no answer");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = [0u8; 3];
+    up.read_exact(&mut body).expect("body");
+    assert_eq!(&body, b"now");
+    // The upload is still open (999,989 bytes to go) and sends nothing more.
+    let mut next = TcpStream::connect(h.proxy).expect("connect");
+    let answer = answer_or_close(
+        next_request(&mut next, "/alice/"),
+        Duration::from_secs(10),
+    );
+    let answer = answer.expect("the next visitor waited behind the stalled upload");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(up);
+}
+
+fn next_request<'a>(s: &'a mut TcpStream, path: &str) -> &'a mut TcpStream {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    s
+}
+
+/// A request body that stops arriving is cut after the body timeout, on a site (408) and
+/// on the API (the login route reads a body too), instead of holding the connection.
+#[test]
+fn a_stalled_request_body_is_cut_off() {
+    let h = Harness::start(ProxyConfig {
+        body_timeout: Duration::from_millis(800),
+        ..ProxyConfig::new(DOMAIN)
+    });
+    for (path, expect) in [("/alice/", Some("HTTP/1.1 408")), ("/api/v1/echo", None)] {
+        let mut s = TcpStream::connect(h.proxy).expect("connect");
+        s.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes!")
+                .as_bytes(),
+        )
+        .expect("write");
+        let out = answer_or_close(&mut s, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{path}: the stalled body held the connection"));
+        if let Some(status) = expect {
+            assert!(out.starts_with(status), "{path}: {out}");
+        }
+        // Whatever was answered, the connection ends.
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        assert!(s.read_to_end(&mut rest).is_ok(), "{path}: not closed");
+    }
+}
+
+/// A VM that takes a request and never answers gets the visitor a 504, not an endless wait.
+#[test]
+fn a_silent_vm_gets_a_gateway_timeout() {
+    let h = Harness::start(ProxyConfig {
+        upstream_timeout: Duration::from_millis(800),
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    let out = answer_or_close(
+        next_request(&mut s, "/alice/hang"),
+        Duration::from_secs(20),
+    )
+    .expect("no answer from the proxy");
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    // A response body that stops: the visitor's connection ends instead of hanging.
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    next_request(&mut s, "/alice/stall");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let ended = s.read_to_end(&mut got);
+    assert!(
+        ended.is_ok() || ended.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a stalled response body held the visitor"
+    );
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // The site still answers others.
+    assert!(answered(
+        &mut TcpStream::connect(h.proxy).expect("connect"),
+        "/alice/"
+    ));
+}
+
+/// A client that asks for a large response and reads none of it is disconnected after the
+/// send timeout, which gives its connection slot back.
+#[test]
+fn a_client_that_reads_nothing_is_disconnected() {
+    let h = Harness::start(ProxyConfig {
+        send_timeout: Duration::from_millis(800),
+        max_conns_per_address: 1,
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let src = Ipv4Addr::new(127, 0, 0, 21);
+    let mut hog = connect_proxy_from(h.proxy, src);
+    write!(
+        hog,
+        "GET /alice/big?n={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        500 * MB
+    )
+    .expect("write");
+    // While the hog holds the only slot, its address is refused; once the proxy gives up
+    // on it, the address is served again.
+    common::poll(
+        "the reader-less client to be dropped",
+        Duration::from_secs(30),
+        || {
+            let mut s = connect_proxy_from(h.proxy, src);
+            answered(&mut s, "/alice/").then_some(())
+        },
+    );
+    drop(hog);
+}
+
+/// An upgraded tunnel counts against its address's connection cap while it is open, and
+/// is closed when nothing moves through it for the tunnel idle timeout.
+#[test]
+fn tunnels_count_against_the_caps_and_close_when_idle() {
+    let h = Harness::start(ProxyConfig {
+        tunnel_idle_timeout: Duration::from_secs(3),
+        max_conns_per_address: 1,
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let src = Ipv4Addr::new(127, 0, 0, 22);
+    let mut t = connect_proxy_from(h.proxy, src);
+    t.write_all(
+        b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("write");
+    let head = read_head(&mut t, "closed before 101");
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    t.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    t.read_exact(&mut back).expect("echo");
+    // The tunnel holds the address's one slot.
+    let mut second = connect_proxy_from(h.proxy, src);
+    assert!(
+        !answered(&mut second, "/alice/"),
+        "a tunnel was not counted"
+    );
+    // Idle: the proxy closes it, and the slot comes back.
+    t.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    assert!(
+        t.read_to_end(&mut rest).is_ok(),
+        "the idle tunnel was not closed"
+    );
+    common::poll(
+        "the tunnel's slot to come back",
+        Duration::from_secs(10),
+        || {
+            let mut s = connect_proxy_from(h.proxy, src);
+            answered(&mut s, "/alice/").then_some(())
+        },
+    );
 }

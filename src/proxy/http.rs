@@ -23,12 +23,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use super::deadline::{self, SendDeadline, TimedBody};
 use super::framing::Sniffed;
 use super::headers::{self, Forwarding};
 use super::pages::{self, Page};
 use super::routes::{
     resolve, Resolution, Route, RouteCache, RouteStatus, RouteTable, Routes, RETRY_AFTER_SECS,
 };
+use super::tcp::{with_idle_timeout, Activity, Counted};
 use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
 
@@ -67,6 +69,7 @@ impl Shared {
             PoolLimits {
                 idle_timeout: self.cfg.pool_idle_timeout,
                 max_idle: self.cfg.pool_max_idle_per_host,
+                response_idle: self.cfg.upstream_timeout,
             },
         );
         if let Ok(mut map) = self.pools.write() {
@@ -204,18 +207,23 @@ async fn worker(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let (stream, ambiguous) = Sniffed::new(stream);
+        let stream = SendDeadline::new(stream, shared.cfg.send_timeout);
+        // Counted until hyper is done with the connection and any tunnel it became.
+        let client = Client {
+            peer,
+            slot: Arc::new(slot),
+        };
+        let slot = client.slot.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let refuse = req.headers().contains_key(header::TRANSFER_ENCODING)
                 && ambiguous.swap(false, Ordering::Relaxed);
-            handle(shared.clone(), peer, req, refuse)
+            handle(shared.clone(), client.clone(), req, refuse)
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            // Counted until hyper is done with the connection (an upgraded tunnel then
-            // continues in its own task, bounded by its idle timeout).
             let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
@@ -246,6 +254,14 @@ struct ConnCounter {
 struct ConnCounts {
     total: usize,
     by_address: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// Who is on the other end of a client connection, and its connection slot (shared by
+/// hyper's connection task and any tunnel the connection becomes).
+#[derive(Clone)]
+struct Client {
+    peer: SocketAddr,
+    slot: Arc<ConnSlot>,
 }
 
 /// One open connection; counted until dropped.
@@ -294,10 +310,11 @@ impl Drop for ConnSlot {
 
 async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
+    client: Client,
+    req: Request<Incoming>,
     ambiguous_framing: bool,
 ) -> Result<Response<Body>, Infallible> {
+    let peer = client.peer;
     if ambiguous_framing {
         tracing::info!(%peer, "refused: Content-Length with Transfer-Encoding");
         let mut resp = pages::render(Page::BadRequest, req.headers());
@@ -327,9 +344,12 @@ async fn handle(
         &shared.cfg.domain,
     );
     drop(table);
+    let body_timeout = shared.cfg.body_timeout;
+    let mut req = req.map(|b| TimedBody::new(b, "request", body_timeout));
     Ok(match resolution {
         Resolution::Api => {
             req.extensions_mut().insert(ConnectInfo(peer));
+            let req = req.map(Body::new);
             let call = shared.api.clone().oneshot(req);
             match shared.api_rt.spawn(call).await {
                 Ok(Ok(r)) => r,
@@ -363,7 +383,7 @@ async fn handle(
         } => {
             proxy(
                 &shared,
-                peer,
+                client,
                 req,
                 &route,
                 &upstream_path,
@@ -380,13 +400,14 @@ const BOOTING_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn proxy(
     shared: &Shared,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
+    client: Client,
+    mut req: Request<TimedBody<Incoming>>,
     route: &Route,
     upstream_path: &str,
     prefix: Option<&str>,
     host: Option<&str>,
 ) -> Response<Body> {
+    let peer = client.peer;
     let booting = route.status == RouteStatus::Booting;
     let Some(upstream) = route
         .upstream
@@ -439,18 +460,31 @@ async fn proxy(
         }
     }
 
-    let mut resp = match shared
-        .pool(route, upstream)
-        .send(Request::from_parts(parts, body), connect_timeout)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            // The request (and its headers) went to the pool: the page is chosen by the
-            // client's saved `Accept` alone.
-            let mut h = hyper::HeaderMap::new();
-            if let Some(a) = accept {
-                h.insert(header::ACCEPT, a);
+    // The request (and its headers) go to the pool: an error page is chosen by the
+    // client's saved `Accept` alone.
+    let saved = |accept: Option<HeaderValue>| {
+        let mut h = hyper::HeaderMap::new();
+        if let Some(a) = accept {
+            h.insert(header::ACCEPT, a);
+        }
+        h
+    };
+    let pool = shared.pool(route, upstream);
+    let sent = pool.send(Request::from_parts(parts, body), connect_timeout);
+    let mut resp = match tokio::time::timeout(shared.cfg.upstream_timeout, sent).await {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            tracing::info!(slug = %route.slug, %upstream, after = ?shared.cfg.upstream_timeout, "upstream sent no response head");
+            return pages::render(Page::GatewayTimeout, &saved(accept));
+        }
+        Ok(Err(e)) => {
+            let h = saved(accept);
+            if deadline::stalled(&e, "request") {
+                tracing::info!(slug = %route.slug, %peer, "request body stalled");
+                let mut r = pages::render(Page::RequestTimeout, &h);
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
             }
             if booting && e.is_connect() {
                 return pages::render(
@@ -482,7 +516,10 @@ async fn proxy(
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let slug = route.slug.clone();
+            let idle = shared.cfg.tunnel_idle_timeout;
             tokio::spawn(async move {
+                // The tunnel holds its client's connection slot until it ends.
+                let _slot = client.slot;
                 let (c, u) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok(x) => x,
                     Err(e) => {
@@ -491,7 +528,10 @@ async fn proxy(
                     }
                 };
                 let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                let activity = Activity::new();
+                let mut counted = Counted::new(&mut c, &activity);
+                let copy = tokio::io::copy_bidirectional(&mut counted, &mut u);
+                match with_idle_timeout(copy, &activity, idle, idle).await {
                     Ok((up, down)) => tracing::debug!(%slug, up, down, "tunnel closed"),
                     Err(e) => tracing::debug!(%slug, error = %e, "tunnel ended"),
                 }

@@ -5,6 +5,7 @@
 //! ([`Forwarders`]). It knows nothing of users, the store or QEMU: the hosting module tells
 //! it which slug goes where, and it never terminates TLS or SSH (bytes only).
 
+mod deadline;
 mod framing;
 mod headers;
 mod http;
@@ -68,6 +69,18 @@ pub struct ProxyConfig {
     /// Open client connections in total; beyond, new ones are closed at once, so a flood
     /// cannot take the file descriptors that VM management needs.
     pub max_conns: usize,
+    /// A request body that sends nothing for this long is cut (408 when nothing was
+    /// answered yet; nginx's `client_body_timeout`).
+    pub body_timeout: Duration,
+    /// A VM that sends no response head, or nothing of a response body, for this long
+    /// is given up (504 before the head; nginx's `proxy_read_timeout`).
+    pub upstream_timeout: Duration,
+    /// A client that takes no byte of its response for this long is disconnected
+    /// (nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// An upgraded (WebSocket) tunnel with no byte in either direction for this long is
+    /// closed. It stays counted against the connection caps while open.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -92,6 +105,10 @@ impl Default for ProxyConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_conns_per_address: 256,
             max_conns: 16384,
+            body_timeout: Duration::from_secs(60),
+            upstream_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(600),
         }
     }
 }

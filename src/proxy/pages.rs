@@ -17,6 +17,10 @@ pub enum Page {
     BadGateway,
     /// The request is malformed (400).
     BadRequest,
+    /// The client stopped sending its request body (408).
+    RequestTimeout,
+    /// The VM took the request but sent no answer in time (504).
+    GatewayTimeout,
 }
 
 impl Page {
@@ -43,6 +47,16 @@ impl Page {
                 "The site's server did not answer.",
             ),
             Page::BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Bad request."),
+            Page::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body stopped arriving.",
+            ),
+            Page::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "The site's server took too long to answer.",
+            ),
         }
     }
 }
@@ -123,6 +137,8 @@ mod tests {
 
         assert_eq!(render(Page::Down, &html).status(), 503);
         assert_eq!(render(Page::BadGateway, &html).status(), 502);
+        assert_eq!(render(Page::RequestTimeout, &html).status(), 408);
+        assert_eq!(render(Page::GatewayTimeout, &html).status(), 504);
         assert_eq!(redirect("/a/?b").headers()[header::LOCATION], "/a/?b");
     }
 }

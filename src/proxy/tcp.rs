@@ -377,7 +377,7 @@ pub(crate) async fn forward(
 
 /// The last time bytes moved, and how many, shared by both directions; and how many came
 /// from the client.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     bytes: AtomicU64,
@@ -385,7 +385,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(super) fn new() -> Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -412,7 +412,7 @@ impl Activity {
 
 /// Runs `work` until it ends, nothing moves for `idle`, or the client has sent nothing
 /// `silent` after the start.
-async fn with_idle_timeout<T>(
+pub(super) async fn with_idle_timeout<T>(
     work: impl Future<Output = std::io::Result<T>>,
     activity: &Activity,
     idle: Duration,
@@ -441,13 +441,13 @@ async fn with_idle_timeout<T>(
 }
 
 /// A stream wrapper that reports reads to an [`Activity`] (for the copy fallback).
-struct Counted<'a, S> {
+pub(super) struct Counted<'a, S> {
     inner: &'a mut S,
     activity: &'a Activity,
 }
 
 impl<'a, S> Counted<'a, S> {
-    fn new(inner: &'a mut S, activity: &'a Activity) -> Self {
+    pub(super) fn new(inner: &'a mut S, activity: &'a Activity) -> Self {
         Counted { inner, activity }
     }
 }

@@ -3,13 +3,17 @@
 //! A [`Pool`] belongs to one worker thread and one boot of one VM (see
 //! [`super::routes::Route::generation`]): a rebooted guest gets a new pool, so a request
 //! never lands on a connection to the previous boot. A connection goes back to the pool
-//! when its response body has been read to the end ([`PooledBody`]), and is taken most
-//! recently used first. A request refused by a pooled connection before any byte of it was
+//! when its response body has been read to the end ([`PooledBody`]) and its request body
+//! has been sent to the end (a VM may answer before it has read an upload: the connection
+//! is then busy until the upload ends, and the next visitor must not wait behind it), and
+//! is taken most recently used first. A response body that sends nothing for
+//! [`PoolLimits::response_idle`] fails, which closes its connection. A request refused by a pooled connection before any byte of it was
 //! written (the VM closed that connection) is retried on the next one, or a new one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +23,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::deadline::TimedBody;
+
+/// A client's request body on its way to a VM: bounded in idleness, and known when sent.
+pub type ClientBody = TimedBody<Incoming>;
 
 /// Why a request could not be sent to the VM or got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +71,13 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
     /// Idle connections kept; more are closed when they finish.
     pub max_idle: usize,
+    /// A response body that sends nothing for this long fails (nginx's
+    /// `proxy_read_timeout` between two reads).
+    pub response_idle: Duration,
 }
 
 struct Idle {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<ClientBody>,
     since: Instant,
 }
 
@@ -95,15 +107,16 @@ impl Pool {
     /// `connect_timeout`.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        let sent = req.body().finished();
         while let Some(mut tx) = self.checkout() {
             if tx.ready().await.is_err() {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, tx)),
+                Ok(resp) => return Ok(self.wrap(resp, tx, sent)),
                 Err(mut e) => match e.take_message() {
                     // Not a byte was written: the next connection gets it.
                     Some(r) => req = r,
@@ -113,7 +126,7 @@ impl Pool {
         }
         let mut tx = self.connect(connect_timeout).await?;
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, tx)),
+            Ok(resp) => Ok(self.wrap(resp, tx, sent)),
             Err(e) => Err(self.request_error(e.into_error())),
         }
     }
@@ -126,7 +139,7 @@ impl Pool {
     }
 
     /// The most recently returned live connection, dropping closed and stale ones.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<ClientBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop_back() {
             if !c.tx.is_closed() && c.since.elapsed() < self.limits.idle_timeout {
@@ -136,7 +149,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, tx: SendRequest<Incoming>) {
+    fn checkin(&self, tx: SendRequest<ClientBody>) {
         if tx.is_closed() {
             return;
         }
@@ -157,7 +170,7 @@ impl Pool {
         idle.push_back(Idle { tx, since: now });
     }
 
-    async fn connect(&self, after: Duration) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, after: Duration) -> Result<SendRequest<ClientBody>, UpstreamError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(after, TcpStream::connect(addr))
             .await
@@ -179,29 +192,35 @@ impl Pool {
     fn wrap(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        tx: SendRequest<Incoming>,
+        tx: SendRequest<ClientBody>,
+        sent: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
         // A switched connection belongs to the tunnel, never to the pool.
         let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (self.clone(), tx));
+        let idle = self.limits.response_idle;
         resp.map(|inner| PooledBody {
-            inner,
+            inner: TimedBody::new(inner, "response", idle),
             back,
+            sent,
             done: false,
         })
     }
 }
 
-/// A response body that returns its connection to the pool once read to the end.
-/// Dropped earlier (the client went away), the connection is closed instead.
+/// A response body that returns its connection to the pool once read to the end, if the
+/// request body has been sent to the end too. Dropped earlier (the client went away), or
+/// with the upload still going, the connection is closed instead.
 pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(Arc<Pool>, SendRequest<Incoming>)>,
+    inner: TimedBody<Incoming>,
+    back: Option<(Arc<Pool>, SendRequest<ClientBody>)>,
+    /// Set when the request body has been sent to its end.
+    sent: Arc<AtomicBool>,
     done: bool,
 }
 
 impl Body for PooledBody {
     type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -227,7 +246,8 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.done || self.inner.is_end_stream() {
+        let finished = self.done || self.inner.is_end_stream();
+        if finished && self.sent.load(Ordering::Acquire) {
             if let Some((pool, tx)) = self.back.take() {
                 pool.checkin(tx);
             }
