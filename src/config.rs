@@ -150,6 +150,16 @@ pub struct VmConfig {
 pub struct LimitsConfig {
     /// VM creations that run at the same time; the rest wait in order.
     pub max_concurrent_creates: usize,
+    /// Hostings this host holds at most (0: no count limit besides memory and disk).
+    pub max_vms: u32,
+    /// Host memory kept out of the VMs' budget, in MiB.
+    pub memory_reserve_mib: u64,
+    /// The VMs' memory budget (RAM minus the reserve) times this (1.0: no overcommit).
+    pub memory_overcommit: f64,
+    /// The VMs' disk budget (the state directory's file system minus
+    /// `vm.disk_reserve_gib`) times this (1.0: a guest filling its disk can never eat the
+    /// host's reserve).
+    pub disk_overcommit: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -242,6 +252,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_concurrent_creates: 2,
+            max_vms: 0,
+            memory_reserve_mib: 2048,
+            memory_overcommit: 1.0,
+            disk_overcommit: 1.0,
         }
     }
 }
@@ -454,6 +468,14 @@ impl Config {
         if self.vm.run_as.is_empty() {
             return Err(bad("vm.run_as", "a user name", &self.vm.run_as));
         }
+        for (key, v) in [
+            ("limits.memory_overcommit", self.limits.memory_overcommit),
+            ("limits.disk_overcommit", self.limits.disk_overcommit),
+        ] {
+            if !(0.1..=10.0).contains(&v) {
+                return Err(bad(key, "a ratio from 0.1 to 10.0", v));
+            }
+        }
         if !(1..=64).contains(&self.limits.max_concurrent_creates) {
             return Err(bad(
                 "limits.max_concurrent_creates",
@@ -560,6 +582,10 @@ mod tests {
             ("[http]\ntunnel_idle_secs = 100000", "http.tunnel_idle_secs"),
             ("[vm]\nmemory_mib = 1", "vm.memory_mib"),
             ("[vm]\ndisk_gib = 0", "vm.disk_gib"),
+            (
+                "[limits]\nmemory_overcommit = 0.0",
+                "limits.memory_overcommit",
+            ),
             (
                 "[limits]\nmax_concurrent_creates = 0",
                 "limits.max_concurrent_creates",

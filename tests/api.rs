@@ -704,3 +704,52 @@ fn an_attacker_cannot_lock_the_owner_out() {
         );
     }
 }
+
+/// A full host refuses a new VM with a message naming the budget that is full (503 for
+/// memory, 507 for disk), and nothing is created; the capacity report is for admins only.
+#[test]
+fn a_full_host_refuses_new_vms_naming_the_limit() {
+    let c = client();
+    // Memory: a reserve larger than any host leaves no memory for VMs.
+    let d = Daemon::start_with("[limits]\nmemory_reserve_mib = 1000000000\n");
+    assert_eq!(register(&d, "alice", "password123").0, StatusCode::CREATED);
+    let t = token(&d, "alice", "password123");
+    let r = c
+        .post(d.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().expect("json");
+    assert_error(&v, "no_capacity");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("memory")),
+        "{v}"
+    );
+    assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&d, "/api/v1/admin/capacity", Some(&t)).0,
+        StatusCode::FORBIDDEN
+    );
+    drop(d);
+    // Disk: 2 TiB per VM against a tenth of this file system. (This text lands in `[vm]`.)
+    let d = Daemon::start_with("disk_gib = 2048\n[limits]\ndisk_overcommit = 0.1\n");
+    assert_eq!(register(&d, "alice", "password123").0, StatusCode::CREATED);
+    let t = token(&d, "alice", "password123");
+    let r = c
+        .post(d.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let v: Value = r.json().expect("json");
+    assert_error(&v, "insufficient_storage");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disk") && m.contains("GiB")),
+        "{v}"
+    );
+    assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
+}

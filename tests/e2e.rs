@@ -779,7 +779,8 @@ fn creation_faults_leak_nothing() {
 }
 
 /// Ten users create at once with `max_concurrent_creates = 2`: every creation succeeds,
-/// with distinct addresses, ports, MACs and taps.
+/// with distinct addresses, ports, MACs and taps. The host's limit is ten VMs: an eleventh
+/// user is refused with a message naming it, and the capacity report shows it.
 #[test]
 fn ten_concurrent_creations() {
     if !common::privileged("ten_concurrent_creations") {
@@ -795,7 +796,7 @@ fn ten_concurrent_creations() {
                 .expect("cfg")
                 .replace("memory_mib = 512", "memory_mib = 256")
                 .replace("boot_timeout_secs = 240", "boot_timeout_secs = 900")
-                + "[limits]\nmax_concurrent_creates = 2\n[auth]\nlogin_attempts = 100\n",
+                + "[limits]\nmax_concurrent_creates = 2\nmax_vms = 10\n[auth]\nlogin_attempts = 100\n",
         )
         .expect("cfg");
         roost.user_add("root-admin", true);
@@ -836,6 +837,27 @@ fn ten_concurrent_creations() {
         };
         distinct("ip");
         distinct("ssh_port");
+        // The eleventh is over the host's limit: refused, nothing reserved.
+        let (s, _) = http(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(&json!({"username": "late", "password": "password123"})),
+        );
+        assert_eq!(s, 201);
+        let late = login("late", "password123");
+        let (s, v) = http("POST", "/api/v1/host", Some(&late), None);
+        assert_eq!(s, 503, "{v}");
+        assert_eq!(v["error"], "no_capacity", "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("10 VMs")),
+            "{v}"
+        );
+        assert_eq!(http("GET", "/api/v1/host", Some(&late), None).0, 404);
+        let (_, cap) = http("GET", "/api/v1/admin/capacity", Some(&admin), None);
+        assert_eq!(cap["vms"], 10, "{cap}");
+        assert_eq!(cap["max_vms"], 10, "{cap}");
+        assert_eq!(cap["memory_mib_used"], 10 * (256 + 256), "{cap}");
         // The semaphore holds: right after the burst, at most two have started QEMU.
         let (_, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);
         let started = vms

@@ -1120,10 +1120,7 @@ fn a_slow_uploader_does_not_delay_the_next_visitor() {
     assert_eq!(&body, b"now");
     // The upload is still open (999,989 bytes to go) and sends nothing more.
     let mut next = TcpStream::connect(h.proxy).expect("connect");
-    let answer = answer_or_close(
-        next_request(&mut next, "/alice/"),
-        Duration::from_secs(10),
-    );
+    let answer = answer_or_close(next_request(&mut next, "/alice/"), Duration::from_secs(10));
     let answer = answer.expect("the next visitor waited behind the stalled upload");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(up);
@@ -1170,11 +1167,8 @@ fn a_silent_vm_gets_a_gateway_timeout() {
         ..ProxyConfig::new(DOMAIN)
     });
     let mut s = TcpStream::connect(h.proxy).expect("connect");
-    let out = answer_or_close(
-        next_request(&mut s, "/alice/hang"),
-        Duration::from_secs(20),
-    )
-    .expect("no answer from the proxy");
+    let out = answer_or_close(next_request(&mut s, "/alice/hang"), Duration::from_secs(20))
+        .expect("no answer from the proxy");
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     // A response body that stops: the visitor's connection ends instead of hanging.
     let mut s = TcpStream::connect(h.proxy).expect("connect");

@@ -50,8 +50,29 @@ pub struct VmDetailView {
     pub serial_tail: Vec<String>,
 }
 
+/// The host's VM budgets and what the hostings hold of them. Every hosting, stopped or
+/// not, holds its reservation; a creation that would go past a budget is refused (503 for
+/// the VM count and memory, 507 for disk).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CapacityView {
+    pub vms: u32,
+    /// `null`: no count limit besides memory and disk.
+    pub max_vms: Option<u32>,
+    pub memory_mib_used: u64,
+    pub memory_mib_budget: u64,
+    pub disk_gib_used: u64,
+    pub disk_gib_budget: u64,
+    /// The host's RAM and the state directory's file system, as measured now.
+    pub host_memory_mib: u64,
+    pub host_disk_gib: u64,
+    /// What one more VM is charged (guest memory plus QEMU's overhead; virtual disk size).
+    pub vm_memory_mib: u64,
+    pub vm_disk_gib: u64,
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(capacity))
         .routes(routes!(list))
         .routes(routes!(detail))
         .routes(routes!(act))
@@ -78,6 +99,28 @@ fn vm_view(s: VmStatus) -> VmView {
 
 fn parse_id(id: &str) -> Result<HostingId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found("vm"))
+}
+
+/// The host's capacity against its limits.
+#[utoipa::path(get, path = "/api/v1/admin/capacity", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = CapacityView), (status = 403, body = ErrorBody)))]
+async fn capacity(
+    State(st): State<AppState>,
+    _a: AdminUser,
+) -> Result<Json<CapacityView>, ApiError> {
+    let c = st.hostings.capacity()?;
+    Ok(Json(CapacityView {
+        vms: c.usage.vms,
+        max_vms: c.budget.max_vms,
+        memory_mib_used: c.usage.memory_mib,
+        memory_mib_budget: c.budget.memory_mib,
+        disk_gib_used: c.usage.disk_gib,
+        disk_gib_budget: c.budget.disk_gib,
+        host_memory_mib: c.host.memory_mib,
+        host_disk_gib: c.host.disk_gib,
+        vm_memory_mib: c.vm.charged_memory_mib(),
+        vm_disk_gib: c.vm.disk_gib,
+    }))
 }
 
 /// Every VM with owner, state, address, SSH port, PID, uptime and live QMP status.

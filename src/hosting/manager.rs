@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::lifecycle::{self, Action, AfterExit, Backoff, ExitCause, Plan};
 use super::netrt::NetRuntime;
 use super::paths::{self, VmPaths};
-use super::{Created, HostingError, RouteInfo, VmDetail, VmStatus};
+use super::{capacity, CapacityReport, Created, HostingError, RouteInfo, VmDetail, VmStatus};
 use crate::cloudinit;
 use crate::config::Config;
 use crate::net;
@@ -87,6 +87,9 @@ pub(super) struct Inner {
     generations: Mutex<HashMap<HostingId, u64>>,
     /// Test hook: `ROOST_FAULTS=step,...` makes those creation steps fail.
     faults: HashSet<String>,
+    /// Held from the capacity check to the reservation, so two creations cannot both take
+    /// the last room.
+    admission: Mutex<()>,
 }
 
 /// Marks a hosting busy for as long as it lives.
@@ -136,6 +139,7 @@ impl Hostings {
                 backoff: Mutex::new(HashMap::new()),
                 generations: Mutex::new(HashMap::new()),
                 faults,
+                admission: Mutex::new(()),
             }),
         }
     }
@@ -164,6 +168,43 @@ impl Hostings {
 
     // ----- create -----
 
+    /// The host's budgets and what the hostings hold of them (every hosting, stopped or
+    /// not, holds its reservation; see `capacity`).
+    pub fn capacity(&self) -> Result<CapacityReport, HostingError> {
+        let cfg = &self.inner.cfg;
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| capacity::mem_total_mib(&t))
+            .ok_or_else(|| {
+                HostingError::Internal("cannot read MemTotal from /proc/meminfo".into())
+            })?;
+        let disk_gib = vm::disk::total_bytes(&cfg.state_dir)
+            .map_err(|e| HostingError::Internal(e.to_string()))?
+            >> 30;
+        let host = capacity::HostSize {
+            memory_mib,
+            disk_gib,
+        };
+        let limits = capacity::Limits {
+            max_vms: cfg.limits.max_vms,
+            memory_reserve_mib: cfg.limits.memory_reserve_mib,
+            memory_overcommit: cfg.limits.memory_overcommit,
+            disk_reserve_gib: u64::from(cfg.vm.disk_reserve_gib),
+            disk_overcommit: cfg.limits.disk_overcommit,
+        };
+        let vm = capacity::VmSize {
+            memory_mib: u64::from(cfg.vm.memory_mib),
+            disk_gib: u64::from(cfg.vm.disk_gib),
+        };
+        let count = u32::try_from(self.inner.store.hostings()?.len()).unwrap_or(u32::MAX);
+        Ok(CapacityReport {
+            host,
+            budget: capacity::budget(host, &limits),
+            usage: capacity::Usage::of(count, vm),
+            vm,
+        })
+    }
+
     /// Validates, reserves (one transaction) and starts provisioning in the background.
     pub async fn create(
         &self,
@@ -171,7 +212,6 @@ impl Hostings {
         slug: &str,
         key: Option<&str>,
     ) -> Result<Created, HostingError> {
-        let rt = self.rt()?;
         // Keys: the given one, else the user's registered ones, else a generated pair.
         let (keys, private_key) = match key {
             Some(k) => {
@@ -200,6 +240,14 @@ impl Hostings {
             return Err(HostingError::Exists);
         }
         let cfg = &self.inner.cfg;
+        // From the capacity check to the reservation, one creation at a time.
+        let _admission = lock(&self.inner.admission);
+        let report = self.capacity()?;
+        capacity::admit(&report.budget, &report.usage, report.vm).map_err(|r| match r {
+            capacity::Refusal::Disk { .. } => HostingError::DiskFull(r.to_string()),
+            r => HostingError::NoCapacity(r.to_string()),
+        })?;
+        let rt = self.rt()?;
         vm::disk::check_free_space(
             &cfg.state_dir,
             u64::from(cfg.vm.disk_gib) << 30,

@@ -3,6 +3,7 @@
 //!
 //! Knows a hosting's owner id and slug, but nothing of HTTP requests or tokens.
 
+pub mod capacity;
 pub mod lifecycle;
 mod manager;
 mod netrt;
@@ -46,6 +47,16 @@ pub enum HostingError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+}
+
+/// The host's capacity as admission sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct CapacityReport {
+    pub host: capacity::HostSize,
+    pub budget: capacity::Budget,
+    pub usage: capacity::Usage,
+    /// The size of one VM as configured now.
+    pub vm: capacity::VmSize,
 }
 
 /// The answer to a creation.

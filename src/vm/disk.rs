@@ -71,6 +71,15 @@ pub fn available_bytes(dir: &Path) -> Result<u64, VmError> {
     Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
+/// Size of the file system holding `dir`, in bytes.
+pub fn total_bytes(dir: &Path) -> Result<u64, VmError> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(st.blocks().saturating_mul(st.fragment_size()))
+}
+
 /// Pure part of [`check_free_space`].
 fn check_space(dir: &Path, available: u64, needed: u64, reserve: u64) -> Result<(), VmError> {
     let enough = needed
