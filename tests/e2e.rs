@@ -284,6 +284,23 @@ fn hosting_end_to_end() {
         let mut roost = Roost::new(&dir, "");
         roost.user_add("root-admin", true);
         roost.start(&[]);
+        // One address floods the listener with 2000 connections, more than the daemon's
+        // descriptors (lowered to 1500 here): everything below, from logging in and
+        // creating VMs to loading their sites, is done by another client meanwhile. The
+        // per-address cap keeps the flood to its share.
+        let pid = roost.child.as_ref().expect("daemon").id();
+        let st = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), "--nofile=1500:1500"])
+            .status()
+            .expect("prlimit");
+        assert!(st.success());
+        let flooder = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        let http_flood = common::Flood::start(flooder, HTTP.parse().expect("addr"), 2000);
+        common::poll(
+            "the flood to take its share",
+            Duration::from_secs(60),
+            || (http_flood.held() >= 200).then_some(()),
+        );
         let admin = login("root-admin", "password123");
 
         // Two users; alice brings her own key, bob gets a generated one.
@@ -348,6 +365,18 @@ fn hosting_end_to_end() {
         // While it boots the site says so.
         let (s, _) = curl("GET", "/alice/", None, None, &[]);
         assert!(s == 503 || s == 200, "{s}");
+        // The flooder holds silent connections to both SSH ports too.
+        let ssh_floods: Vec<common::Flood> = [&a, &b]
+            .iter()
+            .map(|h| {
+                let port = h["ssh_port"].as_u64().expect("port") as u16;
+                common::Flood::start(
+                    flooder,
+                    std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    200,
+                )
+            })
+            .collect();
 
         let a = wait_state(&alice, "running", Duration::from_secs(300));
         let b = wait_state(&bob, "running", Duration::from_secs(300));
@@ -410,6 +439,24 @@ fn hosting_end_to_end() {
         );
         // Alice's key does not open bob's VM.
         assert!(!ssh(b_port, "bob", &alice_key, "true").status.success());
+        // The flood was there all along, and held about its address's share (256 HTTP, 8
+        // per SSH port; the bounds leave room for a slow accept loop on a loaded host, and
+        // are far below what it holds without the per-address caps).
+        assert!(
+            http_flood.peak() < 1000,
+            "the flood held {} HTTP connections",
+            http_flood.peak()
+        );
+        for f in &ssh_floods {
+            assert!(f.peak() >= 1, "the SSH flood never connected");
+            assert!(
+                f.peak() <= 8 + 4,
+                "the flood held {} SSH connections",
+                f.peak()
+            );
+        }
+        drop(ssh_floods);
+        drop(http_flood);
 
         // VMs cannot reach each other, but reach the gateway.
         let probe = format!(

@@ -70,3 +70,118 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Many connections from one source address to `target`, held open for as long as the
+/// server keeps them, and re-opened when it closes them (as an attacker would): refused
+/// ones wait a few seconds before the next try, so the flood stays steady without
+/// burning the cores the VMs need. Stops, and closes everything, when dropped.
+pub struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub fn start(src: std::net::Ipv4Addr, target: std::net::SocketAddr, conns: usize) -> Flood {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        // The test's own descriptor limit: soft up to hard.
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (s, h, p) = (stop.clone(), held.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for _ in 0..conns {
+                    let (s, h, p) = (s.clone(), h.clone(), p.clone());
+                    tasks.push(tokio::spawn(async move {
+                        while !s.load(Ordering::Relaxed) {
+                            let sock = match tokio::net::TcpSocket::new_v4() {
+                                Ok(x) => x,
+                                Err(_) => return,
+                            };
+                            if sock.bind(std::net::SocketAddr::from((src, 0))).is_err() {
+                                return;
+                            }
+                            let Ok(mut c) = sock.connect(target).await else {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                continue;
+                            };
+                            let opened = Instant::now();
+                            let mut counted = false;
+                            let mut buf = [0u8; 512];
+                            while !s.load(Ordering::Relaxed) {
+                                match tokio::time::timeout(
+                                    Duration::from_secs(1),
+                                    tokio::io::AsyncReadExt::read(&mut c, &mut buf),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                                    Ok(Ok(_)) => {}
+                                    // Held: a whole second without the server closing it
+                                    // (a refused connection is closed at once).
+                                    Err(_) if !counted => {
+                                        counted = true;
+                                        let n = h.fetch_add(1, Ordering::Relaxed) + 1;
+                                        p.fetch_max(n, Ordering::Relaxed);
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
+                            if counted {
+                                h.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            if opened.elapsed() < Duration::from_secs(1) {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        });
+        Flood {
+            stop,
+            held,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections the server holds open right now (open for a second or more).
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most connections the server held open at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
