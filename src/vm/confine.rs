@@ -67,8 +67,9 @@ pub fn kvm_gid() -> Option<u32> {
 }
 
 /// Gives `dir` and everything directly in it to `uid:gid`: the directory 0700, regular
-/// files 0600 (overlay, seed, logs, pidfile); sockets keep their mode. Symlinks are not
-/// followed (a link planted in the directory cannot make roost chown its target).
+/// files roost made 0600 (overlay, seed, its QEMU output log); sockets keep their mode.
+/// Symlinks are not followed (a link planted in the directory cannot make roost chown its
+/// target). Needs CAP_CHOWN, not CAP_FOWNER.
 pub fn hand_over(dir: &Path, uid: u32, gid: u32) -> Result<(), VmError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |what, path: &Path, source| VmError::Io {
@@ -84,22 +85,29 @@ pub fn hand_over(dir: &Path, uid: u32, gid: u32) -> Result<(), VmError> {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory"),
         ));
     }
+    // Modes are set while roost still owns the file (after the chown that would take
+    // CAP_FOWNER). What already belongs to the VM's uid keeps its mode: the 0700 directory
+    // is what keeps other VMs out.
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != uid {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(VM_DIR_MODE))
+            .map_err(|e| io("chmod", dir, e))?;
+    }
     lchown(dir, uid, gid).map_err(|e| io("chown", dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(VM_DIR_MODE))
-        .map_err(|e| io("chmod", dir, e))?;
     let entries = std::fs::read_dir(dir).map_err(|e| io("listing", dir, e))?;
     for e in entries {
         let e = e.map_err(|e| io("listing", dir, e))?;
         let path = e.path();
-        let ft = e.file_type().map_err(|e| io("reading", &path, e))?;
+        let m = std::fs::symlink_metadata(&path).map_err(|e| io("reading", &path, e))?;
+        let ft = m.file_type();
         if ft.is_symlink() || ft.is_dir() {
             continue;
         }
-        lchown(&path, uid, gid).map_err(|e| io("chown", &path, e))?;
-        if ft.is_file() {
+        if ft.is_file() && m.uid() != uid {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(VM_FILE_MODE))
                 .map_err(|e| io("chmod", &path, e))?;
         }
+        lchown(&path, uid, gid).map_err(|e| io("chown", &path, e))?;
     }
     Ok(())
 }
@@ -180,17 +188,27 @@ mod tests {
     }
 
     #[test]
-    fn hand_over_refuses_a_file() {
+    fn hand_over_refuses_a_file_and_keeps_the_modes_of_what_the_uid_owns() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("f");
         std::fs::write(&f, b"x").expect("write");
-        let uid = nix::unistd::getuid().as_raw();
-        assert!(hand_over(&f, uid, nix::unistd::getgid().as_raw()).is_err());
-        // To its own owner it works without privileges, and sets the modes.
-        hand_over(dir.path(), uid, nix::unistd::getgid().as_raw()).expect("hand over");
-        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        assert!(hand_over(&f, uid, gid).is_err());
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
-        assert_eq!(mode(dir.path()), 0o700);
-        assert_eq!(mode(&f), 0o600);
+        // Already the uid's: nothing to chmod (and no CAP_FOWNER needed).
+        hand_over(dir.path(), uid, gid).expect("hand over");
+        assert_eq!(mode(&f), 0o644);
+        if uid == 0 {
+            // As root: to another uid, modes first, then owners.
+            hand_over(dir.path(), 65534, 65534).expect("hand over to nobody");
+            assert_eq!(mode(dir.path()), 0o700);
+            assert_eq!(mode(&f), 0o600);
+            assert_eq!(std::fs::metadata(&f).expect("stat").uid(), 65534);
+        }
     }
 }
