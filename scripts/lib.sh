@@ -177,11 +177,8 @@ apt_install() { ensure_packages "$@"; }
 # Runtime packages plus any extra ones (test.sh's linters), resolved together.
 install_runtime_deps() {
     ensure_packages "$@"
-    # QEMU runs as this unprivileged user (see [vm] run_as).
-    if ! id roost-qemu >/dev/null 2>&1; then
-        log "adding system user roost-qemu"
-        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin roost-qemu
-    fi
+    # No QEMU user to add: each VM's QEMU runs as its own uid from [vm] uid_base, which
+    # needs no passwd entry.
     export ROOST_DEPS_OK=1
 }
 

@@ -23,6 +23,10 @@ pub fn run(cfg: &Config, accel: (crate::vm::Accel, String)) -> Vec<Finding> {
         kvm(accel),
         net_admin(),
         state_dir(cfg),
+        vm_uids(
+            cfg,
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        ),
         free_disk(cfg),
         image(cfg),
     ]
@@ -123,12 +127,14 @@ fn net_admin() -> Finding {
 fn state_dir(cfg: &Config) -> Finding {
     let dir = &cfg.state_dir;
     let probe = dir.join(".roost-check");
-    // Created as `roost serve` creates it: 0700, never world-readable.
-    let r =
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .and_then(|_| std::fs::write(&probe, b"x"))
-            .and_then(|_| std::fs::remove_file(&probe));
+    // Created as `roost serve` creates it: 0711, never listable or readable by others.
+    let r = std::os::unix::fs::DirBuilderExt::mode(
+        std::fs::DirBuilder::new().recursive(true),
+        crate::daemon::STATE_DIR_MODE,
+    )
+    .create(dir)
+    .and_then(|_| std::fs::write(&probe, b"x"))
+    .and_then(|_| std::fs::remove_file(&probe));
     Finding {
         name: "state_dir",
         ok: r.is_ok(),
@@ -136,6 +142,47 @@ fn state_dir(cfg: &Config) -> Finding {
         detail: match r {
             Ok(()) => format!("{} writable", dir.display()),
             Err(e) => format!("{} not writable: {e}", dir.display()),
+        },
+    }
+}
+
+/// Accounts in `passwd` (the text of `/etc/passwd`) whose uid lies in the VMs' range: such
+/// an account could read the files of the VM with its uid and signal its QEMU.
+fn vm_uids(cfg: &Config, passwd: &str) -> Finding {
+    let Some(range) = cfg.vm_uids() else {
+        return Finding {
+            name: "vm_uids",
+            ok: false,
+            fatal: true,
+            detail: "vm.uid_base does not give a valid range".into(),
+        };
+    };
+    let clashes: Vec<String> = passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid: u32 = f.nth(1)?.parse().ok()?;
+            range.contains(&uid).then(|| format!("{name} ({uid})"))
+        })
+        .collect();
+    Finding {
+        name: "vm_uids",
+        ok: clashes.is_empty(),
+        fatal: false,
+        detail: if clashes.is_empty() {
+            format!(
+                "QEMUs run as uids {}-{}, which no account uses",
+                range.start(),
+                range.end()
+            )
+        } else {
+            format!(
+                "accounts inside the VM uid range {}-{}: {} (change [vm] uid_base)",
+                range.start(),
+                range.end(),
+                clashes.join(", ")
+            )
         },
     }
 }
@@ -182,5 +229,28 @@ fn image(cfg: &Config) -> Finding {
         } else {
             format!("{} missing: run scripts/build-image.sh", m.display())
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_in_the_vm_uid_range_are_reported() {
+        let cfg = Config::default();
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n";
+        let f = vm_uids(&cfg, passwd);
+        assert!(f.ok, "{}", f.detail);
+        let clash = format!(
+            "{passwd}intruder:x:{}:100::/:/bin/sh\n",
+            cfg.vm.uid_base + 5
+        );
+        let f = vm_uids(&cfg, &clash);
+        assert!(
+            !f.ok && !f.fatal && f.detail.contains("intruder"),
+            "{}",
+            f.detail
+        );
     }
 }

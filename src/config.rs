@@ -135,8 +135,14 @@ pub struct VmConfig {
     pub disk_gib: u32,
     /// Free space the state directory must keep after a new VM's disk, in GiB.
     pub disk_reserve_gib: u32,
-    /// Unprivileged user QEMU runs as.
-    pub run_as: String,
+    /// First uid of the range QEMUs run as: each VM's QEMU runs as uid = gid = `uid_base` +
+    /// its address's offset in `network.subnet` (no two VMs share one). No account may use
+    /// the range (`roost check` warns). Default 0x70000000, outside systemd's and
+    /// `useradd`'s subordinate ranges.
+    pub uid_base: u32,
+    /// Put each QEMU in its own cgroups (CPU quota of `vcpus` cores, memory and task
+    /// limits). A controller the host lacks is skipped with a warning.
+    pub cgroups: bool,
     /// QEMU binary.
     pub qemu: PathBuf,
     /// A graceful stop (ACPI powerdown) waits this long before QEMU is told to quit.
@@ -240,7 +246,8 @@ impl Default for VmConfig {
             vcpus: 1,
             disk_gib: 4,
             disk_reserve_gib: 2,
-            run_as: "roost-qemu".into(),
+            uid_base: crate::vm::confine::DEFAULT_UID_BASE,
+            cgroups: true,
             qemu: PathBuf::from("qemu-system-x86_64"),
             stop_timeout_secs: 30,
             boot_timeout_secs: 300,
@@ -465,8 +472,12 @@ impl Config {
                 self.vm.boot_timeout_secs,
             ));
         }
-        if self.vm.run_as.is_empty() {
-            return Err(bad("vm.run_as", "a user name", &self.vm.run_as));
+        if self.vm_uids().is_none() {
+            return Err(bad(
+                "vm.uid_base",
+                "a uid of at least 65536 whose range (one uid per address of network.subnet) stays below 4294967295",
+                self.vm.uid_base,
+            ));
         }
         for (key, v) in [
             ("limits.memory_overcommit", self.limits.memory_overcommit),
@@ -489,6 +500,15 @@ impl Config {
     /// The SSH port range; `Some` once validated.
     pub fn ssh_ports(&self) -> Option<PortRange> {
         PortRange::parse(&self.ssh.port_range)
+    }
+
+    /// The uids QEMUs may run as: `uid_base` plus every offset in the subnet; `None` when
+    /// the range reaches below 65536 (ordinary users, `nobody`) or up to `u32::MAX`.
+    pub fn vm_uids(&self) -> Option<std::ops::RangeInclusive<u32>> {
+        let subnet = self.subnet()?;
+        let size = 1u32.checked_shl(32 - u32::from(subnet.prefix()))?;
+        let last = crate::vm::confine::vm_uid(self.vm.uid_base, size - 1)?;
+        (self.vm.uid_base >= 65536).then_some(self.vm.uid_base..=last)
     }
 
     /// The VM subnet (`/8` to `/30`); `Some` once validated.
@@ -582,6 +602,13 @@ mod tests {
             ("[http]\ntunnel_idle_secs = 100000", "http.tunnel_idle_secs"),
             ("[vm]\nmemory_mib = 1", "vm.memory_mib"),
             ("[vm]\ndisk_gib = 0", "vm.disk_gib"),
+            ("[vm]\nuid_base = 1000", "vm.uid_base"),
+            ("[vm]\nuid_base = 65535", "vm.uid_base"),
+            ("[vm]\nuid_base = 4294967040", "vm.uid_base"),
+            (
+                "[network]\nsubnet = \"10.0.0.0/8\"\n[vm]\nuid_base = 4278190080",
+                "vm.uid_base",
+            ),
             (
                 "[limits]\nmemory_overcommit = 0.0",
                 "limits.memory_overcommit",

@@ -19,16 +19,37 @@ use crate::hosting;
 use crate::proxy;
 use crate::store::Store;
 
-/// Creates the state directory if needed, and makes it 0700 whatever made it before (it
-/// holds password hashes, the JWT secret and every VM's disk).
+/// Creates the state directory if needed, and makes it exactly 0711 whatever made it
+/// before: nobody but root may list or read it (it holds password hashes, the JWT secret
+/// and every VM's disk), and each QEMU, running as its VM's own uid, may pass through to
+/// its own 0700 directory under `vms/`.
 pub fn prepare_state_dir(cfg: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = &cfg.state_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(STATE_DIR_MODE)
         .create(dir)
         .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
-    tighten(dir, 0o700)
+    tighten(dir, STATE_DIR_MODE)?;
+    // A directory made 0700 (by an older roost or `roost check`) must let QEMUs through.
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if meta.permissions().mode() & 0o7777 != STATE_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(STATE_DIR_MODE))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The state directory's mode (see [`prepare_state_dir`]).
+pub const STATE_DIR_MODE: u32 = crate::hosting::paths::VMS_DIR_MODE;
+
+/// Restricts the files made before the modes were enforced (redb creates its file 0644).
+pub fn tighten_state_files(cfg: &Config) -> anyhow::Result<()> {
+    for f in ["roost.redb", "jwt.secret"] {
+        tighten(&cfg.state_dir.join(f), 0o600)?;
+    }
+    Ok(())
 }
 
 /// Sets `path`'s mode to `mode` when it allows more; says so when it did.
@@ -94,10 +115,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&cfg)?;
     let store = Store::open(&cfg.state_dir)?;
     let secret = jwt::load_or_create_secret(&cfg.state_dir)?;
-    // Files made before the modes were enforced (redb creates its file 0644).
-    for f in ["roost.redb", "jwt.secret"] {
-        tighten(&cfg.state_dir.join(f), 0o600)?;
-    }
+    tighten_state_files(&cfg)?;
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());

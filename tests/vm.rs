@@ -1,6 +1,7 @@
 //! Privileged tests of the `vm` module against a real QEMU: QMP control and events, adoption
 //! after "daemon death", pidfd exit watching, QMP deadlines, the accelerator probe, and a real
-//! boot of the project's image on a tap inside a private network namespace.
+//! boot of the project's image on a tap inside a private network namespace; each QEMU under
+//! its own uid without capabilities, and in its own cgroups.
 //!
 //! Run with `ROOST_PRIVILEGED_TESTS=1 cargo test --test vm`.
 
@@ -13,7 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use roost::vm::accel::{probe_kvm, resolve, run_test_guest, AccelChoice};
-use roost::vm::argv::{escape_opt, vm_uuid, Accel, NetSpec, VmSpec};
+use roost::vm::argv::{escape_opt, vm_uuid, Accel, Boot, NetSpec, VmSpec};
+use roost::vm::cgroup::{limit_files, Cgroups, Limits};
+use roost::vm::confine::{hand_over, vm_uid, Credentials, DEFAULT_UID_BASE};
 use roost::vm::process::{adopt, cap_serial_log, spawn, spawn_argv, SpawnOptions, VmProcess};
 use roost::vm::qmp::{Deadlines, Qmp, RunState, VmEvent};
 use roost::vm::{create_overlay, graceful_stop, Image, StopOutcome, VmError};
@@ -109,6 +112,8 @@ impl Bare {
                 stderr_log: self.dir.path().join("qemu.log"),
                 qmp_socket: self.sock(),
                 ready_deadline: Duration::from_secs(10),
+                user: None,
+                cgroups: Vec::new(),
             },
         )
         .await
@@ -498,7 +503,6 @@ fn real_image_boots_on_a_tap() {
     common::in_netns(move || {
         rt().block_on(async move {
             let dir = tempfile::tempdir().expect("tempdir");
-            // QEMU drops to `nobody` after opening its files, sockets and tap.
             let id = Ulid::new();
             let mac = "52:54:00:12:34:56";
             sh(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -515,6 +519,8 @@ fn real_image_boots_on_a_tap() {
                 .expect("overlay");
             eprintln!("overlay created in {:?}", t.elapsed());
             let seed = make_seed(dir.path(), id, mac);
+            // QEMU runs as `nobody` from its first instruction, so its files must be nobody's.
+            hand_over(dir.path(), 65534, 65534).expect("hand the directory to nobody");
             let spec = VmSpec {
                 id,
                 name: "vmtest".into(),
@@ -531,7 +537,7 @@ fn real_image_boots_on_a_tap() {
                 qmp_socket: dir.path().join("qmp.sock"),
                 pidfile: dir.path().join("qemu.pid"),
                 serial_log: dir.path().join("serial.log"),
-                run_as: Some("nobody".into()),
+                user: Some(Credentials::for_vm(65534, None)),
             };
             let start = Instant::now();
             let proc = spawn(&spec, Some(tap.as_fd()), &dir.path().join("qemu.log"))
@@ -623,4 +629,352 @@ fn real_image_boots_on_a_tap() {
             );
         })
     });
+}
+
+/// What a process running as another uid tries in [`try_as`].
+#[derive(Clone, Copy, Debug)]
+enum Try {
+    Read,
+    ReadWrite,
+    List,
+    Connect,
+    Signal(i32),
+}
+
+/// Forks a child that becomes `uid:uid` with no groups and tries each item; returns 0 for
+/// each that worked, else its errno. The child makes only system calls (no allocation).
+fn try_as(uid: u32, tries: &[(&Path, Try)]) -> Vec<i32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    assert!(tries.len() <= 32);
+    let paths: Vec<CString> = tries
+        .iter()
+        .map(|(p, _)| CString::new(p.as_os_str().as_bytes()).expect("no NUL"))
+        .collect();
+    let addrs: Vec<libc::sockaddr_un> = tries
+        .iter()
+        .map(|(p, _)| {
+            // SAFETY: an all-zero sockaddr_un is valid.
+            let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let b = p.as_os_str().as_bytes();
+            assert!(b.len() < a.sun_path.len());
+            for (d, s) in a.sun_path.iter_mut().zip(b) {
+                *d = *s as libc::c_char;
+            }
+            a
+        })
+        .collect();
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    // SAFETY: the child only makes system calls on data built before the fork, then exits.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => unsafe {
+            let mut out = [0i32; 32];
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(uid, uid, uid) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+            {
+                libc::_exit(2);
+            }
+            for (i, (_, t)) in tries.iter().enumerate() {
+                let p = paths[i].as_ptr();
+                let rc = match t {
+                    Try::Read => libc::open(p, libc::O_RDONLY | libc::O_CLOEXEC),
+                    Try::ReadWrite => libc::open(p, libc::O_RDWR | libc::O_CLOEXEC),
+                    Try::List => {
+                        libc::open(p, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    }
+                    Try::Connect => {
+                        let s =
+                            libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                        if s < 0 {
+                            s
+                        } else {
+                            libc::connect(
+                                s,
+                                (&addrs[i] as *const libc::sockaddr_un).cast(),
+                                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                            )
+                        }
+                    }
+                    Try::Signal(pid) => libc::kill(*pid, 0),
+                };
+                out[i] = if rc < 0 { *libc::__errno_location() } else { 0 };
+            }
+            let n = tries.len() * 4;
+            let ok = libc::write(w.as_raw_fd(), out.as_ptr().cast(), n) == n as isize;
+            libc::_exit(if ok { 0 } else { 3 });
+        },
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut buf).expect("read");
+            let st = nix::sys::wait::waitpid(child, None).expect("waitpid");
+            assert_eq!(
+                st,
+                nix::sys::wait::WaitStatus::Exited(child, 0),
+                "probe child"
+            );
+            buf.chunks(4)
+                .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+    }
+}
+
+/// The `Key:` line of `/proc/PID/status`, split on whitespace.
+fn status_field(pid: i32, key: &str) -> Vec<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Two VMs in one state directory, each QEMU started as its own uid (issue 12): from A's
+/// uid, nothing of B (overlay, seed, serial log, pidfile, QMP socket, directory, process)
+/// and nothing of the daemon (store, state directory listing) is reachable, while A's own
+/// overlay and QMP socket are. QEMU holds no capability and cannot gain one; the daemon
+/// (root) still reads the files, speaks QMP and adopts from the pidfile.
+#[test]
+fn each_qemu_runs_as_its_own_uid() {
+    if !common::privileged("each_qemu_runs_as_its_own_uid") {
+        return;
+    }
+    use roost::hosting::paths::{prepare_vms_dir, VmPaths};
+    use roost::store::HostingId;
+    rt().block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = roost::config::Config {
+            state_dir: tmp.path().join("state"),
+            ..Default::default()
+        };
+        roost::daemon::prepare_state_dir(&cfg).expect("state dir");
+        let store = roost::store::Store::open(&cfg.state_dir).expect("store");
+        roost::daemon::tighten_state_files(&cfg).expect("state file modes");
+        prepare_vms_dir(&cfg.state_dir).expect("vms dir");
+        let subnet = cfg.subnet().expect("subnet");
+        // Above the default range, so never the uid of a VM of a daemon on this host.
+        let base = DEFAULT_UID_BASE + 0x0100_0000;
+        let mut vms = Vec::new();
+        let mut guards = Vec::new();
+        for ip in [
+            std::net::Ipv4Addr::new(10, 88, 0, 2),
+            std::net::Ipv4Addr::new(10, 88, 0, 3),
+        ] {
+            let id = HostingId::new();
+            let p = VmPaths::new(&cfg.state_dir, id);
+            std::fs::create_dir(&p.dir).expect("vm dir");
+            sh(&[
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &p.overlay.to_string_lossy(),
+                "16M",
+            ]);
+            std::fs::write(&p.seed, vec![0u8; 1 << 20]).expect("seed");
+            let uid = vm_uid(base, subnet.host_offset(ip).expect("in the subnet")).expect("uid");
+            hand_over(&p.dir, uid, uid).expect("hand over");
+            let spec = VmSpec {
+                id: id.0,
+                name: format!("confine-{ip}"),
+                memory_mib: 64,
+                vcpus: 1,
+                accel: Accel::Tcg,
+                boot: Boot::Firmware,
+                overlay: p.overlay.clone(),
+                seed: Some(p.seed.clone()),
+                net: None,
+                qmp_socket: p.qmp.clone(),
+                pidfile: p.pidfile.clone(),
+                serial_log: p.serial_log.clone(),
+                user: Some(Credentials::for_vm(uid, None)),
+            };
+            let proc = spawn(&spec, None, &p.qemu_log).await.unwrap_or_else(|e| {
+                panic!("spawn: {e}: {:?}", std::fs::read_to_string(&p.qemu_log))
+            });
+            guards.push(Guard(Some(proc)));
+            vms.push((id, p, uid));
+        }
+        let pid = |i: usize| guards[i].0.as_ref().expect("held").pid();
+        let (a, b) = (&vms[0], &vms[1]);
+        assert_ne!(a.2, b.2, "two VMs, two uids");
+
+        for (i, (id, p, uid)) in vms.iter().enumerate() {
+            let u = uid.to_string();
+            assert_eq!(status_field(pid(i), "Uid:"), [u.as_str(); 4]);
+            assert_eq!(status_field(pid(i), "Gid:"), [u.as_str(); 4]);
+            assert!(status_field(pid(i), "Groups:").is_empty());
+            for caps in ["CapEff:", "CapPrm:", "CapAmb:"] {
+                assert_eq!(status_field(pid(i), caps), ["0000000000000000"], "{caps}");
+            }
+            assert_eq!(status_field(pid(i), "NoNewPrivs:"), ["1"]);
+            assert_eq!(status_field(pid(i), "Seccomp:"), ["2"], "-sandbox on");
+            // The daemon (root) still speaks QMP, reads the serial log and adopts.
+            let qmp = Qmp::connect(&p.qmp).await.expect("root connects to QMP");
+            assert_eq!(qmp.query_status().await.expect("status"), RunState::Running);
+            drop(qmp);
+            std::fs::read(&p.serial_log).expect("root reads the serial log");
+            let adopted = adopt(&p.pidfile, id.0).expect("adopt").expect("found");
+            assert_eq!(adopted.pid(), pid(i));
+        }
+
+        let store_file = cfg.state_dir.join("roost.redb");
+        let tries: Vec<(&Path, Try)> = vec![
+            (&b.1.overlay, Try::Read),
+            (&b.1.seed, Try::Read),
+            (&b.1.serial_log, Try::Read),
+            (&b.1.pidfile, Try::Read),
+            (&b.1.qmp, Try::Connect),
+            (&b.1.dir, Try::List),
+            (Path::new("/"), Try::Signal(pid(1))),
+            (&store_file, Try::Read),
+            (&cfg.state_dir, Try::List),
+            (&a.1.overlay, Try::ReadWrite),
+            (&a.1.qmp, Try::Connect),
+        ];
+        let got = try_as(a.2, &tries);
+        let e = libc::EACCES;
+        assert_eq!(
+            got,
+            [e, e, e, e, e, e, libc::EPERM, e, e, 0, 0],
+            "errno per attempt as A's uid: {tries:?}"
+        );
+        drop(guards);
+        drop(store);
+    });
+}
+
+/// A QEMU started through a VM cgroup with a CPU quota of 0.2 cores runs under it from its
+/// first instruction: a guest that spins (`jmp $` at the reset vector) uses well under one
+/// core. The memory and task limits are written, `/proc/PID/cgroup` names the VM's cgroup,
+/// and the cgroup is gone once the VM is removed. Fails without the quota (the guest spins
+/// at a whole core) or without joining before exec.
+#[test]
+fn a_vm_cgroup_holds_its_qemu_to_its_cpu_quota() {
+    if !common::privileged("a_vm_cgroup_holds_its_qemu_to_its_cpu_quota") {
+        return;
+    }
+    rt().block_on(async {
+        let cgroups = Cgroups::discover();
+        let layout = cgroups.layout().clone();
+        for c in ["cpu", "memory", "pids"] {
+            assert!(
+                layout
+                    .hierarchies
+                    .iter()
+                    .any(|h| h.controllers.iter().any(|x| x == c)),
+                "this host has no {c} controller for VMs: {layout:?}"
+            );
+        }
+        let id = Ulid::new().to_string();
+        let limits = Limits {
+            cpu_quota_us: 20_000,
+            cpu_period_us: 100_000,
+            memory_bytes: 256 << 20,
+            pids: 64,
+            io_weight: 100,
+        };
+        let cg = cgroups.create(&id, &limits).expect("cgroup");
+        let dirs = cg.dirs.clone();
+        // Dropped after the QEMU guard below: removes the cgroups even when the test fails.
+        let _cg_guard = CgroupGuard(layout.clone(), dirs.clone());
+        assert_eq!(dirs, cgroups.dirs(&id));
+
+        let bare = Bare::new();
+        let bios = bare.dir.path().join("spin.bin");
+        let mut rom = vec![0u8; 64 << 10];
+        rom[0xfff0] = 0xeb; // jmp $ at the reset vector
+        rom[0xfff1] = 0xfe;
+        std::fs::write(&bios, rom).expect("bios");
+        let mut argv = bare.argv();
+        argv.extend(["-bios".into(), bios.into_os_string()]);
+        let proc = spawn_argv(
+            "qemu-system-x86_64".as_ref(),
+            &argv,
+            SpawnOptions {
+                tap: None,
+                stderr_log: bare.dir.path().join("qemu.log"),
+                qmp_socket: bare.sock(),
+                ready_deadline: Duration::from_secs(10),
+                user: None,
+                cgroups: cg.procs,
+            },
+        )
+        .await
+        .expect("qemu starts");
+        let guard = Guard(Some(proc));
+        let pid = guard.0.as_ref().expect("held").pid();
+
+        // In every VM cgroup, and /proc says so.
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        for h in &layout.hierarchies {
+            let procs =
+                std::fs::read_to_string(h.parent.join(&id).join("cgroup.procs")).expect("procs");
+            assert!(
+                procs.split_whitespace().any(|p| p == pid.to_string()),
+                "{procs}"
+            );
+        }
+        assert!(
+            own.lines()
+                .filter(|l| l.ends_with(&format!("/{id}")))
+                .count()
+                >= 1,
+            "{own}"
+        );
+        // Every limit reads back as written.
+        for h in &layout.hierarchies {
+            for c in &h.controllers {
+                for (file, value, optional) in limit_files(h.version, c, &limits) {
+                    match std::fs::read_to_string(h.parent.join(&id).join(file)) {
+                        Ok(v) => assert_eq!(v.trim(), value, "{file}"),
+                        Err(_) if optional => {}
+                        Err(e) => panic!("{file}: {e}"),
+                    }
+                }
+            }
+        }
+
+        // CPU used against wall time over a window of at least 3 s.
+        let usage = || cgroups.cpu_usage(&id).expect("cgroup cpu usage");
+        let (u0, t0) = (usage(), Instant::now());
+        let (u1, t1) = common::poll("a 3 s window", Duration::from_secs(10), || {
+            (t0.elapsed() >= Duration::from_secs(3)).then(|| (usage(), Instant::now()))
+        });
+        let ratio = (u1 - u0).as_secs_f64() / (t1 - t0).as_secs_f64();
+        eprintln!("spinning guest under a 0.2-core quota used {ratio:.3} cores");
+        assert!(ratio > 0.05, "the guest does not spin: {ratio}");
+        assert!(ratio < 0.5, "the quota does not hold: {ratio}");
+
+        drop(guard);
+        cgroups
+            .remove(&id, Duration::from_secs(5))
+            .await
+            .expect("cgroup removed");
+        for d in &dirs {
+            assert!(!d.exists(), "{} is left", d.display());
+        }
+    });
+}
+
+/// Removes a test's VM cgroups and, when empty, their parents.
+struct CgroupGuard(roost::vm::cgroup::Layout, Vec<PathBuf>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let end = Instant::now() + Duration::from_secs(5);
+            while d.exists() && std::fs::remove_dir(d).is_err() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for h in &self.0.hierarchies {
+            let _ = std::fs::remove_dir(&h.parent);
+        }
+    }
 }

@@ -65,7 +65,8 @@ pub struct CapacityView {
     /// The host's RAM and the state directory's file system, as measured now.
     pub host_memory_mib: u64,
     pub host_disk_gib: u64,
-    /// What one more VM is charged (guest memory plus QEMU's overhead; virtual disk size).
+    /// What one more VM is charged: its memory limit (guest memory, QEMU's overhead and,
+    /// under TCG, the translation cache) and its virtual disk size.
     pub vm_memory_mib: u64,
     pub vm_disk_gib: u64,
 }
@@ -118,7 +119,7 @@ async fn capacity(
         disk_gib_budget: c.budget.disk_gib,
         host_memory_mib: c.host.memory_mib,
         host_disk_gib: c.host.disk_gib,
-        vm_memory_mib: c.vm.charged_memory_mib(),
+        vm_memory_mib: c.vm.memory_mib,
         vm_disk_gib: c.vm.disk_gib,
     }))
 }

@@ -1,5 +1,6 @@
 //! The daemon's control socket: a Unix stream socket in the state directory (mode 0600,
-//! in a 0700 directory) that answers one JSON request line with one JSON reply line.
+//! in the 0711 state directory, which nobody but root lists) that answers one JSON request
+//! line with one JSON reply line.
 //! Only root, or the user the daemon runs as, may talk to it: the peer's credentials
 //! (`SO_PEERCRED`) are checked on every connection, on top of the file modes.
 

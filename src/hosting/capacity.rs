@@ -5,16 +5,13 @@
 //! virtual size), so admission is decided once, at creation, against three budgets:
 //! - a VM count (`[limits] max_vms`, 0 for none);
 //! - memory: the host's RAM minus `memory_reserve_mib`, times `memory_overcommit`, against
-//!   each VM's guest memory plus QEMU's own overhead;
+//!   each VM's memory limit (its cgroup's: guest memory, QEMU's own overhead and, under TCG,
+//!   the translation cache; see `vm::Limits::for_vm`);
 //! - disk: the state directory's file system minus `[vm] disk_reserve_gib`, times
 //!   `disk_overcommit`, against each VM's virtual disk size. With the default ratio of 1 a
 //!   guest that fills its disk can never eat the host's reserve.
 //!
 //! The caller measures the host (`HostSize`) and counts the hostings (`Usage`).
-
-/// QEMU's own memory beside the guest's: device models, the TCG translation cache, I/O
-/// buffers. Counted against the memory budget for every VM.
-pub const QEMU_OVERHEAD_MIB: u64 = 256;
 
 /// What the host has, as measured at admission time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,18 +30,13 @@ pub struct Limits {
     pub disk_overcommit: f64,
 }
 
-/// One VM's size.
+/// What one VM is charged.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VmSize {
+    /// The VM's whole memory limit (guest plus QEMU), in MiB.
     pub memory_mib: u64,
+    /// Its virtual disk size.
     pub disk_gib: u64,
-}
-
-impl VmSize {
-    /// Memory the VM is charged: the guest's plus QEMU's overhead.
-    pub fn charged_memory_mib(self) -> u64 {
-        self.memory_mib + QEMU_OVERHEAD_MIB
-    }
 }
 
 /// What the host may hold in total.
@@ -69,7 +61,7 @@ impl Usage {
     pub fn of(vms: u32, size: VmSize) -> Usage {
         Usage {
             vms,
-            memory_mib: u64::from(vms) * size.charged_memory_mib(),
+            memory_mib: u64::from(vms) * size.memory_mib,
             disk_gib: u64::from(vms) * size.disk_gib,
         }
     }
@@ -120,7 +112,7 @@ pub fn admit(budget: &Budget, usage: &Usage, size: VmSize) -> Result<(), Refusal
             return Err(Refusal::Vms { max });
         }
     }
-    let needed = size.charged_memory_mib();
+    let needed = size.memory_mib;
     if usage.memory_mib.saturating_add(needed) > budget.memory_mib {
         return Err(Refusal::Memory {
             budget: budget.memory_mib,
@@ -157,7 +149,7 @@ mod tests {
     use super::*;
 
     const SMALL: VmSize = VmSize {
-        memory_mib: 512,
+        memory_mib: 768,
         disk_gib: 4,
     };
 
@@ -204,7 +196,7 @@ mod tests {
     fn admission_table() {
         let b = Budget {
             max_vms: Some(3),
-            memory_mib: 4 * (512 + QEMU_OVERHEAD_MIB),
+            memory_mib: 4 * 768,
             disk_gib: 10,
         };
         // Room for one more of everything.
@@ -223,10 +215,10 @@ mod tests {
                 needed: 4
             })
         );
-        // Memory: QEMU's overhead counts.
+        // Memory: one more VM than fits.
         let b = Budget {
             max_vms: None,
-            memory_mib: 2 * 512 + QEMU_OVERHEAD_MIB,
+            memory_mib: 768 + 767,
             disk_gib: 1000,
         };
         assert_eq!(admit(&b, &Usage::default(), SMALL), Ok(()));

@@ -28,6 +28,10 @@ pub(super) struct VmRuntime {
     pub accel: vm::Accel,
     pub templates: cloudinit::Templates,
     pub subnet: net::Ipv4Net,
+    /// Where VM cgroups go (empty when `[vm] cgroups = false` or the host has none).
+    pub cgroups: vm::Cgroups,
+    /// The `kvm` group QEMUs join under KVM.
+    pub kvm_gid: Option<u32>,
 }
 
 /// A QEMU process roost watches.
@@ -192,8 +196,15 @@ impl Hostings {
             disk_reserve_gib: u64::from(cfg.vm.disk_reserve_gib),
             disk_overcommit: cfg.limits.disk_overcommit,
         };
+        // Charged as its cgroup limit; without a runtime, as under TCG (the larger).
+        let accel = self
+            .inner
+            .runtime
+            .as_ref()
+            .map_or(vm::Accel::Tcg, |rt| rt.accel);
         let vm = capacity::VmSize {
-            memory_mib: u64::from(cfg.vm.memory_mib),
+            memory_mib: vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, accel).memory_bytes
+                >> 20,
             disk_gib: u64::from(cfg.vm.disk_gib),
         };
         let count = u32::try_from(self.inner.store.hostings()?.len()).unwrap_or(u32::MAX);
@@ -430,6 +441,22 @@ impl Hostings {
             let _ = rt.net.delete_link(&h.tap).await;
             return Err(step_err("firewall")(e));
         }
+        let (user, limits) = match self.confinement(rt, h, &p) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(tap);
+                let _ = rt.net.delete_link(&h.tap).await;
+                return Err(e);
+            }
+        };
+        let cgroup = match rt.cgroups.create(&h.id.to_string(), &limits) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(tap);
+                let _ = rt.net.delete_link(&h.tap).await;
+                return Err(step_err("cgroup")(super::chain(&e)));
+            }
+        };
         let spec = vm::VmSpec {
             id: h.id.0,
             name: h.slug.clone(),
@@ -446,7 +473,7 @@ impl Hostings {
             qmp_socket: p.qmp.clone(),
             pidfile: p.pidfile.clone(),
             serial_log: p.serial_log.clone(),
-            run_as: Some(cfg.vm.run_as.clone()),
+            user: Some(user),
         };
         let spawned = if self.inner.faults.contains("qemu") {
             Err("injected fault".to_owned())
@@ -468,6 +495,8 @@ impl Hostings {
                     stderr_log: p.qemu_log.clone(),
                     qmp_socket: p.qmp.clone(),
                     ready_deadline: vm::process::DEFAULT_READY_DEADLINE,
+                    user: spec.user.clone(),
+                    cgroups: cgroup.procs,
                 },
             )
             .await
@@ -479,6 +508,7 @@ impl Hostings {
             Ok(s) => s,
             Err(e) => {
                 let _ = rt.net.delete_link(&h.tap).await;
+                self.remove_cgroup(h.id).await;
                 return Err(step_err("qemu")(e));
             }
         };
@@ -498,6 +528,49 @@ impl Hostings {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Who the VM's QEMU runs as (its own uid from its address, see `vm::confine`) and its
+    /// cgroup limits; hands the VM directory to that uid.
+    fn confinement(
+        &self,
+        rt: &VmRuntime,
+        h: &Hosting,
+        p: &VmPaths,
+    ) -> Result<(vm::Credentials, vm::Limits), HostingError> {
+        let cfg = &self.inner.cfg;
+        let uid = rt
+            .subnet
+            .host_offset(h.ip)
+            .and_then(|o| vm::confine::vm_uid(cfg.vm.uid_base, o))
+            .ok_or_else(|| {
+                step_err("user")(format!(
+                    "address {} is outside network.subnet {}",
+                    h.ip, rt.subnet
+                ))
+            })?;
+        let kvm = (rt.accel == vm::Accel::Kvm).then_some(rt.kvm_gid).flatten();
+        vm::confine::hand_over(&p.dir, uid, uid).map_err(|e| step_err("user")(super::chain(&e)))?;
+        Ok((vm::Credentials::for_vm(uid, kvm), self.limits(rt)))
+    }
+
+    fn limits(&self, rt: &VmRuntime) -> vm::Limits {
+        let cfg = &self.inner.cfg;
+        vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, rt.accel)
+    }
+
+    /// Removes a VM's cgroups once its QEMU is gone (they are made again at the next start).
+    async fn remove_cgroup(&self, id: HostingId) {
+        let Ok(rt) = self.inner.runtime.as_ref() else {
+            return;
+        };
+        if let Err(e) = rt
+            .cgroups
+            .remove(&id.to_string(), CGROUP_REMOVE_DEADLINE)
+            .await
+        {
+            warn!(hosting = %id, error = %super::chain(&e), "cannot remove the vm's cgroup");
+        }
     }
 
     /// Re-applies the firewall for every hosting that may have a tap (plus `extra`).
@@ -634,6 +707,9 @@ fn step_err(step: &'static str) -> impl Fn(String) -> HostingError {
     }
 }
 
+/// How long removing an exited VM's cgroup may wait for the kernel to release it.
+const CGROUP_REMOVE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Serial logs are trimmed to half when they grow past this.
 const SERIAL_LOG_CAP: u64 = 1 << 20;
 /// How many serial console lines a VM's detail shows.
@@ -747,9 +823,10 @@ impl Hostings {
             }
         }
         if live.requested_exit.load(Ordering::SeqCst) {
-            return; // the requester records the state and forgets the VM
+            return; // the requester records the state, forgets the VM and its cgroup
         }
         lock(&self.inner.live).remove(&id);
+        self.remove_cgroup(id).await;
         let cause = if live.guest_poweroff.load(Ordering::SeqCst) {
             ExitCause::GuestPoweroff
         } else {
@@ -868,6 +945,7 @@ impl Hostings {
             Err(e) => warn!(hosting = %id, error = %super::chain(&e), "vm did not stop"),
         }
         self.forget(id, live);
+        self.remove_cgroup(id).await;
     }
 
     async fn kill_live(&self, id: HostingId, live: &Arc<Live>) {
@@ -877,6 +955,7 @@ impl Hostings {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), live.proc.wait_exit()).await;
         self.forget(id, live);
+        self.remove_cgroup(id).await;
     }
 
     fn forget(&self, id: HostingId, live: &Arc<Live>) {
@@ -893,6 +972,7 @@ impl Hostings {
             let _ = vm::lifecycle::kill(&proc);
             let _ = tokio::time::timeout(Duration::from_secs(10), proc.wait_exit()).await;
         }
+        self.remove_cgroup(id).await;
     }
 
     // ----- actions -----
@@ -1180,6 +1260,12 @@ impl Hostings {
         match vm::adopt(&p.pidfile, id.0) {
             Ok(Some(proc)) => {
                 let pid = proc.pid();
+                // A QEMU of an earlier daemon (or roost version) gets its cgroup limits now.
+                if let Ok(rt) = self.rt() {
+                    if let Err(e) = rt.cgroups.place(&id.to_string(), pid, &self.limits(rt)) {
+                        warn!(hosting = %id, pid, error = %super::chain(&e), "cannot move the adopted qemu into its cgroup");
+                    }
+                }
                 let started = vm::procfs::start_time(pid).unwrap_or_else(SystemTime::now);
                 let qmp = vm::Qmp::connect(&p.qmp).await.ok();
                 let status = match &qmp {
@@ -1272,6 +1358,19 @@ impl Hostings {
                 if !ids.contains(&name) {
                     warn!(dir = %e.path().display(), "removing orphan vm directory");
                     let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        // Empty cgroups of VMs that no longer exist (an occupied one cannot be removed, and
+        // its QEMU was killed above).
+        for name in rt.cgroups.unclaimed(&ids) {
+            match rt.cgroups.remove(&name, Duration::ZERO).await {
+                Ok(()) => info!(cgroup = %name, "removed orphan vm cgroup"),
+                // Its killed QEMU is not reaped yet: the next pass removes it.
+                Err(vm::VmError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    warn!(cgroup = %name, error = %super::chain(&e), "cannot remove orphan cgroup")
                 }
             }
         }
@@ -1450,14 +1549,22 @@ pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
     let net = NetRuntime::setup(&cfg.network.bridge, subnet)
         .await
         .map_err(|e| format!("network: {}", super::chain(&e)))?;
-    std::fs::create_dir_all(paths::vms_dir(&cfg.state_dir))
-        .map_err(|e| format!("state dir: {e}"))?;
+    // Each QEMU must pass through to its own (0700) directory; no one may list them.
+    paths::prepare_vms_dir(&cfg.state_dir).map_err(|e| format!("state dir: {e}"))?;
+    let cgroups = if cfg.vm.cgroups {
+        vm::Cgroups::discover()
+    } else {
+        info!("[vm] cgroups = false: QEMUs run without cgroup limits");
+        vm::Cgroups::disabled()
+    };
     Ok(VmRuntime {
         net,
         image,
         accel,
         templates,
         subnet,
+        cgroups,
+        kvm_gid: vm::confine::kvm_gid(),
     })
 }
 

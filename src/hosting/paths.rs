@@ -1,5 +1,8 @@
 //! Where a hosting's files live: `state_dir/vms/<id>/`. Deterministic, so that a new
 //! daemon finds the pidfile and QMP socket of a VM started by an earlier one.
+//!
+//! A VM directory belongs to its QEMU's uid, mode 0700 (`vm::confine::hand_over`); the
+//! directories above it are 0711 so that uid can reach it and no other VM can list them.
 
 use std::path::{Path, PathBuf};
 
@@ -17,9 +20,22 @@ pub struct VmPaths {
     pub qemu_log: PathBuf,
 }
 
+/// Mode of `state_dir/vms` (and of the state directory itself): each QEMU, running as its
+/// VM's own uid, may pass through to its own 0700 directory, but nobody may list them.
+pub const VMS_DIR_MODE: u32 = 0o711;
+
 /// The directory holding every VM's directory.
 pub fn vms_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("vms")
+}
+
+/// Creates `state_dir/vms` if needed and sets its mode to exactly [`VMS_DIR_MODE`].
+pub fn prepare_vms_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let vms = vms_dir(state_dir);
+    std::fs::create_dir_all(&vms)?;
+    std::fs::set_permissions(&vms, std::fs::Permissions::from_mode(VMS_DIR_MODE))?;
+    Ok(vms)
 }
 
 impl VmPaths {

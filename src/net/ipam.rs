@@ -78,6 +78,13 @@ impl Ipv4Net {
         (u32::from(self.gateway()) + 1..u32::from(self.broadcast())).map(Ipv4Addr::from)
     }
 
+    /// `addr`'s distance from the network address (2 for the first VM address), or `None`
+    /// outside the subnet. Unique per address, so usable to number per-VM resources.
+    pub fn host_offset(&self, addr: Ipv4Addr) -> Option<u32> {
+        self.contains(addr)
+            .then(|| u32::from(addr) - u32::from(self.network))
+    }
+
     /// How many addresses VMs can get (hosts minus the gateway).
     pub fn capacity(&self) -> u32 {
         // prefix <= 30, so the shift cannot overflow and the result is at least 1.
@@ -143,6 +150,17 @@ impl From<Ipv4Net> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_offsets() {
+        let n: Ipv4Net = "10.88.0.0/24".parse().expect("net");
+        assert_eq!(n.host_offset(Ipv4Addr::new(10, 88, 0, 2)), Some(2));
+        assert_eq!(n.host_offset(Ipv4Addr::new(10, 88, 0, 254)), Some(254));
+        assert_eq!(n.host_offset(Ipv4Addr::new(10, 88, 1, 2)), None);
+        let n: Ipv4Net = "10.64.0.0/10".parse().expect("net");
+        assert_eq!(n.host_offset(Ipv4Addr::new(10, 65, 0, 3)), Some(65536 + 3));
+        assert_eq!(n.host_offset(n.broadcast()), Some((1 << 22) - 1));
+    }
 
     #[test]
     fn hosts_are_the_assignable_addresses_in_order() {

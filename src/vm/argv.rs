@@ -20,10 +20,11 @@
 //!   then identifies the VM for [`super::process::adopt`], and the guest can read it from SMBIOS.
 //! - The serial console goes to a file chardev with `append=on`, so the log can be truncated
 //!   in place while QEMU runs ([`super::process::cap_serial_log`]).
-//! - `-sandbox on,...,spawn=deny`: QEMU gets its tap as an fd, so it never needs to exec helpers;
-//!   `elevateprivileges=allow` is required for `-runas` to drop to the unprivileged user.
-//! - `-runas USER` is QEMU 7.2's spelling; QEMU ≥ 9.1 spells it `-run-with user=USER` (and
-//!   deprecates `-runas`). Switch [`RUNAS_FLAG_STYLE`] when the host's QEMU moves on.
+//! - `-sandbox on,...,spawn=deny,elevateprivileges=deny`: QEMU gets its tap as an fd, so it
+//!   never needs to exec helpers, and it is started already as its VM's own uid without
+//!   capabilities ([`super::confine`]), so it never needs setuid either (no `-runas`).
+//! - Under TCG, `tb-size=`[`TCG_TB_MIB`]: QEMU 7.2 reserves 1 GiB for translated code by
+//!   default; a fixed size is what the VM's memory limit counts ([`super::cgroup::Limits`]).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -31,20 +32,14 @@ use std::path::PathBuf;
 
 use ulid::Ulid;
 
+use super::confine::Credentials;
+
 /// The QEMU machine type (see the module docs for why).
 pub const MACHINE: &str = "q35";
 
-/// Which spelling of "drop to this user" the installed QEMU understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunAsStyle {
-    /// `-runas USER` (QEMU ≤ 9.0; this host has 7.2).
-    Runas,
-    /// `-run-with user=USER` (QEMU ≥ 9.1).
-    RunWith,
-}
-
-/// The spelling used by [`qemu_argv`].
-pub const RUNAS_FLAG_STYLE: RunAsStyle = RunAsStyle::Runas;
+/// The TCG translation cache, in MiB (`-accel tcg,tb-size=`). A Debian guest's boot and
+/// nginx fit with room to spare; when it fills, QEMU flushes it and translates again.
+pub const TCG_TB_MIB: u32 = 256;
 
 /// The accelerator QEMU runs the guest with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +82,9 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     pub pidfile: PathBuf,
     pub serial_log: PathBuf,
-    /// Unprivileged user QEMU drops to after opening its files (`-runas`).
-    pub run_as: Option<String>,
+    /// The uid, gid and groups QEMU is started with (not part of argv: see
+    /// [`super::confine`]). `None` keeps the caller's.
+    pub user: Option<Credentials>,
 }
 
 /// The guest's network card, backed by an already-open tap fd.
@@ -163,7 +159,12 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
     push(&[&"-machine", &MACHINE]);
     match spec.accel {
         Accel::Kvm => push(&[&"-accel", &"kvm", &"-cpu", &"host"]),
-        Accel::Tcg => push(&[&"-accel", &"tcg,thread=multi", &"-cpu", &"max"]),
+        Accel::Tcg => push(&[
+            &"-accel",
+            &format!("tcg,thread=multi,tb-size={TCG_TB_MIB}"),
+            &"-cpu",
+            &"max",
+        ]),
     }
     push(&[
         &"-m",
@@ -236,14 +237,8 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
     push(&[&"-pidfile", &spec.pidfile]);
     push(&[
         &"-sandbox",
-        &"on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+        &"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
-    if let Some(user) = &spec.run_as {
-        match RUNAS_FLAG_STYLE {
-            RunAsStyle::Runas => push(&[&"-runas", user]),
-            RunAsStyle::RunWith => push(&[&"-run-with", &opt(&[Lit("user="), Val(user.as_ref())])]),
-        }
-    }
     push(&[&"-msg", &"timestamp=on"]);
     a
 }
@@ -305,7 +300,7 @@ mod tests {
             qmp_socket: "/run/roost/x/qmp.sock".into(),
             pidfile: "/run/roost/x/qemu.pid".into(),
             serial_log: "/vms/x/serial.log".into(),
-            run_as: Some("roost-qemu".into()),
+            user: Some(Credentials::for_vm(0x7000_0002, None)),
         }
     }
 
@@ -332,7 +327,7 @@ mod tests {
             "-machine",
             "q35",
             "-accel",
-            "tcg,thread=multi",
+            "tcg,thread=multi,tb-size=256",
             "-cpu",
             "max",
             "-m",
@@ -368,9 +363,7 @@ mod tests {
             "-pidfile",
             "/run/roost/x/qemu.pid",
             "-sandbox",
-            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
-            "-runas",
-            "roost-qemu",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-msg",
             "timestamp=on",
         ];
@@ -437,7 +430,7 @@ mod tests {
                 vec!["file=/vms/x/disk.qcow2,if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap"],
             ),
             ("no net: no netdev", |s| s.net = None, "-netdev", vec![]),
-            ("no run_as", |s| s.run_as = None, "-runas", vec![]),
+            ("never -runas", |_| {}, "-runas", vec![]),
             (
                 "comma in name cannot inject options",
                 |s| s.name = "a,process=evil".into(),

@@ -6,13 +6,17 @@
 //! test guest; [`process`] spawns QEMU in its own session (so it outlives the daemon), adopts a
 //! running one from its pidfile and watches it through a pidfd; [`qmp`] is the QMP client with
 //! per-command deadlines and an event stream; [`disk`] makes qcow2 overlays and checks free
-//! space; [`lifecycle`] composes these into a graceful stop.
+//! space; [`lifecycle`] composes these into a graceful stop. [`confine`] gives each QEMU its
+//! own uid (dropped to before exec, no capabilities); [`cgroup`] puts it in its own cgroups
+//! (CPU quota, memory and task limits) on cgroup v1 or v2.
 //!
 //! This module knows nothing about users, hostings or HTTP: callers hand it a [`VmSpec`] and
 //! paths, and get processes, QMP handles and events back.
 
 pub mod accel;
 pub mod argv;
+pub mod cgroup;
+pub mod confine;
 pub mod disk;
 pub mod image;
 pub mod lifecycle;
@@ -24,6 +28,8 @@ mod error;
 
 pub use accel::{probe_kvm, resolve, AccelChoice, KvmProbe};
 pub use argv::{qemu_argv, Accel, Boot, NetSpec, VmSpec};
+pub use cgroup::{Cgroups, Limits};
+pub use confine::Credentials;
 pub use disk::{check_free_space, create_overlay};
 pub use error::VmError;
 pub use image::{BootMode, Image, ImageManifest};

@@ -7,6 +7,11 @@
 //! race-free against pid reuse. A process is adopted only when `/proc/PID/cmdline` names
 //! `qemu-system` and carries this VM's `-uuid` (see [`super::argv::cmdline_matches`]).
 //!
+//! Confinement starts in the forked child, before `exec`: it writes itself into the VM's
+//! cgroups (files opened by the daemon, see [`super::cgroup`]) and drops to the VM's own uid
+//! without capabilities and with `no_new_privs` ([`super::confine`]). Adoption and signals
+//! work the same afterwards: the daemon is root (CAP_KILL for a pidfd signal to another uid).
+//!
 //! Serial log cap: the console goes to a file chardev opened with `append=on`;
 //! [`cap_serial_log`] (called periodically by the supervisor) keeps the newest half when the
 //! file grows past its cap, truncating in place, which is safe because QEMU appends.
@@ -27,6 +32,7 @@ use tracing::{info, warn};
 use ulid::Ulid;
 
 use super::argv::{cmdline_matches, qemu_argv, VmSpec, QEMU_BINARY};
+use super::confine::{drop_privileges, Credentials};
 use super::VmError;
 
 /// How long [`spawn`] waits for the QMP socket to accept by default. Generous: TCG start-up on
@@ -52,6 +58,12 @@ pub struct SpawnOptions<'a> {
     pub qmp_socket: PathBuf,
     /// How long to wait for the socket to accept before killing QEMU.
     pub ready_deadline: Duration,
+    /// Who QEMU runs as: the child drops to these credentials before exec
+    /// ([`super::confine::drop_privileges`]). `None` keeps the caller's.
+    pub user: Option<Credentials>,
+    /// Open `cgroup.procs` files ([`super::cgroup::VmCgroup::procs`]) the child writes
+    /// itself into before it drops privileges and execs, so QEMU starts confined.
+    pub cgroups: Vec<OwnedFd>,
 }
 
 /// Starts QEMU for `spec` and returns once its QMP socket accepts.
@@ -83,6 +95,8 @@ pub async fn spawn(
             stderr_log: stderr_log.to_path_buf(),
             qmp_socket: spec.qmp_socket.clone(),
             ready_deadline: DEFAULT_READY_DEADLINE,
+            user: spec.user.clone(),
+            cgroups: Vec::new(),
         },
     )
     .await
@@ -127,12 +141,24 @@ pub async fn spawn_argv(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
     let keep_fd = opts.tap.map(|fd| fd.as_raw_fd());
+    let cgroup_fds: Vec<i32> = opts.cgroups.iter().map(|f| f.as_raw_fd()).collect();
+    let user = opts.user.clone();
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (setsid, fcntl) without allocating.
+    // functions (setsid, write, setgroups, setresgid, setresuid, prctl, fcntl) without
+    // allocating: everything it reads was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Join the VM's cgroups first, while still root ("0" is the writer itself).
+            for &fd in &cgroup_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(c) = &user {
+                drop_privileges(c)?;
             }
             if let Some(fd) = keep_fd {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -423,7 +449,7 @@ mod tests {
             qmp_socket: "/nonexistent/qmp.sock".into(),
             pidfile: "/nonexistent/qemu.pid".into(),
             serial_log: "/nonexistent/serial.log".into(),
-            run_as: None,
+            user: None,
         };
         let err = spawn(&spec, None, Path::new("/nonexistent/qemu.log"))
             .await
