@@ -538,13 +538,8 @@ fn ssh_keys_crud_and_hosting_without_vm_support() {
 
     // This daemon has no guest image: hosting answers 503 without the host's details (the
     // reason names paths; the operator sees it in `roost status`), creates nothing.
-    let r = c
-        .post(d.url("/api/v1/host"))
-        .bearer_auth(&t)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let v: Value = r.json().expect("json");
+    let (s, v, _) = post_host(&d, &t);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_error(&v, "unavailable");
     assert!(
         v["message"]
@@ -706,51 +701,51 @@ fn an_attacker_cannot_lock_the_owner_out() {
     }
 }
 
+/// `POST /api/v1/host` without a body: status, JSON body and whether `Retry-After` came.
+fn post_host(d: &Daemon, token: &str) -> (StatusCode, Value, bool) {
+    let r = client()
+        .post(d.url("/api/v1/host"))
+        .bearer_auth(token)
+        .send()
+        .expect("send");
+    let retry = r.headers().contains_key("retry-after");
+    (r.status(), r.json().unwrap_or(Value::Null), retry)
+}
+
 /// A full host refuses a new VM with a message naming the budget that is full (503 for
 /// memory, 507 for disk), and nothing is created; the capacity report is for admins only.
 #[test]
 fn a_full_host_refuses_new_vms_naming_the_limit() {
-    let c = client();
-    // Memory: a reserve larger than any host leaves no memory for VMs.
-    let d = Daemon::start_with("[limits]\nmemory_reserve_mib = 1000000000\n");
-    assert_eq!(register(&d, "alice", "password123").0, StatusCode::CREATED);
-    let t = token(&d, "alice", "password123");
-    let r = c
-        .post(d.url("/api/v1/host"))
-        .bearer_auth(&t)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.headers().contains_key("retry-after"));
-    let v: Value = r.json().expect("json");
-    assert_error(&v, "no_capacity");
-    assert!(
-        v["message"].as_str().is_some_and(|m| m.contains("memory")),
-        "{v}"
-    );
-    assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
-    assert_eq!(
-        get(&d, "/api/v1/admin/capacity", Some(&t)).0,
-        StatusCode::FORBIDDEN
-    );
-    drop(d);
-    // Disk: 2 TiB per VM against a tenth of this file system. (This text lands in `[vm]`.)
-    let d = Daemon::start_with("disk_gib = 2048\n[limits]\ndisk_overcommit = 0.1\n");
-    assert_eq!(register(&d, "alice", "password123").0, StatusCode::CREATED);
-    let t = token(&d, "alice", "password123");
-    let r = c
-        .post(d.url("/api/v1/host"))
-        .bearer_auth(&t)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
-    let v: Value = r.json().expect("json");
-    assert_error(&v, "insufficient_storage");
-    assert!(
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("disk") && m.contains("GiB")),
-        "{v}"
-    );
-    assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
+    let cases = [
+        // Memory: a reserve larger than any host leaves no memory for VMs.
+        (
+            "[limits]\nmemory_reserve_mib = 1000000000\n",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            ["memory", "MiB"],
+        ),
+        // Disk: 2 TiB per VM against a tenth of this file system (this text lands in `[vm]`).
+        (
+            "disk_gib = 2048\n[limits]\ndisk_overcommit = 0.1\n",
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            ["disk", "GiB"],
+        ),
+    ];
+    for (extra, status, code, words) in cases {
+        let d = Daemon::start_with(extra);
+        assert_eq!(register(&d, "alice", "password123").0, StatusCode::CREATED);
+        let t = token(&d, "alice", "password123");
+        let (s, v, retry) = post_host(&d, &t);
+        assert_eq!(s, status, "{v}");
+        assert_error(&v, code);
+        assert_eq!(retry, status == StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let m = v["message"].as_str().unwrap_or_default();
+        assert!(words.iter().all(|w| m.contains(w)), "{v}");
+        assert_eq!(get(&d, "/api/v1/host", Some(&t)).0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get(&d, "/api/v1/admin/capacity", Some(&t)).0,
+            StatusCode::FORBIDDEN
+        );
+    }
 }
