@@ -163,6 +163,20 @@ fn every_error_status_from_real_bad_requests() {
             json!({"username": "-carol", "password": "password1"}),
             "username",
         ),
+        // The username is the login name in the VM: nothing that the guest would refuse
+        // (a system account, a leading digit) gets an account and then a failed seed.
+        (
+            json!({"username": "sudo", "password": "password1"}),
+            "system account",
+        ),
+        (
+            json!({"username": "nginx", "password": "password1"}),
+            "system account",
+        ),
+        (
+            json!({"username": "123abc", "password": "password1"}),
+            "start with a letter",
+        ),
         (
             json!({"username": "carol", "password": "short"}),
             "password",

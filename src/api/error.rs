@@ -199,6 +199,7 @@ impl From<HostingError> for ApiError {
             ),
             HostingError::NotFound => ApiError::not_found("hosting"),
             HostingError::InvalidKey(m) => ApiError::field("ssh_public_key", m),
+            HostingError::InvalidName(m) => ApiError::field("username", m),
             HostingError::DiskFull(m) => {
                 ApiError::new(S::INSUFFICIENT_STORAGE, "insufficient_storage", m)
             }

@@ -51,11 +51,17 @@ pub enum UsernameError {
     Charset,
     #[error("must not start or end with '-'")]
     Hyphen,
+    #[error("must start with a letter a-z (it is the login name in the VM)")]
+    Start,
     #[error("is a reserved name (reserved: {})", RESERVED.join(", "))]
     Reserved,
+    #[error("is a system account in the VM (such as sudo, nginx or www-data)")]
+    SystemAccount,
 }
 
-/// Checks a username: 3-32 of `[a-z0-9-]`, no leading or trailing `-`, not reserved.
+/// Checks a username: 3-32 of `[a-z0-9-]`, starting with a letter, not ending with `-`,
+/// not reserved, and not an account of the guest's base system (the username is the login
+/// name in the VM, so every rule of `cloudinit::validate_username` holds too).
 pub fn validate_username(name: &str) -> Result<(), UsernameError> {
     if !(3..=32).contains(&name.len()) {
         return Err(UsernameError::Length);
@@ -69,8 +75,14 @@ pub fn validate_username(name: &str) -> Result<(), UsernameError> {
     if name.starts_with('-') || name.ends_with('-') {
         return Err(UsernameError::Hyphen);
     }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(UsernameError::Start);
+    }
     if RESERVED.contains(&name) {
         return Err(UsernameError::Reserved);
+    }
+    if crate::cloudinit::is_system_account(name) {
+        return Err(UsernameError::SystemAccount);
     }
     Ok(())
 }
@@ -101,8 +113,10 @@ mod tests {
 
     #[test]
     fn usernames() {
-        for ok in ["abc", "alice", "a-b", "user1", "0xdead", &"a".repeat(32)] {
+        for ok in ["abc", "alice", "a-b", "user1", "x0dead", &"a".repeat(32)] {
             assert_eq!(validate_username(ok), Ok(()), "{ok}");
+            // Every accepted account name is a valid login name in the VM.
+            assert!(crate::cloudinit::validate_username(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("ab", UsernameError::Length),
@@ -119,6 +133,11 @@ mod tests {
             ("api", UsernameError::Reserved),
             ("healthz", UsernameError::Reserved),
             ("www", UsernameError::Reserved),
+            ("123abc", UsernameError::Start),
+            ("0xdead", UsernameError::Start),
+            ("sudo", UsernameError::SystemAccount),
+            ("nginx", UsernameError::SystemAccount),
+            ("www-data", UsernameError::SystemAccount),
         ] {
             assert_eq!(validate_username(bad), Err(why), "{bad:?}");
         }

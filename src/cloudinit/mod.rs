@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use documents::{html_escape, seed_documents, Templates};
 pub use keys::{generate_ed25519, parse_public_key, KeyAlgorithm, ValidatedKey};
-pub use names::{validate_hostname, validate_slug, validate_username};
+pub use names::{is_system_account, validate_hostname, validate_slug, validate_username};
 pub use seed::{read_seed_image, write_seed_image, SEED_LABEL};
 
 use std::net::Ipv4Addr;

@@ -72,6 +72,12 @@ const RESERVED_USERNAMES: &[&str] = &[
     "cloud-user",
 ];
 
+/// True when `name` is an account or group of the guest's base system (a hosting's login
+/// name may not be one).
+pub fn is_system_account(name: &str) -> bool {
+    RESERVED_USERNAMES.contains(&name)
+}
+
 fn invalid(field: &'static str, reason: &'static str) -> CloudInitError {
     CloudInitError::InvalidInput { field, reason }
 }
@@ -118,7 +124,7 @@ pub fn validate_username(s: &str) -> Result<(), CloudInitError> {
     if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
         return Err(invalid(F, "only a-z, 0-9, _ and - are allowed"));
     }
-    if RESERVED_USERNAMES.contains(&s) {
+    if is_system_account(s) {
         return Err(invalid(F, "is a system account"));
     }
     Ok(())

@@ -223,6 +223,12 @@ impl Hostings {
         slug: &str,
         key: Option<&str>,
     ) -> Result<Created, HostingError> {
+        // The slug is the login name in the VM: refuse now what the seed would refuse later.
+        cloudinit::validate_username(slug).map_err(|e| {
+            HostingError::InvalidName(format!(
+                "your username cannot be a login name in the VM ({e}); ask the operator to rename the account"
+            ))
+        })?;
         // Keys: the given one, else the user's registered ones, else a generated pair.
         let (keys, private_key) = match key {
             Some(k) => {

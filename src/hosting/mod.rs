@@ -30,6 +30,10 @@ pub enum HostingError {
     NotFound,
     #[error("{0}")]
     InvalidKey(String),
+    /// The account's name cannot be a login name in the VM (an account from before the
+    /// rule that forbids such names).
+    #[error("{0}")]
+    InvalidName(String),
     #[error("{0}")]
     DiskFull(String),
     #[error("{0}")]
