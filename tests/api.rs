@@ -404,6 +404,29 @@ fn openapi_covers_every_route_and_health_endpoints_answer() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from OpenAPI");
     }
+    // Every operation documents the answers of its kind: 401 where a token is needed, 403
+    // on admin routes, 413/415/422 where a JSON body is read.
+    for (p, item) in paths {
+        for (method, op) in item.as_object().expect("path item") {
+            let codes = op["responses"].as_object().expect("responses");
+            let mut want = Vec::new();
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                want.push("401");
+            }
+            if p.starts_with("/api/v1/admin/") {
+                want.push("403");
+            }
+            if op.get("requestBody").is_some() {
+                want.extend(["413", "415", "422"]);
+            }
+            for code in want {
+                assert!(
+                    codes.contains_key(code),
+                    "{method} {p} does not document {code}"
+                );
+            }
+        }
+    }
     // And every documented GET without parameters really answers (no 404/405).
     for (p, item) in paths {
         if item.get("get").is_some() && !p.contains('{') {

@@ -116,6 +116,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
                 .response("200", utoipa::openapi::Response::new("OpenAPI 3 JSON")),
         ),
     );
+    document_common_errors(&mut doc);
     let doc_json = Arc::new(doc.clone());
     let router = router
         .route(
@@ -132,6 +133,59 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         ))
         .with_state(state);
     (router, doc)
+}
+
+/// Adds the answers every operation of a kind can give, which the per-route annotations
+/// leave out: 401 where a token is required, 403 on admin routes, 413/415/422 where a JSON
+/// body is read. Clients generated from the document then know them all.
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let admin = path.starts_with("/api/v1/admin/");
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut add = |code: &str, what: &str| {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(what).into());
+            };
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            if secured {
+                add(
+                    "401",
+                    "no valid bearer token (missing, expired, revoked or malformed)",
+                );
+            }
+            if admin {
+                add("403", "the token is not an administrator's");
+            }
+            if op.request_body.is_some() {
+                add("413", "the body is larger than `[http] max_body_bytes`");
+                add("415", "the body is not `application/json`");
+                add("422", "a field is missing or invalid; the message names it");
+            }
+        }
+    }
 }
 
 /// The whole HTTP application.
