@@ -156,6 +156,22 @@ pub fn after_exit(
     }
 }
 
+/// Whether a hosting may move from `from` to `to`: the one table every state write is
+/// checked against. Deletion is final (a late failure or exit report must not bring a
+/// deleted hosting back), only a reservation creates a provisioning hosting, and a creation
+/// ends booting, running or failed, never stopped. Writing the same state again (a new
+/// reason) is always allowed.
+pub fn may_move(from: HostingState, to: HostingState) -> bool {
+    use HostingState as S;
+    match (from, to) {
+        (a, b) if a == b => true,
+        (S::Deleting, _) => false,
+        (_, S::Provisioning) => false,
+        (S::Provisioning, S::Stopped) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +247,47 @@ mod tests {
             AfterExit::Down(S::Stopped)
         );
         assert_eq!(b.crashes(), 0);
+    }
+
+    #[test]
+    fn transition_table() {
+        use HostingState as S;
+        let all = [
+            S::Provisioning,
+            S::Booting,
+            S::Running,
+            S::Paused,
+            S::Stopped,
+            S::Failed,
+            S::Deleting,
+        ];
+        for s in all {
+            assert!(may_move(s, s), "{s:?} again");
+            assert!(may_move(s, S::Deleting) || s == S::Deleting);
+            if s != S::Deleting {
+                assert!(!may_move(S::Deleting, s), "deleting -> {s:?}");
+            }
+            if s != S::Provisioning {
+                assert!(!may_move(s, S::Provisioning), "{s:?} -> provisioning");
+            }
+        }
+        for (from, to) in [
+            (S::Provisioning, S::Booting),
+            (S::Provisioning, S::Failed),
+            (S::Booting, S::Running),
+            (S::Running, S::Booting),
+            (S::Running, S::Paused),
+            (S::Paused, S::Running),
+            (S::Running, S::Stopped),
+            (S::Stopped, S::Booting),
+            (S::Failed, S::Booting),
+        ] {
+            assert!(may_move(from, to), "{from:?} -> {to:?}");
+        }
+        assert!(!may_move(S::Provisioning, S::Stopped));
+        assert!(
+            !may_move(S::Deleting, S::Failed),
+            "a late failure after delete"
+        );
     }
 }

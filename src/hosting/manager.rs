@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use super::lifecycle::{self, Action, AfterExit, Backoff, ExitCause, Plan};
 use super::netrt::NetRuntime;
@@ -640,13 +640,24 @@ impl Hostings {
 
     // ----- state and routes -----
 
+    /// Records a state, if [`lifecycle::may_move`] allows it from the current one; an
+    /// illegal transition is refused and logged as an error, never written.
     fn set_state(&self, id: HostingId, state: HostingState, reason: Option<String>) {
+        let mut refused = None;
         match self.inner.store.modify_hosting(id, |h| {
+            if !lifecycle::may_move(h.state, state) {
+                refused = Some(h.state);
+                return;
+            }
             h.state = state;
             if reason.is_some() || state != HostingState::Failed {
                 h.reason = reason.clone();
             }
         }) {
+            Ok(_) if refused.is_some() => {
+                let from = refused.map_or("?", HostingState::as_str);
+                error!(hosting = %id, from, to = state.as_str(), "illegal state transition refused");
+            }
             Ok(h) => {
                 info!(hosting = %id, state = state.as_str(), "state");
                 self.publish_route(&h);
