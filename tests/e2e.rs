@@ -505,6 +505,9 @@ fn hosting_end_to_end() {
         assert_eq!(s, 200);
         assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
         assert_eq!(routes[0]["live"], true);
+        // The same URLs as access-urls spells them.
+        assert_eq!(routes[0]["web"], urls["web"], "{routes}");
+        assert_eq!(routes[0]["web_host"], urls["web_host"], "{routes}");
 
         // Admin view: live QMP status and PIDs.
         let (s, vms) = http("GET", "/api/v1/admin/vms", Some(&admin), None);

@@ -49,8 +49,10 @@ pub struct AccessUrls {
 pub struct RouteView {
     pub slug: String,
     pub hosting_id: String,
-    pub web_path: String,
+    /// The same URLs as `access-urls` gives the owner.
+    pub web: String,
     pub web_host: String,
+    pub web_path: String,
     pub upstream: Option<String>,
     pub ssh_port: Option<u16>,
     /// `live`, `provisioning`, `booting`, `stopped`, `failed`.
@@ -182,17 +184,11 @@ async fn access_urls(
         .hostings
         .of_user(user.id)?
         .ok_or_else(|| ApiError::not_found("hosting"))?;
-    let d = &st.cfg.domain;
-    let port = st.cfg.http.listen.port();
-    let host = if port == 80 {
-        d.clone()
-    } else {
-        format!("{d}:{port}")
-    };
+    let u = st.hostings.urls(&h);
     Ok(Json(AccessUrls {
-        web: format!("http://{host}/{}/", h.slug),
-        web_host: format!("http://{}.{host}/", h.slug),
-        ssh: format!("ssh -p {} {}@{d}", h.ssh_port, h.slug),
+        web: u.web,
+        web_host: u.web_host,
+        ssh: u.ssh,
     }))
 }
 
@@ -200,8 +196,9 @@ fn route_view(r: RouteInfo) -> RouteView {
     RouteView {
         slug: r.slug,
         hosting_id: r.hosting_id,
-        web_path: r.web_path,
-        web_host: r.web_host,
+        web: r.urls.web,
+        web_host: r.urls.web_host,
+        web_path: r.urls.web_path,
         upstream: r.upstream,
         ssh_port: r.ssh_port,
         status: r.status,

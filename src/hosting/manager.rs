@@ -1480,9 +1480,14 @@ impl Hostings {
         })
     }
 
+    /// How `h` is reached from outside.
+    pub fn urls(&self, h: &Hosting) -> super::urls::SiteUrls {
+        let cfg = &self.inner.cfg;
+        super::urls::site_urls(&cfg.domain, cfg.http.listen.port(), &h.slug, h.ssh_port)
+    }
+
     pub fn routes_info(&self, only: Option<UserId>) -> Result<Vec<RouteInfo>, HostingError> {
         let table = self.inner.routes.snapshot();
-        let d = &self.inner.cfg.domain;
         let mut out = Vec::new();
         for h in self.inner.store.hostings()? {
             if only.is_some_and(|u| u != h.user) {
@@ -1492,8 +1497,7 @@ impl Hostings {
             out.push(RouteInfo {
                 slug: h.slug.clone(),
                 hosting_id: h.id.to_string(),
-                web_path: format!("/{}/", h.slug),
-                web_host: format!("{}.{d}", h.slug),
+                urls: self.urls(&h),
                 upstream: r.and_then(|r| r.upstream).map(|u| u.to_string()),
                 ssh_port: r.and_then(|r| r.ssh).map(|s| s.0),
                 status: r.map(|r| r.status.as_str()).unwrap_or("absent").to_owned(),

@@ -9,6 +9,7 @@ mod manager;
 mod netrt;
 pub mod offline;
 pub mod paths;
+pub mod urls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +75,7 @@ pub struct Created {
 pub struct RouteInfo {
     pub slug: String,
     pub hosting_id: String,
-    pub web_path: String,
-    pub web_host: String,
+    pub urls: urls::SiteUrls,
     pub upstream: Option<String>,
     pub ssh_port: Option<u16>,
     pub status: String,
