@@ -13,7 +13,10 @@ use tracing::{error, info, info_span, warn, Instrument};
 use super::lifecycle::{self, Action, AfterExit, Backoff, ExitCause, Plan};
 use super::netrt::NetRuntime;
 use super::paths::{self, VmPaths};
-use super::{capacity, CapacityReport, Created, HostingError, RouteInfo, VmDetail, VmStatus};
+use super::{
+    capacity, CapacityReport, Created, FirewallSyncError, HostingError, RouteInfo, RuntimeError,
+    SeedError, VmDetail, VmStatus,
+};
 use crate::cloudinit;
 use crate::config::Config;
 use crate::net;
@@ -383,7 +386,7 @@ impl Hostings {
                 .map_err(|e| step_err("overlay")(e.to_string()))?;
             self.fault("seed")?;
             self.write_seed(rt, h, &p)
-                .map_err(|e| step_err("seed")(e))?;
+                .map_err(|e| step_err("seed")(super::chain(&e)))?;
             Ok(())
         }
         .await;
@@ -400,7 +403,7 @@ impl Hostings {
         Ok(())
     }
 
-    fn write_seed(&self, rt: &VmRuntime, h: &Hosting, p: &VmPaths) -> Result<(), String> {
+    fn write_seed(&self, rt: &VmRuntime, h: &Hosting, p: &VmPaths) -> Result<(), SeedError> {
         let input = cloudinit::SeedInput {
             instance_id: format!("{}-{}", h.id, h.incarnation),
             hostname: h.slug.clone(),
@@ -413,7 +416,7 @@ impl Hostings {
             mac: h
                 .mac
                 .parse::<net::MacAddr>()
-                .map_err(|e| e.to_string())?
+                .map_err(SeedError::Mac)?
                 .octets(),
             slug: h.slug.clone(),
             domain: self.inner.cfg.domain.clone(),
@@ -421,8 +424,8 @@ impl Hostings {
             install_nginx: !rt.image.manifest.has_nginx,
         };
         let seed =
-            cloudinit::seed_documents(&rt.templates, &input).map_err(|e| super::chain(&e))?;
-        cloudinit::write_seed_image(&p.seed, &seed).map_err(|e| e.to_string())
+            cloudinit::seed_documents(&rt.templates, &input).map_err(SeedError::Documents)?;
+        cloudinit::write_seed_image(&p.seed, &seed).map_err(SeedError::Image)
     }
 
     /// Tap, QEMU, supervisor, routes. Undoes its own steps on failure.
@@ -445,7 +448,7 @@ impl Hostings {
         if let Err(e) = self.sync_firewall(Some(h)).await {
             drop(tap);
             let _ = rt.net.delete_link(&h.tap).await;
-            return Err(step_err("firewall")(e));
+            return Err(step_err("firewall")(super::chain(&e)));
         }
         let (user, limits) = match self.confinement(rt, h, &p) {
             Ok(c) => c,
@@ -580,11 +583,15 @@ impl Hostings {
     }
 
     /// Re-applies the firewall for every hosting that may have a tap (plus `extra`).
-    async fn sync_firewall(&self, extra: Option<&Hosting>) -> Result<(), String> {
-        let rt = self.rt().map_err(|e| e.to_string())?;
+    async fn sync_firewall(&self, extra: Option<&Hosting>) -> Result<(), FirewallSyncError> {
+        let rt = self.rt().map_err(|_| FirewallSyncError::NoRuntime)?;
         let mut ports = Vec::new();
         let mut seen = HashSet::new();
-        let hostings = self.inner.store.hostings().map_err(|e| e.to_string())?;
+        let hostings = self
+            .inner
+            .store
+            .hostings()
+            .map_err(FirewallSyncError::Store)?;
         for h in hostings.iter().chain(extra) {
             if h.state == HostingState::Deleting || !seen.insert(h.id) {
                 continue;
@@ -596,7 +603,7 @@ impl Hostings {
         rt.net
             .apply_firewall(ports)
             .await
-            .map_err(|e| super::chain(&e))
+            .map_err(FirewallSyncError::Apply)
     }
 
     /// Waits until the guest answers on :80 and :22, then marks it running.
@@ -1179,7 +1186,7 @@ impl Hostings {
             Err(e) => warn!(error = %e, "cannot remove hosting row"),
         }
         if let Err(e) = self.sync_firewall(None).await {
-            warn!(error = %e, "cannot update the firewall");
+            warn!(error = %super::chain(&e), "cannot update the firewall");
         }
     }
 }
@@ -1223,7 +1230,7 @@ impl Hostings {
                     "firewall drift: roost's tables are gone; re-applying them"
                 );
                 if let Err(e) = self.sync_firewall(None).await {
-                    warn!(error = %e, "cannot re-apply the firewall");
+                    warn!(error = %super::chain(&e), "cannot re-apply the firewall");
                 }
             }
             Err(e) => warn!(error = %super::chain(&e), "cannot read the firewall"),
@@ -1237,7 +1244,7 @@ impl Hostings {
             return;
         }
         if let Err(e) = self.sync_firewall(None).await {
-            warn!(error = %e, "cannot apply the firewall at start");
+            warn!(error = %super::chain(&e), "cannot apply the firewall at start");
         }
     }
 
@@ -1554,24 +1561,23 @@ impl Hostings {
 }
 
 /// Prepares what VMs need, or says why this host cannot run them.
-pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, String> {
+pub(super) async fn setup_runtime(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
     let subnet = cfg
         .subnet()
-        .ok_or_else(|| format!("invalid network.subnet {:?}", cfg.network.subnet))?;
-    let image =
-        vm::Image::load(&cfg.vm.image).map_err(|e| format!("guest image: {}", super::chain(&e)))?;
+        .ok_or_else(|| RuntimeError::Subnet(cfg.network.subnet.clone()))?;
+    let image = vm::Image::load(&cfg.vm.image).map_err(RuntimeError::Image)?;
     let templates = match &cfg.cloudinit.templates {
         Some(dir) => cloudinit::Templates::load(dir),
         None => cloudinit::Templates::embedded(),
     }
-    .map_err(|e| format!("cloud-init templates: {}", super::chain(&e)))?;
+    .map_err(RuntimeError::Templates)?;
     let (accel, why) = vm::resolve(cfg.vm.accel.into()).await;
     info!(?accel, %why, "accelerator");
     let net = NetRuntime::setup(&cfg.network.bridge, subnet)
         .await
-        .map_err(|e| format!("network: {}", super::chain(&e)))?;
+        .map_err(RuntimeError::Network)?;
     // Each QEMU must pass through to its own (0700) directory; no one may list them.
-    paths::prepare_vms_dir(&cfg.state_dir).map_err(|e| format!("state dir: {e}"))?;
+    paths::prepare_vms_dir(&cfg.state_dir).map_err(RuntimeError::StateDir)?;
     let cgroups = if cfg.vm.cgroups {
         vm::Cgroups::discover()
     } else {

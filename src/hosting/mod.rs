@@ -64,6 +64,43 @@ pub struct CapacityReport {
     pub vm: capacity::VmSize,
 }
 
+/// Why this host cannot run VMs (then hosting answers 503 and `roost status` says why).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid network.subnet {0:?}")]
+    Subnet(String),
+    #[error("guest image")]
+    Image(#[source] crate::vm::VmError),
+    #[error("cloud-init templates")]
+    Templates(#[source] crate::cloudinit::CloudInitError),
+    #[error("network")]
+    Network(#[source] crate::net::NetError),
+    #[error("state dir")]
+    StateDir(#[source] std::io::Error),
+}
+
+/// Why a VM's cloud-init seed could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("stored MAC address")]
+    Mac(#[source] crate::net::InvalidMac),
+    #[error("seed documents")]
+    Documents(#[source] crate::cloudinit::CloudInitError),
+    #[error("seed image")]
+    Image(#[source] crate::cloudinit::CloudInitError),
+}
+
+/// Why the firewall could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallSyncError {
+    #[error("no VM runtime")]
+    NoRuntime,
+    #[error("reading the hostings")]
+    Store(#[source] StoreError),
+    #[error("applying the ruleset")]
+    Apply(#[source] crate::net::NetError),
+}
+
 /// The answer to a creation.
 pub struct Created {
     pub hosting: Hosting,
@@ -119,7 +156,8 @@ pub async fn start(
     routes: crate::proxy::Routes,
     forwarders: crate::proxy::Forwarders,
 ) -> Hostings {
-    let runtime = manager::setup_runtime(&cfg).await;
+    // Kept as the reason shown by `roost status` (and, sanitized, to owners).
+    let runtime = manager::setup_runtime(&cfg).await.map_err(|e| chain(&e));
     if let Err(reason) = &runtime {
         tracing::warn!(%reason, "VM hosting disabled");
     }

@@ -21,7 +21,7 @@ pub mod tap;
 
 pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
-pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, MacAddr};
+pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, InvalidMac, MacAddr};
 pub use ipam::Ipv4Net;
 pub use link::{attach_vm_port, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
