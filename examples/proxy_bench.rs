@@ -11,9 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use roost::proxy::{
-    serve_http, ForwardLimits, Forwarders, ProxyConfig, Route, RouteStatus, Routes,
-};
+use roost::forward::{ForwardLimits, Forwarders};
+use roost::proxy::{serve_http, ProxyConfig, Route, RouteStatus, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> anyhow::Result<()> {

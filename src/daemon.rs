@@ -15,6 +15,7 @@ use crate::api::{self, AppState, ReadinessState};
 use crate::auth::{jwt, Auth};
 use crate::config::Config;
 use crate::control;
+use crate::forward;
 use crate::hosting;
 use crate::proxy;
 use crate::store::Store;
@@ -119,7 +120,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());
-    let forwarders = proxy::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?;
+    let forwarders = forward::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?;
     // Bridge, firewall, image, accelerator; then routes from the store, adoption of running
     // VMs and the reconciler. Without root or an image, the API still serves accounts.
     let hostings = hosting::start(cfg.clone(), store.clone(), routes.clone(), forwarders).await;

@@ -1,7 +1,8 @@
 //! roost: a web hosting service in one privileged daemon.
 //!
 //! This file is the codemap: one line per module. Arrows point one way:
-//! `api → hosting → (vm, net, cloudinit, proxy) → store`.
+//! `api → hosting → (vm, net, cloudinit, proxy, forward) → store` (all of them in
+//! ARCHITECTURE.md).
 
 /// axum routes, JSON errors, OpenAPI; the only place with HTTP serde types.
 pub mod api;
@@ -19,11 +20,15 @@ pub mod config;
 pub mod control;
 /// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
 pub mod daemon;
+/// The SSH TCP forwarder: one listener per hosting port, caps per port and address.
+pub mod forward;
 /// The create/delete saga, the VM supervisor and the reconciler.
 pub mod hosting;
+/// When bytes last moved, and the idle watchdog (forwarder and HTTP tunnels).
+pub(crate) mod idle;
 /// Bridge and taps over netlink and tun ioctls; IPAM; MAC addresses.
 pub mod net;
-/// Route table (pure), HTTP reverse proxy and SSH TCP forwarder.
+/// Route table (pure) and the HTTP reverse proxy.
 pub mod proxy;
 /// The only code that opens redb: tables, typed records, transactions, schema.
 pub mod store;

@@ -14,9 +14,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use roost::proxy::{
-    serve_http, ForwardLimits, Forwarders, ProxyConfig, ProxyError, Route, RouteStatus, Routes,
-};
+use roost::forward::{ForwardError, ForwardLimits, Forwarders};
+use roost::proxy::{serve_http, ProxyConfig, Route, RouteStatus, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "example.test";
@@ -1007,11 +1006,11 @@ async fn forwarder_reports_port_in_use() {
     let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
     match fw.ensure(port, target, ForwardLimits::default()).await {
-        Err(ProxyError::PortInUse { port: p, .. }) => assert_eq!(p, port),
+        Err(ForwardError::PortInUse { port: p, .. }) => assert_eq!(p, port),
         other => panic!("expected PortInUse, got {other:?}"),
     }
     assert!(fw.ports().await.is_empty());
-    assert!(!roost::proxy::port_is_free(port));
+    assert!(!roost::forward::port_is_free(port));
     drop(taken);
 }
 

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::cloudinit;
 use crate::config::Config;
+use crate::forward;
 use crate::net;
 use crate::proxy::{self, Route, RouteStatus};
 use crate::store::{Hosting, HostingId, HostingState, Store, StoreError, UserId};
@@ -82,7 +83,7 @@ pub(super) struct Inner {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub routes: proxy::Routes,
-    pub forwarders: proxy::Forwarders,
+    pub forwarders: forward::Forwarders,
     pub runtime: Result<VmRuntime, String>,
     create_slots: Arc<Semaphore>,
     live: Mutex<HashMap<HostingId, Arc<Live>>>,
@@ -124,7 +125,7 @@ impl Hostings {
         cfg: Arc<Config>,
         store: Store,
         routes: proxy::Routes,
-        forwarders: proxy::Forwarders,
+        forwarders: forward::Forwarders,
         runtime: Result<VmRuntime, String>,
     ) -> Hostings {
         let faults = std::env::var("ROOST_FAULTS")
@@ -291,7 +292,7 @@ impl Hostings {
                 user,
                 rt.subnet.hosts(),
                 ports,
-                proxy::port_is_free,
+                forward::port_is_free,
                 |ip, port| Hosting {
                     id,
                     user,
@@ -711,13 +712,13 @@ impl Hostings {
         }
     }
 
-    async fn open_ssh(&self, h: &Hosting) -> Result<(), proxy::ProxyError> {
+    async fn open_ssh(&self, h: &Hosting) -> Result<(), forward::ForwardError> {
         self.inner
             .forwarders
             .ensure(
                 h.ssh_port,
                 SocketAddrV4::new(h.ip, 22),
-                proxy::ForwardLimits::default(),
+                forward::ForwardLimits::default(),
             )
             .await
     }

@@ -154,7 +154,7 @@ pub async fn start(
     cfg: Arc<Config>,
     store: Store,
     routes: crate::proxy::Routes,
-    forwarders: crate::proxy::Forwarders,
+    forwarders: crate::forward::Forwarders,
 ) -> Hostings {
     // Kept as the reason shown by `roost status` (and, sanitized, to owners).
     let runtime = manager::setup_runtime(&cfg).await.map_err(|e| chain(&e));

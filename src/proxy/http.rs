@@ -30,9 +30,9 @@ use super::pages::{self, Page};
 use super::routes::{
     resolve, Resolution, Route, RouteCache, RouteStatus, RouteTable, Routes, RETRY_AFTER_SECS,
 };
-use super::tcp::{with_idle_timeout, Activity, Counted};
 use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
+use crate::idle::{with_idle_timeout, Activity, Counted};
 
 struct Shared {
     api: axum::Router,

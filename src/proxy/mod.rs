@@ -1,9 +1,9 @@
 //! The proxy: routes HTTP and SSH from the internet to the VMs.
 //!
-//! It owns the route table (pure, swapped atomically: [`Routes`]), the HTTP reverse proxy
-//! that shares one listener with the API ([`serve_http`]) and the SSH TCP forwarder
-//! ([`Forwarders`]). It knows nothing of users, the store or QEMU: the hosting module tells
-//! it which slug goes where, and it never terminates TLS or SSH (bytes only).
+//! It owns the route table (pure, swapped atomically: [`Routes`]) and the HTTP reverse proxy
+//! that shares one listener with the API ([`serve_http`]). The SSH forwarder is its own
+//! module (`crate::forward`). It knows nothing of users, the store or QEMU: the hosting
+//! module tells it which slug goes where, and it never terminates TLS (bytes only).
 
 mod deadline;
 mod framing;
@@ -11,7 +11,6 @@ mod headers;
 mod http;
 mod pages;
 mod routes;
-mod tcp;
 mod upstream;
 
 use std::time::Duration;
@@ -22,28 +21,6 @@ pub use routes::{
     resolve, valid_slug, Resolution, Route, RouteCache, RouteDiff, RouteStatus, RouteTable, Routes,
     RESERVED_SEGMENTS, RETRY_AFTER_SECS,
 };
-pub use tcp::{port_is_free, ForwardLimits, Forwarders};
-
-/// Errors of the proxy and the forwarder. Messages are short; causes are in `source`.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("port {port} is already in use on this host")]
-    PortInUse {
-        port: u16,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot listen on port {port}")]
-    Bind {
-        port: u16,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the forwarders' runtime")]
-    Runtime(#[source] std::io::Error),
-    #[error("accept failed")]
-    Accept(#[source] std::io::Error),
-}
 
 /// Settings of the HTTP side. `Default` gives production values.
 #[derive(Debug, Clone)]

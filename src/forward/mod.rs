@@ -11,19 +11,38 @@
 //! pipe (no copy into user space), falling back to a user-space copy if splice is refused.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::ProxyError;
+use crate::idle::{with_idle_timeout, Activity, Counted};
+
+/// Errors of the forwarder. Messages are short; causes are in `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("port {port} is already in use on this host")]
+    PortInUse {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the forwarders' runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("accept failed")]
+    Accept(#[source] std::io::Error),
+}
 
 /// Per-port limits of the forwarder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,14 +131,14 @@ pub fn port_is_free(port: u16) -> bool {
 impl Forwarders {
     /// Forwarders listening on `bind` (`0.0.0.0` in production, loopback in tests), with
     /// one runtime thread per core.
-    pub fn new(bind: Ipv4Addr) -> Result<Forwarders, ProxyError> {
+    pub fn new(bind: Ipv4Addr) -> Result<Forwarders, ForwardError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("roost-ssh")
             .enable_all()
             .build()
-            .map_err(ProxyError::Runtime)?;
+            .map_err(ForwardError::Runtime)?;
         Ok(Forwarders {
             bind,
             ports: Arc::new(Mutex::new(HashMap::new())),
@@ -137,7 +156,7 @@ impl Forwarders {
         port: u16,
         target: SocketAddrV4,
         limits: ForwardLimits,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<(), ForwardError> {
         let rt = self.runtime.handle.clone();
         let mut ports = self.ports.lock().await;
         if let Some(p) = ports.get(&port) {
@@ -152,7 +171,7 @@ impl Forwarders {
         let listener = {
             let _in_runtime = rt.enter();
             let listener = bind(self.bind, port)?;
-            TcpListener::from_std(listener).map_err(|source| ProxyError::Bind { port, source })?
+            TcpListener::from_std(listener).map_err(|source| ForwardError::Bind { port, source })?
         };
         let task = rt.spawn(accept_loop(listener, port, target, limits));
         tracing::info!(port, %target, "ssh forward listening");
@@ -200,7 +219,7 @@ impl Forwarders {
         &self,
         wanted: &[(u16, SocketAddrV4)],
         limits: ForwardLimits,
-    ) -> Vec<(u16, ProxyError)> {
+    ) -> Vec<(u16, ForwardError)> {
         let stale: Vec<u16> = self
             .ports
             .lock()
@@ -223,17 +242,17 @@ impl Forwarders {
     }
 }
 
-fn bind(ip: Ipv4Addr, port: u16) -> Result<std::net::TcpListener, ProxyError> {
+fn bind(ip: Ipv4Addr, port: u16) -> Result<std::net::TcpListener, ForwardError> {
     let addr = SocketAddr::from((ip, port));
     let sock = socket2_like_bind(addr).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
-            ProxyError::PortInUse { port, source }
+            ForwardError::PortInUse { port, source }
         } else {
-            ProxyError::Bind { port, source }
+            ForwardError::Bind { port, source }
         }
     })?;
     sock.set_nonblocking(true)
-        .map_err(|source| ProxyError::Bind { port, source })?;
+        .map_err(|source| ForwardError::Bind { port, source })?;
     Ok(sock)
 }
 
@@ -373,126 +392,6 @@ pub(crate) async fn forward(
         tokio::io::copy_bidirectional_with_sizes(&mut c2, &mut u, COPY_BUF, COPY_BUF).await
     };
     with_idle_timeout(copy, &activity, limits.idle_timeout, limits.silent_timeout).await
-}
-
-/// The last time bytes moved, and how many, shared by both directions; and how many came
-/// from the client.
-pub(super) struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    bytes: AtomicU64,
-    from_client: AtomicU64,
-}
-
-impl Activity {
-    pub(super) fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            from_client: AtomicU64::new(0),
-        }
-    }
-    fn client_sent(&self, n: usize) {
-        self.from_client.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    fn touch(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-    fn total(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
-/// Runs `work` until it ends, nothing moves for `idle`, or the client has sent nothing
-/// `silent` after the start.
-pub(super) async fn with_idle_timeout<T>(
-    work: impl Future<Output = std::io::Result<T>>,
-    activity: &Activity,
-    idle: Duration,
-    silent: Duration,
-) -> std::io::Result<T> {
-    let watchdog = async {
-        loop {
-            let left = idle.saturating_sub(activity.idle_for());
-            if left.is_zero() {
-                return;
-            }
-            tokio::time::sleep(left).await;
-        }
-    };
-    let quiet_client = async {
-        tokio::time::sleep(silent).await;
-        if activity.from_client.load(Ordering::Relaxed) > 0 {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        r = work => r,
-        _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
-        _ = quiet_client => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client sent nothing")),
-    }
-}
-
-/// A stream wrapper that reports reads to an [`Activity`] (for the copy fallback).
-pub(super) struct Counted<'a, S> {
-    inner: &'a mut S,
-    activity: &'a Activity,
-}
-
-impl<'a, S> Counted<'a, S> {
-    pub(super) fn new(inner: &'a mut S, activity: &'a Activity) -> Self {
-        Counted { inner, activity }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.activity.touch(n);
-            self.activity.client_sent(n);
-        }
-        r
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            self.activity.touch(*n);
-        }
-        r
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
 }
 
 /// The pipe's capacity (asked with `F_SETPIPE_SZ`) and the most one splice call moves.
