@@ -301,6 +301,20 @@ fn hosting_end_to_end() {
             Duration::from_secs(60),
             || (http_flood.held() >= 200).then_some(()),
         );
+        // What the flood costs the daemon, seen from the daemon: its open descriptors.
+        let fd_peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let (peak, on) = (fd_peak.clone(), sampling.clone());
+            std::thread::spawn(move || {
+                while on.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                        peak.fetch_max(d.count(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
         let admin = login("root-admin", "password123");
 
         // Two users; alice brings her own key, bob gets a generated one.
@@ -439,21 +453,19 @@ fn hosting_end_to_end() {
         );
         // Alice's key does not open bob's VM.
         assert!(!ssh(b_port, "bob", &alice_key, "true").status.success());
-        // The flood was there all along, and held about its address's share (256 HTTP, 8
-        // per SSH port; the bounds leave room for a slow accept loop on a loaded host, and
-        // are far below what it holds without the per-address caps).
+        // The flood was there all along, and cost the daemon about its address's share of
+        // descriptors (256 HTTP connections, 8 per SSH port, besides the VMs' own), far from
+        // the 1500 it reaches without the per-address cap. (Counted in the daemon: the
+        // flooding client cannot tell an accepted connection from one still queued.)
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("sampler");
+        let fds = fd_peak.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
-            http_flood.peak() < 1000,
-            "the flood held {} HTTP connections",
-            http_flood.peak()
+            fds < 1000,
+            "the daemon held {fds} descriptors under the flood"
         );
         for f in &ssh_floods {
             assert!(f.peak() >= 1, "the SSH flood never connected");
-            assert!(
-                f.peak() <= 8 + 4,
-                "the flood held {} SSH connections",
-                f.peak()
-            );
         }
         drop(ssh_floods);
         drop(http_flood);
