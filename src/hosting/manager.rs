@@ -207,8 +207,7 @@ impl Hostings {
             .as_ref()
             .map_or(vm::Accel::Tcg, |rt| rt.accel);
         let vm = capacity::VmSize {
-            memory_mib: vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, accel).memory_bytes
-                >> 20,
+            memory_mib: self.limits(accel).memory_bytes >> 20,
             disk_gib: u64::from(cfg.vm.disk_gib),
         };
         let count = u32::try_from(self.inner.store.hostings()?.len()).unwrap_or(u32::MAX);
@@ -561,12 +560,13 @@ impl Hostings {
             })?;
         let kvm = (rt.accel == vm::Accel::Kvm).then_some(rt.kvm_gid).flatten();
         vm::confine::hand_over(&p.dir, uid, uid).map_err(|e| step_err("user")(super::chain(&e)))?;
-        Ok((vm::Credentials::for_vm(uid, kvm), self.limits(rt)))
+        Ok((vm::Credentials::for_vm(uid, kvm), self.limits(rt.accel)))
     }
 
-    fn limits(&self, rt: &VmRuntime) -> vm::Limits {
+    /// A VM's cgroup limits under `accel` (also what capacity admission charges it).
+    fn limits(&self, accel: vm::Accel) -> vm::Limits {
         let cfg = &self.inner.cfg;
-        vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, rt.accel)
+        vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, accel)
     }
 
     /// Removes a VM's cgroups once its QEMU is gone (they are made again at the next start).
@@ -1287,7 +1287,10 @@ impl Hostings {
                 let pid = proc.pid();
                 // A QEMU of an earlier daemon (or roost version) gets its cgroup limits now.
                 if let Ok(rt) = self.rt() {
-                    if let Err(e) = rt.cgroups.place(&id.to_string(), pid, &self.limits(rt)) {
+                    if let Err(e) = rt
+                        .cgroups
+                        .place(&id.to_string(), pid, &self.limits(rt.accel))
+                    {
                         warn!(hosting = %id, pid, error = %super::chain(&e), "cannot move the adopted qemu into its cgroup");
                     }
                 }

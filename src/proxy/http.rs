@@ -317,10 +317,7 @@ async fn handle(
     let peer = client.peer;
     if ambiguous_framing {
         tracing::info!(%peer, "refused: Content-Length with Transfer-Encoding");
-        let mut resp = pages::render(Page::BadRequest, req.headers());
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
+        return Ok(closing(pages::render(Page::BadRequest, req.headers())));
     }
     let table = shared.table();
     let host: Option<String> = match req.uri().authority() {
@@ -393,6 +390,13 @@ async fn handle(
             .await
         }
     })
+}
+
+/// `resp` with `Connection: close`: the request's framing cannot be trusted past it.
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Connecting to a booting guest gives up after this (then the "starting" page).
@@ -481,10 +485,7 @@ async fn proxy(
             let h = saved(accept);
             if deadline::stalled(&e, "request") {
                 tracing::info!(slug = %route.slug, %peer, "request body stalled");
-                let mut r = pages::render(Page::RequestTimeout, &h);
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
+                return closing(pages::render(Page::RequestTimeout, &h));
             }
             if booting && e.is_connect() {
                 return pages::render(

@@ -64,20 +64,21 @@ pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<(), VmE
 
 /// Bytes available to unprivileged writers on the file system holding `dir`.
 pub fn available_bytes(dir: &Path) -> Result<u64, VmError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    let st = statvfs(dir)?;
     Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Size of the file system holding `dir`, in bytes.
 pub fn total_bytes(dir: &Path) -> Result<u64, VmError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
+    let st = statvfs(dir)?;
+    Ok(st.blocks().saturating_mul(st.fragment_size()))
+}
+
+fn statvfs(dir: &Path) -> Result<nix::sys::statvfs::Statvfs, VmError> {
+    nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
         dir: dir.to_path_buf(),
         source,
-    })?;
-    Ok(st.blocks().saturating_mul(st.fragment_size()))
+    })
 }
 
 /// Pure part of [`check_free_space`].
