@@ -123,7 +123,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let forwarders = forward::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?;
     // Bridge, firewall, image, accelerator; then routes from the store, adoption of running
     // VMs and the reconciler. Without root or an image, the API still serves accounts.
-    let hostings = hosting::start(cfg.clone(), store.clone(), routes.clone(), forwarders).await;
+    let tasks = crate::tasks::Tasks::default();
+    let hostings = hosting::start(
+        cfg.clone(),
+        store.clone(),
+        routes.clone(),
+        forwarders,
+        &tasks,
+    )
+    .await;
     let readiness = Arc::new(ReadinessState::new(match hostings.disabled_reason() {
         Some(r) => format!("disabled: {r}"),
         None => "ok".to_owned(),
@@ -151,12 +159,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, domain = %cfg.domain, "listening");
 
-    let housekeeping = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            auth.prune();
-        }
+    tasks.every("housekeeping", Duration::from_secs(60), move || {
+        auth.prune();
+        std::future::ready(())
     });
 
     // Tell systemd (Type=notify) that we accept connections; a no-op outside systemd.
@@ -175,7 +180,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
-    housekeeping.abort();
+    tasks.shutdown(TASK_GRACE).await;
     // Dropping the serve task drops the socket, which removes its file.
     control_task.abort();
     let _ = control_task.await;
@@ -183,6 +188,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("stopped; VMs keep running");
     Ok(())
 }
+
+/// How long background tasks get to finish a pass at shutdown.
+const TASK_GRACE: Duration = Duration::from_secs(10);
 
 /// File descriptors kept for VM management (taps, QMP sockets, pidfds, disks, SSH
 /// forwards, nft, the store) whatever the HTTP side holds.

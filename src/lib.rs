@@ -32,6 +32,8 @@ pub mod net;
 pub mod proxy;
 /// The only code that opens redb: tables, typed records, transactions, schema.
 pub mod store;
+/// Named background tasks with one shutdown signal.
+pub mod tasks;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
 pub mod vm;
 

@@ -36,7 +36,9 @@ async fn app_under_test() -> App {
     let routes = roost::proxy::Routes::new(Vec::new());
     let forwarders =
         roost::forward::Forwarders::new(std::net::Ipv4Addr::LOCALHOST).expect("forwarders");
-    let hostings = roost::hosting::start(cfg.clone(), store.clone(), routes, forwarders).await;
+    let tasks = roost::tasks::Tasks::default();
+    let hostings =
+        roost::hosting::start(cfg.clone(), store.clone(), routes, forwarders, &tasks).await;
     let state = AppState {
         cfg,
         store,

@@ -207,7 +207,7 @@ impl From<HostingError> for ApiError {
                 retry_after: Some(60),
                 ..ApiError::new(S::SERVICE_UNAVAILABLE, "no_capacity", m)
             },
-            HostingError::InvalidState { .. } | HostingError::Busy => {
+            HostingError::InvalidState { .. } => {
                 ApiError::new(S::CONFLICT, "invalid_state", e.to_string())
             }
             e

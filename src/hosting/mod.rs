@@ -1,14 +1,24 @@
-//! Hostings: the create/delete saga, the state machine, the VM supervisor and the
-//! reconciler. The only module that ties `vm`, `net`, `cloudinit` and `proxy` together.
+//! Hostings: one actor per hosting (`actor`) around a pure decision core (`core`), with
+//! every side effect behind one boundary (`effects`, real one in `real`); admission and
+//! commands (`manager`), reads (`queries`) and the reconciler that only observes
+//! (`reconcile`). The only module that ties `vm`, `net`, `cloudinit` and `proxy` together.
 //!
 //! Knows a hosting's owner id and slug, but nothing of HTTP requests or tokens.
 
+mod actor;
 pub mod capacity;
+pub mod core;
+mod effects;
 pub mod lifecycle;
 mod manager;
 mod netrt;
 pub mod offline;
 pub mod paths;
+mod probe;
+mod queries;
+mod real;
+mod reconcile;
+mod runtime;
 pub mod urls;
 
 use std::sync::Arc;
@@ -44,8 +54,6 @@ pub enum HostingError {
         state: &'static str,
         action: &'static str,
     },
-    #[error("another operation on this hosting is in progress")]
-    Busy,
     #[error("{step}: {message}")]
     Step { step: String, message: String },
     #[error("store")]
@@ -148,16 +156,18 @@ pub struct VmDetail {
 }
 
 /// Builds the manager: prepares the VM runtime when this host can run VMs (bridge,
-/// firewall, image, accelerator, templates), rebuilds routes from the store, reconciles
-/// once, and keeps reconciling every few seconds.
+/// firewall, image, accelerator, templates), rebuilds routes from the store, starts an
+/// actor per hosting (which adopts or starts its VM), and keeps reconciling every few
+/// seconds as the task `reconciler`.
 pub async fn start(
     cfg: Arc<Config>,
     store: Store,
     routes: crate::proxy::Routes,
     forwarders: crate::forward::Forwarders,
+    tasks: &crate::tasks::Tasks,
 ) -> Hostings {
     // Kept as the reason shown by `roost status` (and, sanitized, to owners).
-    let runtime = manager::setup_runtime(&cfg).await.map_err(|e| chain(&e));
+    let runtime = runtime::setup(&cfg).await.map_err(|e| chain(&e));
     if let Err(reason) = &runtime {
         tracing::warn!(%reason, "VM hosting disabled");
     }
@@ -168,13 +178,12 @@ pub async fn start(
     h.apply_firewall_at_start().await;
     h.reconcile().await;
     let bg = h.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            bg.reconcile().await;
-        }
+    tasks.every("reconciler", RECONCILE_EVERY, move || {
+        let bg = bg.clone();
+        async move { bg.reconcile().await }
     });
     h
 }
+
+/// How often the reconciler looks at the world.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);

@@ -34,7 +34,7 @@ pub fn vm_detail(cfg: &Config, store: &Store, id: HostingId) -> Result<VmDetail,
         block_stats: None,
         tap_rx_bytes: None,
         tap_tx_bytes: None,
-        serial_tail: vm::process::tail_lines(&paths.serial_log, super::manager::SERIAL_TAIL_LINES),
+        serial_tail: vm::process::tail_lines(&paths.serial_log, super::queries::SERIAL_TAIL_LINES),
         status,
     })
 }

@@ -11,7 +11,7 @@
 //! is not clearly faster than emulation is not real hardware virtualisation.
 //! The result is computed once per process.
 
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
@@ -70,9 +70,31 @@ pub fn probe_argv(accel: Accel) -> Vec<std::ffi::OsString> {
     .collect()
 }
 
+/// Why the test guest did not run cleanly within its deadline. The message is meant to be
+/// read after "KVM present but " (see [`probe_kvm`]); as everywhere, it does not repeat its
+/// source, so show it with [`crate::error_chain`].
+#[derive(Debug, thiserror::Error)]
+pub enum TestGuestError {
+    #[error("could not start {QEMU_BINARY}")]
+    Spawn(#[source] std::io::Error),
+    #[error("waiting for the test guest failed")]
+    Wait(#[source] std::io::Error),
+    #[error("a test guest did not finish in {}s", .deadline.as_secs_f32())]
+    Timeout { deadline: Duration },
+    /// QEMU exited unsuccessfully; `last_line` is the last line of its stderr, if any.
+    #[error(
+        "the test guest ended with {status}: {}",
+        .last_line.as_deref().unwrap_or("no message")
+    )]
+    Exited {
+        status: ExitStatus,
+        last_line: Option<String>,
+    },
+}
+
 /// Runs the test guest under `accel`; `Ok(elapsed)` when QEMU exits cleanly within
-/// `deadline`, otherwise a sentence saying what happened.
-pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration, String> {
+/// `deadline`, otherwise what happened.
+pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration, TestGuestError> {
     let start = Instant::now();
     let mut child = tokio::process::Command::new(QEMU_BINARY)
         .args(probe_argv(accel))
@@ -81,17 +103,14 @@ pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("could not start {QEMU_BINARY}: {e}"))?;
+        .map_err(TestGuestError::Spawn)?;
     let stderr = child.stderr.take();
     let status = match tokio::time::timeout(deadline, child.wait()).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("waiting for the test guest failed: {e}")),
+        Ok(Err(e)) => return Err(TestGuestError::Wait(e)),
         Err(_) => {
             let _ = child.kill().await;
-            return Err(format!(
-                "a test guest did not finish in {}s",
-                deadline.as_secs_f32()
-            ));
+            return Err(TestGuestError::Timeout { deadline });
         }
     };
     if status.success() {
@@ -102,10 +121,10 @@ pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration
         use tokio::io::AsyncReadExt;
         let _ = s.read_to_string(&mut err).await;
     }
-    Err(format!(
-        "the test guest ended with {status}: {}",
-        err.lines().last().unwrap_or("no message")
-    ))
+    Err(TestGuestError::Exited {
+        status,
+        last_line: err.lines().last().map(str::to_owned),
+    })
 }
 
 static PROBE: OnceCell<KvmProbe> = OnceCell::const_new();
@@ -131,7 +150,7 @@ pub async fn probe_kvm_uncached() -> KvmProbe {
         Ok(kvm) => judge(kvm, run_test_guest(Accel::Tcg, PROBE_DEADLINE).await.ok()),
         Err(why) => KvmProbe {
             usable: false,
-            reason: format!("KVM present but {why}: using TCG"),
+            reason: format!("KVM present but {}: using TCG", crate::error_chain(&why)),
         },
     };
     info!(usable = probe.usable, reason = %probe.reason, "kvm probe");
@@ -202,6 +221,40 @@ mod tests {
             slow.reason
         );
         assert!(judge(ms(900), None).usable);
+    }
+
+    #[test]
+    fn test_guest_messages() {
+        use std::os::unix::process::ExitStatusExt;
+        let spawn = TestGuestError::Spawn(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            crate::error_chain(&spawn),
+            format!(
+                "could not start {QEMU_BINARY}: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+        let timeout = TestGuestError::Timeout {
+            deadline: Duration::from_millis(2500),
+        };
+        assert_eq!(timeout.to_string(), "a test guest did not finish in 2.5s");
+        let status = ExitStatus::from_raw(1 << 8);
+        let exited = TestGuestError::Exited {
+            status,
+            last_line: Some("qemu: boom".into()),
+        };
+        assert_eq!(
+            exited.to_string(),
+            format!("the test guest ended with {status}: qemu: boom")
+        );
+        let silent = TestGuestError::Exited {
+            status,
+            last_line: None,
+        };
+        assert_eq!(
+            silent.to_string(),
+            format!("the test guest ended with {status}: no message")
+        );
     }
 
     #[tokio::test]

@@ -20,8 +20,12 @@ pub enum VmError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("image {dir}: {reason}")]
-    ManifestInvalid { dir: PathBuf, reason: String },
+    #[error("image {dir}")]
+    ManifestInvalid {
+        dir: PathBuf,
+        #[source]
+        source: super::image::ManifestError,
+    },
 
     #[error("starting qemu")]
     Spawn(#[source] std::io::Error),

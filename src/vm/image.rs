@@ -63,12 +63,46 @@ pub struct ImageManifest {
     pub recipe_hash: Option<String>,
 }
 
+/// Why an image directory's manifest, or the files it names, cannot be used. Carried by
+/// [`VmError::ManifestInvalid`], which adds the directory.
+///
+/// [`ImageManifest::validate`] reports the first four (rules on the manifest alone);
+/// [`Image::load`] adds [`Unreadable`](Self::Unreadable) and
+/// [`SizeMismatch`](Self::SizeMismatch), [`Image::verify_hashes`] adds
+/// [`HashMismatch`](Self::HashMismatch).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest has an empty name")]
+    EmptyName,
+    /// `what` is the manifest field (`disk`, `kernel`, `initrd`, `files entry`).
+    #[error("{what} {name:?} is not a plain file name")]
+    NotPlainName { what: &'static str, name: String },
+    #[error("boot is \"kernel\" but no kernel is named")]
+    NoKernel,
+    #[error("boot is \"kernel\" but the cmdline is empty")]
+    EmptyCmdline,
+    #[error("{name}")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} has {actual} bytes, the manifest says {expected}")]
+    SizeMismatch {
+        name: String,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{name}: sha256 {actual} does not match the manifest")]
+    HashMismatch { name: String, actual: String },
+}
+
 impl ImageManifest {
     /// Checks the manifest on its own (no file access): file names are plain names inside the
     /// image directory and kernel boot names a kernel and a command line.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManifestError> {
         if self.name.is_empty() {
-            return Err("manifest has an empty name".into());
+            return Err(ManifestError::EmptyName);
         }
         check_name("disk", &self.disk)?;
         for (what, v) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
@@ -78,11 +112,11 @@ impl ImageManifest {
         }
         if self.boot == BootMode::Kernel {
             if self.kernel.is_none() {
-                return Err("boot is \"kernel\" but no kernel is named".into());
+                return Err(ManifestError::NoKernel);
             }
             match &self.cmdline {
                 Some(c) if !c.trim().is_empty() => {}
-                _ => return Err("boot is \"kernel\" but the cmdline is empty".into()),
+                _ => return Err(ManifestError::EmptyCmdline),
             }
         }
         for name in self.files.keys() {
@@ -93,9 +127,12 @@ impl ImageManifest {
 }
 
 /// Accepts only a plain file name: no separators, not `.`/`..`, not empty.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+fn check_name(what: &'static str, name: &str) -> Result<(), ManifestError> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(format!("{what} {name:?} is not a plain file name"));
+        return Err(ManifestError::NotPlainName {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -122,24 +159,28 @@ impl Image {
         })?;
         let manifest: ImageManifest = serde_json::from_slice(&text)
             .map_err(|source| VmError::ManifestParse { path, source })?;
-        let invalid = |reason: String| VmError::ManifestInvalid {
+        let invalid = |source: ManifestError| VmError::ManifestInvalid {
             dir: real.clone(),
-            reason,
+            source,
         };
         manifest.validate().map_err(invalid)?;
         let mut names = vec![manifest.disk.as_str()];
         names.extend(manifest.kernel.as_deref());
         names.extend(manifest.initrd.as_deref());
         for name in names {
-            let meta =
-                std::fs::metadata(real.join(name)).map_err(|e| invalid(format!("{name}: {e}")))?;
+            let meta = std::fs::metadata(real.join(name)).map_err(|source| {
+                invalid(ManifestError::Unreadable {
+                    name: name.to_owned(),
+                    source,
+                })
+            })?;
             if let Some(entry) = manifest.files.get(name) {
                 if entry.size != meta.len() {
-                    return Err(invalid(format!(
-                        "{name} has {} bytes, the manifest says {}",
-                        meta.len(),
-                        entry.size
-                    )));
+                    return Err(invalid(ManifestError::SizeMismatch {
+                        name: name.to_owned(),
+                        actual: meta.len(),
+                        expected: entry.size,
+                    }));
                 }
             }
         }
@@ -195,7 +236,10 @@ impl Image {
             if !got.eq_ignore_ascii_case(&entry.sha256) {
                 return Err(VmError::ManifestInvalid {
                     dir: self.dir.clone(),
-                    reason: format!("{name}: sha256 {got} does not match the manifest"),
+                    source: ManifestError::HashMismatch {
+                        name: name.clone(),
+                        actual: got,
+                    },
                 });
             }
         }
@@ -207,8 +251,17 @@ impl Image {
 mod tests {
     use super::*;
 
-    fn manifest(json: &str) -> Result<ImageManifest, String> {
-        let m: ImageManifest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    /// Why [`manifest`] rejected a document: it does not parse, or it breaks a rule.
+    #[derive(Debug, thiserror::Error)]
+    enum TestManifestError {
+        #[error("parsing")]
+        Parse(#[from] serde_json::Error),
+        #[error("validating")]
+        Invalid(#[from] ManifestError),
+    }
+
+    fn manifest(json: &str) -> Result<ImageManifest, TestManifestError> {
+        let m: ImageManifest = serde_json::from_str(json)?;
         m.validate()?;
         Ok(m)
     }
@@ -254,13 +307,32 @@ mod tests {
         ];
         for (json, want) in cases {
             let m: ImageManifest = serde_json::from_str(json).expect("parses");
-            assert_eq!(m.validate(), want.map_err(String::from), "{json}");
+            let got = m.validate().map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(String::from), "{json}");
         }
     }
 
     #[test]
     fn unknown_boot_mode_is_a_parse_error() {
-        assert!(manifest(r#"{"name":"a","boot":"pxe","disk":"d"}"#).is_err());
+        let err = manifest(r#"{"name":"a","boot":"pxe","disk":"d"}"#).expect_err("pxe");
+        assert!(matches!(err, TestManifestError::Parse(_)), "{err:?}");
+    }
+
+    #[test]
+    fn rules_have_their_own_variants() {
+        let m: ImageManifest = serde_json::from_str(
+            r#"{"name":"a","boot":"firmware","disk":"d","files":{"x/y":{"sha256":"00","size":1}}}"#,
+        )
+        .expect("parses");
+        let err = m.validate().expect_err("files entry with a slash");
+        assert!(
+            matches!(&err, ManifestError::NotPlainName { what: "files entry", name } if name == "x/y"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "files entry \"x/y\" is not a plain file name"
+        );
     }
 
     #[test]
@@ -270,8 +342,21 @@ mod tests {
         std::fs::create_dir(&real).expect("mkdir");
         std::fs::write(real.join("manifest.json"), KERNEL).expect("write");
         // Missing files are reported.
+        let canonical = std::fs::canonicalize(&real).expect("canonical");
         let err = Image::load(&real).expect_err("disk missing");
-        assert!(matches!(err, VmError::ManifestInvalid { .. }), "{err:?}");
+        assert!(
+            matches!(
+                &err,
+                VmError::ManifestInvalid {
+                    source: ManifestError::Unreadable { name, .. },
+                    ..
+                } if name == "disk.qcow2"
+            ),
+            "{err:?}"
+        );
+        let prefix = format!("image {}: disk.qcow2: ", canonical.display());
+        let chain = crate::error_chain(&err);
+        assert!(chain.starts_with(&prefix), "{chain}");
         std::fs::write(real.join("disk.qcow2"), b"abc").expect("write");
         std::fs::write(real.join("vmlinuz"), b"k").expect("write");
         std::fs::write(real.join("initrd.img"), b"i").expect("write");
@@ -291,12 +376,33 @@ mod tests {
         );
         // A size mismatch is caught.
         std::fs::write(real.join("disk.qcow2"), b"abcd").expect("write");
-        assert!(Image::load(&link).is_err());
+        let err = Image::load(&link).expect_err("size mismatch");
+        assert_eq!(
+            crate::error_chain(&err),
+            format!(
+                "image {}: disk.qcow2 has 4 bytes, the manifest says 3",
+                real.display()
+            )
+        );
         // The hash check reads the files.
         std::fs::write(real.join("disk.qcow2"), b"abc").expect("write");
-        assert!(matches!(
-            Image::load(&link).expect("loads").verify_hashes(),
-            Err(VmError::ManifestInvalid { .. })
-        ));
+        let err = Image::load(&link)
+            .expect("loads")
+            .verify_hashes()
+            .expect_err("hash mismatch");
+        assert!(
+            matches!(
+                &err,
+                VmError::ManifestInvalid {
+                    source: ManifestError::HashMismatch { name, .. },
+                    ..
+                } if name == "disk.qcow2"
+            ),
+            "{err:?}"
+        );
+        assert!(
+            crate::error_chain(&err).ends_with("disk.qcow2: sha256 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad does not match the manifest"),
+            "{err}"
+        );
     }
 }

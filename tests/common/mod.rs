@@ -1,4 +1,5 @@
-//! Shared helpers for integration tests: the privileged-test switch and private network namespaces.
+//! Shared helpers for integration tests: the privileged-test switch, private network
+//! namespaces, polling, floods, and the one daemon harness ([`daemon::Daemon`]).
 #![allow(dead_code)]
 
 pub mod daemon;

@@ -1,0 +1,477 @@
+//! One task per hosting: the only writer of its row and the only owner of its QEMU.
+//!
+//! The actor receives, in one `select!`, commands (provision, recover, actions, delete,
+//! reconciler ticks), its QEMU's exit and QMP events, readiness rounds, the creation slot
+//! and the restart timer. Each input becomes an [`Event`] for the decision core
+//! ([`Machine::step`]); the actor writes the resulting state (one store write per
+//! transition), publishes the route, and carries out the effects through [`Effects`].
+//! Work on one hosting is serialised by construction: no busy flags, no polling.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{error, info, warn};
+
+use super::core::{Effect, Event, Machine, QmpSignal, Refusal, RunState, Slot};
+use super::effects::{Effects, StepError, Vm};
+use super::lifecycle::Action;
+use super::HostingError;
+use crate::store::{Hosting, HostingState, Store, StoreError};
+use crate::vm::VmEvent;
+
+/// What others ask of a hosting's actor.
+pub(super) enum Command {
+    /// Build and boot a new reservation.
+    Provision,
+    /// First look after a daemon start: adopt a running QEMU or act on its absence.
+    Recover { done: Option<oneshot::Sender<()>> },
+    /// An action; answered with the hosting as it stands after it.
+    Act {
+        action: Action,
+        actor: String,
+        reply: oneshot::Sender<Result<Hosting, HostingError>>,
+    },
+    /// Delete; answered once `deleting` is recorded, before the teardown.
+    Delete {
+        actor: String,
+        reply: oneshot::Sender<Result<Hosting, HostingError>>,
+    },
+    /// The reconciler's periodic nudge.
+    Tick,
+}
+
+/// What every actor shares.
+pub(super) struct Ctx<E: Effects> {
+    pub store: Store,
+    pub fx: Arc<E>,
+    /// Creations booting at once (held from the slot to readiness).
+    pub slots: Arc<Semaphore>,
+    /// Test hook: `ROOST_FAULTS=step,...` makes those steps of the start saga fail.
+    pub faults: HashSet<String>,
+    pub boot_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub registry: Registry<E>,
+}
+
+impl<E: Effects> Ctx<E> {
+    fn fault(&self, step: &'static str) -> Result<(), StepError> {
+        if self.faults.contains(step) {
+            Err(StepError::new(step, "injected fault"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What woke the actor.
+enum Input {
+    Command(Command),
+    Event(Event),
+    Slot(OwnedSemaphorePermit),
+}
+
+/// One readiness round in flight.
+type ProbeRound = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, bool)> + Send>>;
+
+struct Actor<E: Effects> {
+    ctx: Arc<Ctx<E>>,
+    /// The row as last written.
+    row: Hosting,
+    m: Machine,
+    vm: Option<Arc<E::Vm>>,
+    view: Arc<Mutex<Option<Arc<E::Vm>>>>,
+    events: Option<broadcast::Receiver<VmEvent>>,
+    permit: Option<OwnedSemaphorePermit>,
+    probe: Option<ProbeRound>,
+    /// The readiness period the probe results belong to, and what answered in it.
+    probe_period: Option<Instant>,
+    known: (bool, bool),
+    /// Who asked for the deletion (for the audit entry of the removal).
+    deleted_by: String,
+}
+
+async fn run<E: Effects>(
+    ctx: Arc<Ctx<E>>,
+    row: Hosting,
+    mut rx: mpsc::Receiver<Command>,
+    view: Arc<Mutex<Option<Arc<E::Vm>>>>,
+    serial: u64,
+) {
+    let id = row.id;
+    let mut a = Actor {
+        m: Machine::new(
+            row.state,
+            row.reason.clone(),
+            row.desired_running,
+            ctx.boot_timeout,
+        ),
+        ctx: ctx.clone(),
+        row,
+        vm: None,
+        view,
+        events: None,
+        permit: None,
+        probe: None,
+        probe_period: None,
+        known: (false, false),
+        deleted_by: "system".into(),
+    };
+    while !a.m.finished {
+        let restart_at = a.m.restart_at.map(tokio::time::Instant::from_std);
+        let want_slot = a.m.slot == Slot::Wanted && a.permit.is_none();
+        let input = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => Input::Command(c),
+                None => break,
+            },
+            _ = exited(a.vm.as_deref()) => Input::Event(Event::Exited),
+            ev = next_event(&mut a.events) => match ev {
+                Some(ev) => Input::Event(Event::Qmp(ev)),
+                None => continue,
+            },
+            p = ctx.slots.clone().acquire_owned(), if want_slot => match p {
+                Ok(p) => Input::Slot(p),
+                Err(_) => break,
+            },
+            _ = sleep_until(restart_at), if restart_at.is_some() => Input::Event(Event::RestartDue),
+            r = async { a.probe.as_mut().expect("guarded").await }, if a.probe.is_some() => {
+                a.probe = None;
+                a.known = (a.known.0 || r.0, a.known.1 || r.1);
+                Input::Event(Event::Probed { web: a.known.0, ssh: a.known.1 })
+            }
+        };
+        a.handle(input).await;
+    }
+    ctx.registry.remove(id, serial);
+}
+
+async fn exited<V: Vm>(vm: Option<&V>) {
+    match vm {
+        Some(v) => v.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next QMP event the core cares about; `None` when there is none to wait for any
+/// more (the receiver is then dropped).
+async fn next_event(rx: &mut Option<broadcast::Receiver<VmEvent>>) -> Option<QmpSignal> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match r.recv().await {
+            Ok(VmEvent::Stop) => return Some(QmpSignal::Stop),
+            Ok(VmEvent::Resume) => return Some(QmpSignal::Resume),
+            Ok(VmEvent::Reset { .. }) => return Some(QmpSignal::Reset),
+            Ok(VmEvent::Shutdown { guest: true, .. }) => return Some(QmpSignal::GuestShutdown),
+            Ok(VmEvent::Powerdown) => info!("power button pressed"),
+            Ok(VmEvent::Shutdown { .. }) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => warn!(n, "missed qmp events"),
+            Ok(VmEvent::Disconnected) | Err(broadcast::error::RecvError::Closed) => {
+                *rx = None;
+                return None;
+            }
+        }
+    }
+}
+
+impl<E: Effects> Actor<E> {
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::Event(ev) => {
+                let _ = self.run(ev, None).await;
+            }
+            Input::Slot(p) => {
+                self.permit = Some(p);
+                let _ = self.run(Event::SlotGranted, None).await;
+            }
+            Input::Command(Command::Provision) => {
+                let _ = self.run(Event::Provision, None).await;
+            }
+            Input::Command(Command::Tick) => {
+                let _ = self.run(Event::Tick, None).await;
+            }
+            Input::Command(Command::Recover { done }) => {
+                let found = match &self.vm {
+                    Some(_) => None,
+                    None => self.ctx.fx.adopt(&self.row).await,
+                };
+                let adopted = match found {
+                    Some((vm, status)) => {
+                        info!(pid = vm.pid(), ?status, "adopted running qemu");
+                        self.attach(Arc::new(vm)).await;
+                        Some(status)
+                    }
+                    None => self.vm.as_ref().map(|_| Some(RunState::Running)),
+                };
+                let _ = self.run(Event::Recovered(adopted), None).await;
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+            }
+            Input::Command(Command::Act {
+                action,
+                actor,
+                reply,
+            }) => {
+                let r = self
+                    .run(Event::Act(action), Some(Audit::Action(&actor)))
+                    .await;
+                let _ = reply.send(r.map(|()| self.row.clone()));
+            }
+            Input::Command(Command::Delete { actor, reply }) => {
+                self.deleted_by = actor;
+                let r = self.run(Event::Delete, Some(Audit::Delete(reply))).await;
+                if let Err(e) = r {
+                    warn!(error = %e, "delete refused");
+                }
+            }
+        }
+    }
+
+    /// Steps the machine through `ev` and what its effects report, writing each transition.
+    async fn run(&mut self, ev: Event, mut audit: Option<Audit<'_>>) -> Result<(), HostingError> {
+        let mut queue = VecDeque::from([ev]);
+        let mut failure = None;
+        while let Some(ev) = queue.pop_front() {
+            let had_vm = self.m.vm;
+            // A refused step changes nothing: it runs on a copy.
+            let mut next = self.m.clone();
+            let d = match next.step(ev.clone(), Instant::now()) {
+                Ok(d) => {
+                    self.m = next;
+                    d
+                }
+                Err(r) => {
+                    if let Refusal::Illegal { .. } = r {
+                        error!(event = ?ev, refusal = %r, "illegal state transition refused");
+                    }
+                    if let Some(Audit::Delete(reply)) = audit.take() {
+                        let _ = reply.send(Err(refused(&r)));
+                    }
+                    failure.get_or_insert(refused(&r));
+                    continue;
+                }
+            };
+            match audit.take() {
+                Some(Audit::Action(actor)) => {
+                    if let Event::Act(action) = &ev {
+                        let detail = if d.noop {
+                            "no-op"
+                        } else {
+                            self.row.slug.as_str()
+                        };
+                        if !d.noop {
+                            info!(action = action.as_str(), %actor, "admin action");
+                        }
+                        let what = format!("vm.{}", action.as_str());
+                        if let Err(e) =
+                            self.ctx
+                                .store
+                                .audit(actor, &what, &self.row.id.to_string(), detail)
+                        {
+                            warn!(error = %e, "cannot write the audit log");
+                        }
+                    }
+                }
+                Some(Audit::Delete(reply)) => {
+                    self.persist();
+                    let _ = reply.send(Ok(self.row.clone()));
+                }
+                None => {}
+            }
+            self.persist();
+            for effect in d.effects {
+                match self.apply(effect).await {
+                    Ok(Some(next)) => queue.push_back(next),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+            // The machine let go of its VM (exit, stop, kill): so does the actor.
+            if had_vm && !self.m.vm {
+                self.detach();
+            }
+            if self.m.slot == Slot::None {
+                self.permit = None;
+            }
+            self.keep_probing();
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Writes state, reason and desire when they changed (one store write), and
+    /// publishes the route.
+    fn persist(&mut self) {
+        let m = &self.m;
+        let r = &self.row;
+        if (r.state, &r.reason, r.desired_running) != (m.state, &m.reason, m.desired) {
+            let (state, reason, desired) = (m.state, m.reason.clone(), m.desired);
+            match self.ctx.store.modify_hosting(r.id, |h| {
+                h.state = state;
+                h.reason = reason.clone();
+                h.desired_running = desired;
+            }) {
+                Ok(h) => {
+                    info!(
+                        state = state.as_str(),
+                        reason = h.reason.as_deref().unwrap_or(""),
+                        "state"
+                    );
+                    self.row = h;
+                }
+                Err(StoreError::NoSuchHosting) => {}
+                Err(e) => warn!(error = %e, "cannot record state"),
+            }
+        }
+        self.ctx.fx.publish(&self.row, self.m.generation);
+    }
+
+    /// Starts or ends the readiness rounds the machine asks for.
+    fn keep_probing(&mut self) {
+        match self.m.probing {
+            Some(period) => {
+                if self.probe_period != Some(period) {
+                    self.probe_period = Some(period);
+                    self.known = (false, false);
+                    self.probe = None;
+                }
+                if self.probe.is_none() {
+                    let round = self.ctx.fx.probe(self.row.ip, self.known);
+                    self.probe = Some(Box::pin(async move {
+                        let pace = tokio::time::sleep(READY_POLL);
+                        let r = round.await;
+                        pace.await;
+                        r
+                    }));
+                }
+            }
+            None => {
+                self.probe = None;
+                self.probe_period = None;
+            }
+        }
+    }
+
+    async fn attach(&mut self, vm: Arc<E::Vm>) {
+        self.events = vm.events().await;
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(vm.clone());
+        self.vm = Some(vm);
+    }
+
+    fn detach(&mut self) {
+        self.vm = None;
+        self.events = None;
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Carries out one effect; what it reports is the next event.
+    async fn apply(&mut self, effect: Effect) -> Result<Option<Event>, HostingError> {
+        let fx = self.ctx.fx.clone();
+        let h = self.row.clone();
+        match effect {
+            Effect::Cleanup => {
+                info!("undoing an interrupted creation");
+                fx.kill_unwatched(h.id).await;
+                fx.delete_tap(&h).await;
+                fx.remove_cgroup(h.id).await;
+                fx.remove_files(h.id);
+                Ok(None)
+            }
+            Effect::StartVm => Ok(Some(match self.start_vm().await {
+                Ok(()) => Event::Started,
+                Err(e) => {
+                    warn!(error = %e, "start failed; undone");
+                    Event::StartFailed(e.to_string())
+                }
+            })),
+            Effect::Qmp(action) => {
+                let vm = self.vm.clone().ok_or(HostingError::InvalidState {
+                    state: h.state.as_str(),
+                    action: action.as_str(),
+                })?;
+                vm.qmp(action)
+                    .await
+                    .map_err(|e| HostingError::Internal(super::chain(&e)))?;
+                Ok(Some(Event::QmpDone(action)))
+            }
+            Effect::StopVm { graceful } => {
+                if let Some(vm) = self.vm.clone() {
+                    if graceful {
+                        let deadline = match h.state {
+                            HostingState::Deleting => self.ctx.stop_timeout.min(DELETE_STOP),
+                            _ => self.ctx.stop_timeout,
+                        };
+                        vm.stop(deadline).await;
+                    } else {
+                        vm.kill().await;
+                    }
+                }
+                Ok(None)
+            }
+            Effect::Unplug => {
+                fx.close_ssh(&h).await;
+                fx.kill_unwatched(h.id).await;
+                fx.delete_tap(&h).await;
+                fx.remove_cgroup(h.id).await;
+                Ok(None)
+            }
+            Effect::OpenSsh => {
+                if let Err(e) = fx.open_ssh(&h).await {
+                    warn!(error = %e, "cannot reopen the ssh port");
+                }
+                Ok(None)
+            }
+            Effect::Destroy => {
+                fx.remove_files(h.id);
+                match self.ctx.store.remove_hosting(h.id, &self.deleted_by) {
+                    Ok(()) | Err(StoreError::NoSuchHosting) => info!("hosting deleted"),
+                    Err(e) => warn!(error = %e, "cannot remove the hosting's row"),
+                }
+                if let Err(e) = fx.firewall(None).await {
+                    warn!(error = %e, "cannot update the firewall");
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What a request wants done around its first step.
+enum Audit<'a> {
+    /// Audit the action as this actor (or as a no-op).
+    Action(&'a str),
+    /// Answer once `deleting` is recorded.
+    Delete(oneshot::Sender<Result<Hosting, HostingError>>),
+}
+
+fn refused(r: &Refusal) -> HostingError {
+    match r {
+        Refusal::InvalidState { state, action } => HostingError::InvalidState { state, action },
+        Refusal::Illegal { .. } => HostingError::Internal(r.to_string()),
+    }
+}
+
+/// A deleted VM's guest gets at most this long to power off.
+const DELETE_STOP: Duration = Duration::from_secs(10);
+/// How often a booting guest is probed (at most: a probe can take longer).
+pub(super) const READY_POLL: Duration = Duration::from_millis(100);
+
+mod registry;
+mod saga;
+#[cfg(test)]
+mod tests;
+
+pub(super) use registry::Registry;

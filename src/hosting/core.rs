@@ -1,0 +1,418 @@
+//! The decision core of a hosting's actor: (state, desired, observed, event) → (next state,
+//! effects), as plain data and one function, [`Machine::step`]. No I/O, no clock: the
+//! actor passes `now` in and carries the effects out (see `actor`).
+//!
+//! Every state change goes through [`Machine::step`] and is checked against
+//! [`lifecycle::may_move`]; an illegal one is an error, never a write. Crash restarts
+//! (backoff, giving up), what an exit means, readiness deadlines and the creation slot live
+//! here too, as fields the actor reads after each step.
+
+use std::time::{Duration, Instant};
+
+use super::lifecycle::{self, Action, AfterExit, Backoff, ExitCause, Plan};
+use crate::store::HostingState;
+
+/// What happened to a hosting: a command, an observation, or the outcome of an effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A reservation was made: build and boot it (after a creation slot is granted).
+    Provision,
+    /// The creation slot asked for by [`Slot::Wanted`] was granted.
+    SlotGranted,
+    /// [`Effect::StartVm`] succeeded: a QEMU runs and its SSH port is open.
+    Started,
+    /// [`Effect::StartVm`] failed (and undid its steps); the step and its error.
+    StartFailed(String),
+    /// One readiness round: whether :80 and :22 have answered so far.
+    Probed { web: bool, ssh: bool },
+    /// The watched QEMU exited without roost asking.
+    Exited,
+    /// A QMP event from the guest or QEMU.
+    Qmp(QmpSignal),
+    /// An administrator's (or owner's) action.
+    Act(Action),
+    /// The QMP command of an action was accepted.
+    QmpDone(Action),
+    /// Delete the hosting: the actor ends after this.
+    Delete,
+    /// The restart delay set after a crash has passed.
+    RestartDue,
+    /// The actor's first look at the world after a daemon start: a QEMU of this hosting was
+    /// adopted (with its run state, `None` when QMP did not answer), or none was found.
+    Recovered(Option<Option<RunState>>),
+    /// The reconciler's periodic nudge.
+    Tick,
+}
+
+/// QMP events the core reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QmpSignal {
+    Stop,
+    Resume,
+    /// The guest was reset (it reboots and is not serving until it answers again).
+    Reset,
+    /// The guest itself powered off (QEMU exits next).
+    GuestShutdown,
+}
+
+/// The run states that matter to the core (from QMP `query-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+/// Side effects the actor carries out, in order, through the effect boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Undo what an interrupted creation may have left (QEMU, tap, cgroup, files).
+    Cleanup,
+    /// The start saga (directory, overlay and seed when missing; tap, firewall, QEMU, SSH
+    /// port), each step undone on a later failure. Reports `Started` or `StartFailed`.
+    StartVm,
+    /// Send a QMP command for an action (`reboot`, `pause`, `resume`); reports `QmpDone`.
+    Qmp(Action),
+    /// End the watched QEMU: graceful (powerdown, quit, SIGTERM, SIGKILL) or killed.
+    StopVm { graceful: bool },
+    /// After the QEMU is gone: close the SSH port, delete the tap, remove the cgroup, and
+    /// kill a QEMU of this hosting that roost does not watch.
+    Unplug,
+    /// Remove the files, the reservations and the row; update the firewall. Last effect.
+    Destroy,
+    /// Serve the SSH port (an adopted VM).
+    OpenSsh,
+}
+
+/// The creation slot (at most `max_concurrent_creates` creations boot at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    None,
+    Wanted,
+    Held,
+}
+
+/// Why a start was made (names the failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    Create,
+    Start,
+    Restart,
+}
+
+/// A step's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    pub effects: Vec<Effect>,
+    /// The action was asked of a state that already is what it asks (answered, not done).
+    pub noop: bool,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("cannot {action} a VM that is {state}")]
+    InvalidState {
+        state: &'static str,
+        action: &'static str,
+    },
+    #[error("illegal transition {from} -> {to}")]
+    Illegal {
+        from: &'static str,
+        to: &'static str,
+    },
+}
+
+/// One hosting's state as its actor knows it: the persisted part (`state`, `reason`,
+/// `desired`) and what the actor observes and waits for.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub state: HostingState,
+    pub reason: Option<String>,
+    /// Whether the owner wants it running (persisted as `desired_running`).
+    pub desired: bool,
+    /// A QEMU is watched.
+    pub vm: bool,
+    /// The guest announced its own poweroff before the exit.
+    pub poweroff_seen: bool,
+    /// Probing :80 and :22 until this deadline (booting with a VM only).
+    pub probing: Option<Instant>,
+    /// Start again at this instant (after a crash).
+    pub restart_at: Option<Instant>,
+    pub slot: Slot,
+    /// What the running `StartVm` is for.
+    pub starting: Option<StartKind>,
+    /// Boots of the VM seen by this daemon (QEMU starts and guest resets): the proxy drops
+    /// pooled connections to an older generation.
+    pub generation: u64,
+    pub backoff: Backoff,
+    /// The actor is done (deleted).
+    pub finished: bool,
+    /// How long a booting guest gets to answer.
+    pub boot_timeout: Duration,
+}
+
+impl Machine {
+    pub fn new(
+        state: HostingState,
+        reason: Option<String>,
+        desired: bool,
+        boot_timeout: Duration,
+    ) -> Machine {
+        Machine {
+            state,
+            reason,
+            desired,
+            vm: false,
+            poweroff_seen: false,
+            probing: None,
+            restart_at: None,
+            slot: Slot::None,
+            starting: None,
+            generation: 0,
+            backoff: Backoff::default(),
+            finished: false,
+            boot_timeout,
+        }
+    }
+
+    /// Moves to `to` with `reason`, if the table allows it.
+    fn go(&mut self, to: HostingState, reason: Option<String>) -> Result<(), Refusal> {
+        if !lifecycle::may_move(self.state, to) {
+            return Err(Refusal::Illegal {
+                from: self.state.as_str(),
+                to: to.as_str(),
+            });
+        }
+        self.state = to;
+        self.reason = reason;
+        Ok(())
+    }
+
+    fn start(&mut self, kind: StartKind, fx: &mut Vec<Effect>) {
+        self.starting = Some(kind);
+        fx.push(Effect::StartVm);
+    }
+
+    /// Effects that end the VM (if any) and free what it held.
+    fn take_down(&mut self, graceful: bool, fx: &mut Vec<Effect>) {
+        if self.vm {
+            fx.push(Effect::StopVm { graceful });
+        }
+        fx.push(Effect::Unplug);
+        self.vm = false;
+        self.restart_at = None;
+    }
+
+    /// Decides `ev` at `now`: updates the machine and returns the effects to carry out.
+    pub fn step(&mut self, ev: Event, now: Instant) -> Result<Decision, Refusal> {
+        use HostingState as S;
+        let mut fx = Vec::new();
+        let mut noop = false;
+        match ev {
+            Event::Provision => {
+                self.go(S::Provisioning, None)?;
+                self.slot = Slot::Wanted;
+            }
+            Event::SlotGranted => {
+                if self.slot == Slot::Wanted && self.state == S::Provisioning {
+                    self.slot = Slot::Held;
+                    self.start(StartKind::Create, &mut fx);
+                }
+            }
+            Event::Started => {
+                self.vm = true;
+                self.poweroff_seen = false;
+                self.generation += 1;
+                if self.state == S::Provisioning {
+                    self.go(S::Booting, None)?;
+                }
+                self.starting = None;
+                self.probing = Some(now + self.boot_timeout);
+            }
+            Event::StartFailed(message) => {
+                let reason = match self.starting.take() {
+                    Some(StartKind::Start) => format!("start failed: {message}"),
+                    Some(StartKind::Restart) => format!("restart failed: {message}"),
+                    _ => message,
+                };
+                self.go(S::Failed, Some(reason))?;
+            }
+            Event::Probed { web, ssh } => {
+                if self.state == S::Booting && self.probing.is_some() {
+                    if web && ssh {
+                        self.go(S::Running, None)?;
+                    } else if self.probing.is_some_and(|d| now >= d) {
+                        let reason = format!(
+                            "the guest did not answer on :80 and :22 within {} s",
+                            self.boot_timeout.as_secs()
+                        );
+                        self.take_down(false, &mut fx);
+                        self.go(S::Failed, Some(reason))?;
+                    }
+                }
+            }
+            Event::Exited => {
+                let cause = if self.poweroff_seen {
+                    ExitCause::GuestPoweroff
+                } else {
+                    ExitCause::Crash
+                };
+                self.vm = false;
+                fx.push(Effect::Unplug);
+                match lifecycle::after_exit(self.desired, cause, &mut self.backoff, now) {
+                    AfterExit::Down(state) => {
+                        if cause == ExitCause::GuestPoweroff {
+                            self.desired = false;
+                        }
+                        self.go(state, None)?;
+                    }
+                    AfterExit::GiveUp(reason) => self.go(S::Failed, Some(reason))?,
+                    AfterExit::Restart(delay) => {
+                        self.go(
+                            S::Booting,
+                            Some("restarting after an unexpected exit".into()),
+                        )?;
+                        self.restart_at = Some(now + delay);
+                    }
+                }
+            }
+            Event::RestartDue => {
+                if self.restart_at.take().is_some()
+                    && self.state == S::Booting
+                    && self.desired
+                    && !self.vm
+                {
+                    self.start(StartKind::Restart, &mut fx);
+                }
+            }
+            Event::Qmp(sig) => match sig {
+                QmpSignal::Stop if matches!(self.state, S::Running | S::Booting) => {
+                    self.go(S::Paused, None)?
+                }
+                QmpSignal::Resume if self.state == S::Paused => self.go(S::Running, None)?,
+                QmpSignal::Reset => {
+                    self.generation += 1;
+                    if self.state == S::Running {
+                        self.go(S::Booting, None)?;
+                        self.probing = Some(now + self.boot_timeout);
+                    }
+                }
+                QmpSignal::GuestShutdown => self.poweroff_seen = true,
+                _ => {}
+            },
+            Event::Act(action) => match lifecycle::plan(self.state, action) {
+                Plan::Refuse => return Err(self.invalid(action)),
+                Plan::Nothing => noop = true,
+                Plan::Do => match action {
+                    Action::Start => {
+                        self.backoff = Backoff::default();
+                        self.desired = true;
+                        self.go(S::Booting, None)?;
+                        self.start(StartKind::Start, &mut fx);
+                    }
+                    Action::Stop | Action::Kill => {
+                        self.desired = false;
+                        self.take_down(action == Action::Stop, &mut fx);
+                        self.go(S::Stopped, None)?;
+                    }
+                    Action::Reboot | Action::Pause | Action::Resume => {
+                        if !self.vm {
+                            return Err(self.invalid(action));
+                        }
+                        fx.push(Effect::Qmp(action));
+                    }
+                },
+            },
+            Event::QmpDone(action) => match action {
+                Action::Pause => self.go(S::Paused, None)?,
+                Action::Resume => self.go(S::Running, None)?,
+                _ => {}
+            },
+            Event::Delete => {
+                self.desired = false;
+                self.go(S::Deleting, None)?;
+                self.take_down(true, &mut fx);
+                fx.push(Effect::Destroy);
+                self.finished = true;
+            }
+            Event::Recovered(adopted) => {
+                self.vm = adopted.is_some();
+                match self.state {
+                    S::Deleting => {
+                        self.take_down(true, &mut fx);
+                        fx.push(Effect::Destroy);
+                        self.finished = true;
+                    }
+                    S::Provisioning => {
+                        // Interrupted creation: undo whatever was made and run it again.
+                        self.take_down(false, &mut fx);
+                        fx.push(Effect::Cleanup);
+                        self.slot = Slot::Wanted;
+                    }
+                    _ => match adopted {
+                        Some(status) => {
+                            self.generation += 1;
+                            fx.push(Effect::OpenSsh);
+                            match status {
+                                Some(RunState::Paused) => self.go(S::Paused, None)?,
+                                Some(RunState::Running) if self.state == S::Booting => {
+                                    self.probing = Some(now + self.boot_timeout)
+                                }
+                                Some(RunState::Running) => self.go(S::Running, None)?,
+                                None => {
+                                    let state = self.state;
+                                    self.go(
+                                        state,
+                                        Some("QEMU is alive but QMP does not answer".into()),
+                                    )?
+                                }
+                            }
+                        }
+                        None => self.should_run_but_is_gone(&mut fx)?,
+                    },
+                }
+            }
+            Event::Tick => {
+                if !self.vm && self.restart_at.is_none() && self.slot == Slot::None {
+                    self.should_run_but_is_gone(&mut fx)?;
+                }
+            }
+        }
+        self.settle();
+        Ok(Decision { effects: fx, noop })
+    }
+
+    /// A hosting that should run has no QEMU (found at start, or lost without an exit
+    /// report): start it.
+    fn should_run_but_is_gone(&mut self, fx: &mut Vec<Effect>) -> Result<(), Refusal> {
+        use HostingState as S;
+        if self.desired && matches!(self.state, S::Running | S::Booting | S::Paused) {
+            self.go(S::Booting, None)?;
+            self.start(StartKind::Start, fx);
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, action: Action) -> Refusal {
+        Refusal::InvalidState {
+            state: self.state.as_str(),
+            action: action.as_str(),
+        }
+    }
+
+    /// Keeps the derived fields consistent with the state: probing only while booting with
+    /// a VM, the creation slot only while creating or first booting.
+    fn settle(&mut self) {
+        use HostingState as S;
+        if self.state != S::Booting || !self.vm {
+            self.probing = None;
+        }
+        if !matches!(self.state, S::Provisioning | S::Booting) {
+            self.slot = Slot::None;
+            self.restart_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

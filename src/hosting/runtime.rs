@@ -1,0 +1,64 @@
+//! What this host needs to run VMs (bridge and firewall, image, accelerator, templates,
+//! cgroups), prepared once at start, or the reason it cannot.
+
+use tracing::info;
+
+use super::netrt::NetRuntime;
+use super::{paths, RuntimeError};
+use crate::cloudinit;
+use crate::config::Config;
+use crate::net;
+use crate::vm;
+
+/// Everything needed to run VMs; absent when this host cannot (then creation answers 503).
+pub(super) struct VmRuntime {
+    pub net: NetRuntime,
+    pub image: vm::Image,
+    pub accel: vm::Accel,
+    pub templates: cloudinit::Templates,
+    pub subnet: net::Ipv4Net,
+    /// Where VM cgroups go (empty when `[vm] cgroups = false` or the host has none).
+    pub cgroups: vm::Cgroups,
+    /// The `kvm` group QEMUs join under KVM.
+    pub kvm_gid: Option<u32>,
+}
+
+/// A VM's cgroup limits under `accel` (also what capacity admission charges it).
+pub(super) fn limits(cfg: &Config, accel: vm::Accel) -> vm::Limits {
+    vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, accel)
+}
+
+/// Prepares what VMs need, or says why this host cannot run them.
+pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
+    let subnet = cfg
+        .subnet()
+        .ok_or_else(|| RuntimeError::Subnet(cfg.network.subnet.clone()))?;
+    let image = vm::Image::load(&cfg.vm.image).map_err(RuntimeError::Image)?;
+    let templates = match &cfg.cloudinit.templates {
+        Some(dir) => cloudinit::Templates::load(dir),
+        None => cloudinit::Templates::embedded(),
+    }
+    .map_err(RuntimeError::Templates)?;
+    let (accel, why) = vm::resolve(cfg.vm.accel.into()).await;
+    info!(?accel, %why, "accelerator");
+    let net = NetRuntime::setup(&cfg.network.bridge, subnet)
+        .await
+        .map_err(RuntimeError::Network)?;
+    // Each QEMU must pass through to its own (0700) directory; no one may list them.
+    paths::prepare_vms_dir(&cfg.state_dir).map_err(RuntimeError::StateDir)?;
+    let cgroups = if cfg.vm.cgroups {
+        vm::Cgroups::discover()
+    } else {
+        info!("[vm] cgroups = false: QEMUs run without cgroup limits");
+        vm::Cgroups::disabled()
+    };
+    Ok(VmRuntime {
+        net,
+        image,
+        accel,
+        templates,
+        subnet,
+        cgroups,
+        kvm_gid: vm::confine::kvm_gid(),
+    })
+}
