@@ -549,7 +549,8 @@ fn admin_view_and_pause(st: &Stage) -> (i64, i64) {
 
 /// kill -9 the daemon: the VMs keep running, and a new daemon on the same state dir adopts
 /// them (same QEMU PIDs `a_pid`, `b_pid`, QMP live again), serves both sites, and the guests
-/// were not rebooted. The admin logs in again.
+/// were not rebooted, while its orphan pass kills a stray QEMU and removes a stray VM
+/// directory and tap that no hosting claims. The admin logs in again.
 fn daemon_restart_adopts(st: &mut Stage, a_pid: i64, b_pid: i64) {
     // kill -9 the daemon: VMs keep running; a new daemon adopts them (same PIDs).
     let uptime = |port: u16, key: &Path, user: &str| -> f64 {
@@ -562,7 +563,41 @@ fn daemon_restart_adopts(st: &mut Stage, a_pid: i64, b_pid: i64) {
     let up_before = uptime(st.a_port, &st.alice_key, "alice");
     assert!(up_before > 0.0);
     st.roost.kill9();
+    // While no daemon runs, plant what a crash mid-creation could leave and no hosting
+    // claims: a QEMU whose command line names a VM directory, that directory, and a tap.
+    let vms = st.roost.state_dir().join("vms");
+    let stray = vms.join("01STRAYSTRAYSTRAYSTRAYSTRA");
+    std::fs::create_dir_all(&stray).expect("stray dir");
+    let stray_qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "none", "-display", "none", "-S", "-pidfile"])
+        .arg(stray.join("qemu.pid"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("stray qemu");
+    let stray_pid = stray_qemu.id();
+    // A name of roost's tap shape: "rt" and 13 base32 characters.
+    let stray_tap = "rtstraystraysta".to_owned();
+    let added = Command::new("ip")
+        .args(["tuntap", "add", &stray_tap, "mode", "tap"])
+        .status()
+        .expect("ip");
+    assert!(added.success(), "ip tuntap add {stray_tap}");
+    common::poll(
+        "stray qemu wrote its pidfile",
+        Duration::from_secs(30),
+        || stray.join("qemu.pid").exists().then_some(()),
+    );
     st.roost.spawn();
+    // The orphan pass removes all three and leaves the adopted VMs alone.
+    common::poll("orphans reaped", Duration::from_secs(60), || {
+        let gone = !Path::new(&format!("/proc/{stray_pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{stray_pid}/stat"))
+                .is_ok_and(|s| String::from_utf8_lossy(&s).contains(") Z "));
+        (gone && !stray.exists() && !roost_taps().contains(&stray_tap)).then_some(())
+    });
+    let mut stray_qemu = stray_qemu;
+    let _ = stray_qemu.wait();
     st.admin = login("root-admin", "password123");
     let Stage {
         admin,

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use super::core::{Effect, Event, Machine, QmpSignal, Refusal, RunState, Slot};
+use super::core::{Event, Machine, QmpSignal, Refusal, RunState, Slot};
 use super::effects::{Effects, StepError, Vm};
 use super::lifecycle::Action;
 use super::HostingError;
-use crate::store::{Hosting, HostingState, Store, StoreError};
+use crate::store::{Hosting, Store, StoreError};
 use crate::vm::VmEvent;
 
 /// What others ask of a hosting's actor.
@@ -364,89 +364,6 @@ impl<E: Effects> Actor<E> {
             }
         }
     }
-
-    async fn attach(&mut self, vm: Arc<E::Vm>) {
-        self.events = vm.events().await;
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(vm.clone());
-        self.vm = Some(vm);
-    }
-
-    fn detach(&mut self) {
-        self.vm = None;
-        self.events = None;
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Carries out one effect; what it reports is the next event.
-    async fn apply(&mut self, effect: Effect) -> Result<Option<Event>, HostingError> {
-        let fx = self.ctx.fx.clone();
-        let h = self.row.clone();
-        match effect {
-            Effect::Cleanup => {
-                info!("undoing an interrupted creation");
-                fx.kill_unwatched(h.id).await;
-                fx.delete_tap(&h).await;
-                fx.remove_cgroup(h.id).await;
-                fx.remove_files(h.id);
-                Ok(None)
-            }
-            Effect::StartVm => Ok(Some(match self.start_vm().await {
-                Ok(()) => Event::Started,
-                Err(e) => {
-                    warn!(error = %e, "start failed; undone");
-                    Event::StartFailed(e.to_string())
-                }
-            })),
-            Effect::Qmp(action) => {
-                let vm = self.vm.clone().ok_or(HostingError::InvalidState {
-                    state: h.state.as_str(),
-                    action: action.as_str(),
-                })?;
-                vm.qmp(action)
-                    .await
-                    .map_err(|e| HostingError::Internal(super::chain(&e)))?;
-                Ok(Some(Event::QmpDone(action)))
-            }
-            Effect::StopVm { graceful } => {
-                if let Some(vm) = self.vm.clone() {
-                    if graceful {
-                        let deadline = match h.state {
-                            HostingState::Deleting => self.ctx.stop_timeout.min(DELETE_STOP),
-                            _ => self.ctx.stop_timeout,
-                        };
-                        vm.stop(deadline).await;
-                    } else {
-                        vm.kill().await;
-                    }
-                }
-                Ok(None)
-            }
-            Effect::Unplug => {
-                fx.close_ssh(&h).await;
-                fx.kill_unwatched(h.id).await;
-                fx.delete_tap(&h).await;
-                fx.remove_cgroup(h.id).await;
-                Ok(None)
-            }
-            Effect::OpenSsh => {
-                if let Err(e) = fx.open_ssh(&h).await {
-                    warn!(error = %e, "cannot reopen the ssh port");
-                }
-                Ok(None)
-            }
-            Effect::Destroy => {
-                fx.remove_files(h.id);
-                match self.ctx.store.remove_hosting(h.id, &self.deleted_by) {
-                    Ok(()) | Err(StoreError::NoSuchHosting) => info!("hosting deleted"),
-                    Err(e) => warn!(error = %e, "cannot remove the hosting's row"),
-                }
-                if let Err(e) = fx.firewall(None).await {
-                    warn!(error = %e, "cannot update the firewall");
-                }
-                Ok(None)
-            }
-        }
-    }
 }
 
 /// What a request wants done around its first step.
@@ -469,6 +386,7 @@ const DELETE_STOP: Duration = Duration::from_secs(10);
 /// How often a booting guest is probed (at most: a probe can take longer).
 pub(super) const READY_POLL: Duration = Duration::from_millis(100);
 
+mod apply;
 mod registry;
 mod saga;
 #[cfg(test)]
