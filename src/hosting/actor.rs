@@ -69,6 +69,8 @@ impl<E: Effects> Ctx<E> {
 enum Input {
     Command(Command),
     Event(Event),
+    /// The attached QEMU has exited.
+    Exited,
     Slot(OwnedSemaphorePermit),
 }
 
@@ -126,7 +128,7 @@ async fn run<E: Effects>(
                 Some(c) => Input::Command(c),
                 None => break,
             },
-            _ = exited(a.vm.as_deref()) => Input::Event(Event::Exited),
+            _ = exited(a.vm.as_deref()) => Input::Exited,
             ev = next_event(&mut a.events) => match ev {
                 Some(ev) => Input::Event(Event::Qmp(ev)),
                 None => continue,
@@ -190,6 +192,18 @@ impl<E: Effects> Actor<E> {
             Input::Event(ev) => {
                 let _ = self.run(ev, None).await;
             }
+            Input::Exited => {
+                let gone = self.vm.clone();
+                let _ = self.run(Event::Exited, None).await;
+                // A process that has exited stays exited: never wait on it again, whatever
+                // the core made of its exit (or the loop would see it exit forever).
+                if let (Some(gone), Some(vm)) = (gone, &self.vm) {
+                    if Arc::ptr_eq(&gone, vm) {
+                        error!("the core kept a VM that has exited; letting it go");
+                        self.detach();
+                    }
+                }
+            }
             Input::Slot(p) => {
                 self.permit = Some(p);
                 let _ = self.run(Event::SlotGranted, None).await;
@@ -243,7 +257,9 @@ impl<E: Effects> Actor<E> {
         let mut queue = VecDeque::from([ev]);
         let mut failure = None;
         while let Some(ev) = queue.pop_front() {
-            let had_vm = self.m.vm;
+            // What the actor holds, not what the core thought before this step: recovery
+            // attaches an adopted VM before the core hears of it.
+            let had_vm = self.vm.is_some();
             // A refused step changes nothing: it runs on a copy.
             let mut next = self.m.clone();
             let d = match next.step(ev.clone(), Instant::now()) {
