@@ -1,8 +1,14 @@
-//! Benchmark helper for `scripts/bench-proxy.sh`: runs one piece of the proxy on loopback.
+//! Benchmark helper for `scripts/bench-proxy.sh`: runs one piece of the proxy.
 //!
 //! ```text
 //! proxy_bench http    LISTEN UPSTREAM           # serve_http, route "bench" -> UPSTREAM
-//! proxy_bench forward PORT TARGET splice|copy   # one SSH forwarder port on 127.0.0.1
+//! proxy_bench forward PORT TARGET splice|copy [BIND [transparent]]
+//!                                               # one SSH forwarder port on BIND (default
+//!                                               # 127.0.0.1); `transparent`: connect from
+//!                                               # the client's address, mark CLIENT_MARK
+//! proxy_bench client-routing BRIDGE             # the policy route of transparent replies
+//!                                               # (net::egress::ensure_client_routing, in
+//!                                               # this namespace); prints the mark
 //! proxy_bench sink    LISTEN                    # accepts, discards, closes on EOF
 //! proxy_bench send    ADDR BYTES                # sends BYTES, waits for close, prints MiB/s
 //! ```
@@ -12,11 +18,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use roost::forward::{ForwardLimits, Forwarders};
+use roost::net::egress::{ensure_client_routing, CLIENT_MARK};
 use roost::proxy::{serve_http, ProxyConfig, Route, RouteStatus, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The forwarder's own lines (e.g. "ssh client address not kept") on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,13 +67,28 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             let port: u16 = arg(1)?.parse()?;
             let target: SocketAddrV4 = arg(2)?.parse()?;
             let splice = arg(3)? == "splice";
-            let fw = Forwarders::new(Ipv4Addr::LOCALHOST)?;
+            let bind: Ipv4Addr = match args.get(4) {
+                Some(b) => b.parse()?,
+                None => Ipv4Addr::LOCALHOST,
+            };
+            let client_mark = match args.get(5).map(String::as_str) {
+                None => None,
+                Some("transparent") => Some(CLIENT_MARK),
+                Some(other) => bail!("unknown forward option {other}"),
+            };
+            let fw = Forwarders::new(bind)?;
             let limits = ForwardLimits {
                 splice,
+                client_mark,
                 ..ForwardLimits::default()
             };
             fw.ensure(port, target, limits).await?;
             std::future::pending::<()>().await;
+        }
+        "client-routing" => {
+            let handle = roost::net::netlink()?;
+            ensure_client_routing(&handle, &arg(1)?).await?;
+            println!("{CLIENT_MARK:#x}");
         }
         "sink" => {
             let l = tokio::net::TcpListener::bind(arg(1)?.parse::<SocketAddr>()?).await?;

@@ -3,7 +3,7 @@
 # then the privileged tests (root, network namespaces, real QEMU guests).
 # Idempotent. Fails if a test leaves a QEMU, a roost tap or a network namespace behind.
 source "$(dirname "$0")/lib.sh"
-install_runtime_deps shellcheck
+install_runtime_deps shellcheck python3 dnsmasq-base
 install_rust
 build_image
 cd "$ROOT" || exit 1

@@ -91,6 +91,9 @@ pub struct AuthConfig {
 pub struct SshConfig {
     /// Host ports handed out to hostings for SSH, `"LOW-HIGH"` inclusive.
     pub port_range: String,
+    /// Connect to the guest from the client's own address (transparent proxying), so its
+    /// `sshd` log, `$SSH_CLIENT` and `last` show the visitor; `false`: from the gateway.
+    pub keep_client_address: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,8 +103,24 @@ pub struct NetworkConfig {
     pub bridge: String,
     /// IPv4 subnet of the VMs, `"a.b.c.d/len"`; the first host address is the gateway.
     pub subnet: String,
-    /// DNS servers written into every guest's network configuration.
+    /// DNS servers written into every guest's network configuration. Empty: the gateway,
+    /// where roost answers with its own caching forwarder.
     pub dns: Vec<Ipv4Addr>,
+    /// Where roost's forwarder sends guests' queries. Empty: the host's resolvers
+    /// (`/etc/resolv.conf`).
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Queries per second one VM may send to roost's forwarder, and the burst above it.
+    pub dns_queries_per_sec: u32,
+    pub dns_burst: u32,
+    /// Guests reach the internet through NAT on the uplink.
+    pub egress: bool,
+    /// The uplink interface for NAT. Empty: the interface of the default route.
+    pub uplink: String,
+    /// Let guests open connections to port 25 (SMTP) outside.
+    pub allow_smtp: bool,
+    /// Destinations guests never reach through NAT (the host's LAN, link-local and cloud
+    /// metadata, carrier-grade NAT, multicast, ...), `"a.b.c.d/len"` each.
+    pub egress_deny: Vec<String>,
 }
 
 /// Which accelerator QEMU uses.
@@ -149,6 +168,14 @@ pub struct VmConfig {
     pub stop_timeout_secs: u64,
     /// A new VM that does not answer on :80 and :22 within this time is marked failed.
     pub boot_timeout_secs: u64,
+    /// Bandwidth caps of a VM's internet traffic, out and in, in Mbit/s (0: none). Sites
+    /// served through the proxy and SSH sessions are not counted.
+    pub egress_mbit: u32,
+    pub ingress_mbit: u32,
+    /// Connections one VM may hold open to the internet at once.
+    pub egress_max_conns: u32,
+    /// New connections per second one VM may open to the internet (burst: twice that).
+    pub egress_new_conns_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -223,6 +250,7 @@ impl Default for SshConfig {
     fn default() -> Self {
         SshConfig {
             port_range: "22000-22999".into(),
+            keep_client_address: true,
         }
     }
 }
@@ -232,7 +260,17 @@ impl Default for NetworkConfig {
         NetworkConfig {
             bridge: "roost0".into(),
             subnet: "10.88.0.0/24".into(),
-            dns: vec![Ipv4Addr::new(10, 88, 0, 1)],
+            dns: Vec::new(),
+            dns_upstreams: Vec::new(),
+            dns_queries_per_sec: 50,
+            dns_burst: 200,
+            egress: true,
+            uplink: String::new(),
+            allow_smtp: false,
+            egress_deny: DEFAULT_EGRESS_DENY
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -251,6 +289,10 @@ impl Default for VmConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
             stop_timeout_secs: 30,
             boot_timeout_secs: 300,
+            egress_mbit: 100,
+            ingress_mbit: 100,
+            egress_max_conns: 1024,
+            egress_new_conns_per_sec: 100,
         }
     }
 }
@@ -266,6 +308,23 @@ impl Default for LimitsConfig {
         }
     }
 }
+
+/// What guests never reach through NAT by default: this network ("this host"), private
+/// networks (the host's LAN), carrier-grade NAT, loopback, link-local (cloud metadata at
+/// 169.254.169.254), the IETF protocol block, benchmarking, multicast and reserved space.
+pub const DEFAULT_EGRESS_DENY: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
 
 /// An inclusive range of TCP ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,6 +497,42 @@ impl Config {
                 &self.network.subnet,
             ));
         }
+        if self.egress_deny().is_none() {
+            return Err(bad(
+                "network.egress_deny",
+                "IPv4 networks \"a.b.c.d/len\" (len 0-32) with no host bits",
+                &self.network.egress_deny,
+            ));
+        }
+        if !self.network.uplink.is_empty() && !crate::net::valid_ifname(&self.network.uplink) {
+            return Err(bad(
+                "network.uplink",
+                "an interface name, or \"\" for the default route's",
+                &self.network.uplink,
+            ));
+        }
+        if self.network.dns_queries_per_sec == 0 || self.network.dns_burst == 0 {
+            return Err(bad(
+                "network.dns_queries_per_sec",
+                "dns_queries_per_sec and dns_burst of at least 1",
+                (self.network.dns_queries_per_sec, self.network.dns_burst),
+            ));
+        }
+        for (key, v) in [
+            ("vm.egress_mbit", self.vm.egress_mbit),
+            ("vm.ingress_mbit", self.vm.ingress_mbit),
+        ] {
+            if v > 100_000 {
+                return Err(bad(key, "Mbit/s from 0 (no cap) to 100000", v));
+            }
+        }
+        if self.vm.egress_max_conns == 0 || self.vm.egress_new_conns_per_sec == 0 {
+            return Err(bad(
+                "vm.egress_max_conns",
+                "egress_max_conns and egress_new_conns_per_sec of at least 1",
+                (self.vm.egress_max_conns, self.vm.egress_new_conns_per_sec),
+            ));
+        }
         if !self.vm.image.is_absolute() {
             return Err(bad(
                 "vm.image",
@@ -509,6 +604,29 @@ impl Config {
         let size = 1u32.checked_shl(32 - u32::from(subnet.prefix()))?;
         let last = crate::vm::confine::vm_uid(self.vm.uid_base, size - 1)?;
         (self.vm.uid_base >= 65536).then_some(self.vm.uid_base..=last)
+    }
+
+    /// The networks guests never reach through NAT; `Some` once validated.
+    pub fn egress_deny(&self) -> Option<Vec<crate::net::Cidr>> {
+        self.network
+            .egress_deny
+            .iter()
+            .map(|s| s.parse::<crate::net::Cidr>().ok())
+            .collect()
+    }
+
+    /// The DNS servers guests are given: `network.dns`, or the gateway when it is empty.
+    pub fn guest_dns(&self) -> Vec<Ipv4Addr> {
+        match (&self.network.dns[..], self.subnet()) {
+            ([], Some(net)) => vec![net.gateway()],
+            (dns, _) => dns.to_vec(),
+        }
+    }
+
+    /// True when guests are told to ask the gateway, so roost must answer there.
+    pub fn serves_guest_dns(&self) -> bool {
+        self.subnet()
+            .is_some_and(|net| self.guest_dns().contains(&net.gateway()))
     }
 
     /// The VM subnet (`/8` to `/30`); `Some` once validated.

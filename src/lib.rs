@@ -20,6 +20,8 @@ pub mod config;
 pub mod control;
 /// `roost serve`: wiring of config, store, listeners, signals and sd_notify.
 pub mod daemon;
+/// The guests' caching DNS forwarder on the bridge gateway (hickory), per-client rate.
+pub mod dns;
 /// The SSH TCP forwarder: one listener per hosting port, caps per port and address.
 pub mod forward;
 /// The create/delete saga, the VM supervisor and the reconciler.

@@ -93,10 +93,14 @@ fn init_logging(cfg: &Config, level: Option<&str>) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // netlink-packet-route warns on every link dump about kernel attributes newer than it
     // knows; that is noise, not a problem of this host.
-    let filter = match "netlink_packet_route=error".parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
+    // The DNS crates log every response at info level; guests send those queries, so they
+    // must not reach the journal (roost's own dns module logs refusals at debug).
+    let filter = std::iter::once("netlink_packet_route=error")
+        .chain(roost::dns::QUIET_LOGS)
+        .fold(filter, |f, d| match d.parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        });
     let registry = tracing_subscriber::registry().with(filter);
     // Under systemd, stderr is connected to the journal: log structured fields natively.
     if std::env::var_os("JOURNAL_STREAM").is_some() {

@@ -1052,7 +1052,7 @@ fn roost_tables() -> Vec<String> {
         .expect("nft");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.ends_with(" roost"))
+        .filter(|l| l.ends_with(" roost") || l.ends_with(" roost_nat"))
         .map(str::to_owned)
         .collect()
 }
@@ -1072,6 +1072,7 @@ fn the_firewall_comes_back_after_a_flush() {
             "table netdev roost",
             "table bridge roost",
             "table inet roost",
+            "table ip roost_nat",
         ];
         common::poll("the firewall at start", Duration::from_secs(20), || {
             (roost_tables() == all).then_some(())

@@ -784,6 +784,7 @@ fn limits(splice: bool) -> ForwardLimits {
         new_conns_per_minute: 1000,
         max_conns_per_address: 1000,
         silent_timeout: Duration::from_secs(30),
+        client_mark: None,
     }
 }
 

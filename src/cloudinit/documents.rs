@@ -35,6 +35,8 @@ const USER_DATA_PLACEHOLDERS: &[&str] = &[
     "slug",
     "domain",
     "ssh_port",
+    "gateway",
+    "nginx_realip",
 ];
 const NETWORK_PLACEHOLDERS: &[&str] = &["mac", "ip", "prefix_len", "address", "gateway", "dns"];
 const HTML_PLACEHOLDERS: &[&str] = &["slug", "domain", "ssh_port", "username", "hostname"];
@@ -284,6 +286,8 @@ pub fn seed_documents(t: &Templates, input: &SeedInput) -> Result<Seed, CloudIni
         ("slug", str_val(&input.slug)),
         ("domain", str_val(&input.domain)),
         ("ssh_port", Value::Number(input.ssh_port.into())),
+        ("gateway", str_val(&input.gateway.to_string())),
+        ("nginx_realip", Value::String(nginx_realip(input.gateway))),
     ]
     .into_iter()
     .collect();
@@ -325,6 +329,17 @@ pub fn seed_documents(t: &Templates, input: &SeedInput) -> Result<Seed, CloudIni
         user_data: format!("{CLOUD_CONFIG_HEADER}\n{}", to_cloud_yaml(&user_data)?),
         network_config: to_cloud_yaml(&network_config)?,
     })
+}
+
+/// nginx's configuration for visitors' addresses: requests come through roost's proxy on
+/// the gateway, which sets `X-Real-IP` to the visitor; only the gateway is trusted with it,
+/// so a visitor's own header changes nothing.
+fn nginx_realip(gateway: Ipv4Addr) -> String {
+    format!(
+        "# Written by roost: the visitor's address, as roost's proxy on the gateway tells it.\n\
+         set_real_ip_from {gateway};\n\
+         real_ip_header X-Real-IP;\n"
+    )
 }
 
 /// Appends `name` to the top-level `packages` list (creating it), unless already there.

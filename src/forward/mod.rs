@@ -11,7 +11,7 @@
 //! pipe (no copy into user space), falling back to a user-space copy if splice is refused.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +65,10 @@ pub struct ForwardLimits {
     /// sends its version string at once), so silent connections cannot hold slots for
     /// `idle_timeout`.
     pub silent_timeout: Duration,
+    /// Connect to the VM from the client's own address (`IP_TRANSPARENT`), with this
+    /// packet mark, which the firewall and a policy route use to bring the replies back
+    /// to the forwarder. `None`: connect from the host's own address.
+    pub client_mark: Option<u32>,
 }
 
 impl Default for ForwardLimits {
@@ -77,6 +81,7 @@ impl Default for ForwardLimits {
             new_conns_per_minute: 60,
             max_conns_per_address: 8,
             silent_timeout: Duration::from_secs(20),
+            client_mark: None,
         }
     }
 }
@@ -316,7 +321,7 @@ async fn accept_loop(
         };
         conns.spawn(async move {
             let _slot = slot;
-            match forward(client, target, limits).await {
+            match forward(client, peer, target, limits).await {
                 Ok((up, down)) => tracing::debug!(port, %peer, up, down, "ssh connection closed"),
                 Err(e) => tracing::info!(port, %peer, error = %e, "ssh connection ended"),
             }
@@ -370,12 +375,16 @@ const COPY_BUF: usize = 256 << 10;
 /// `limits.idle_timeout` without traffic. Returns bytes (client→target, target→client).
 pub(crate) async fn forward(
     client: TcpStream,
+    peer: SocketAddr,
     target: SocketAddrV4,
     limits: ForwardLimits,
 ) -> std::io::Result<(u64, u64)> {
-    let upstream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(target))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let upstream = tokio::time::timeout(
+        limits.connect_timeout,
+        connect_upstream(peer, target, limits.client_mark),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
@@ -392,6 +401,59 @@ pub(crate) async fn forward(
         tokio::io::copy_bidirectional_with_sizes(&mut c2, &mut u, COPY_BUF, COPY_BUF).await
     };
     with_idle_timeout(copy, &activity, limits.idle_timeout, limits.silent_timeout).await
+}
+
+/// Connects to the VM, from the client's own address when `mark` is set and the address
+/// can be kept (see [`keepable`]); otherwise, and if the kernel refuses the transparent
+/// socket, from the host's address as before.
+async fn connect_upstream(
+    peer: SocketAddr,
+    target: SocketAddrV4,
+    mark: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let Some(mark) = mark else {
+        return TcpStream::connect(target).await;
+    };
+    let client = match keepable(peer.ip(), *target.ip()) {
+        Ok(ip) => ip,
+        Err(why) => {
+            tracing::info!(%peer, why, "ssh client address not kept: the guest sees the gateway");
+            return TcpStream::connect(target).await;
+        }
+    };
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    let transparent =
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpTransparent, &true)
+            .and_then(|()| {
+                nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
+            });
+    if let Err(e) = transparent {
+        tracing::warn!(%peer, error = %e, "ssh client address not kept: no transparent socket (CAP_NET_ADMIN?)");
+        return TcpStream::connect(target).await;
+    }
+    // Port 0: the kernel picks a source port free for this (client, guest) pair.
+    sock.bind(SocketAddr::from((client, 0)))?;
+    sock.connect(SocketAddr::V4(target)).await
+}
+
+/// The client address the guest can be shown, or why not: an IPv6 client cannot appear
+/// on an IPv4-only guest, and loopback, unspecified, multicast or broadcast sources, or
+/// one on the guest's own side, would make the guest send its replies elsewhere.
+fn keepable(peer: IpAddr, guest: Ipv4Addr) -> Result<Ipv4Addr, &'static str> {
+    let ip = match peer {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(ip) => ip,
+            None => return Err("an IPv6 client cannot be shown to an IPv4 guest"),
+        },
+    };
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err("a loopback or special client address");
+    }
+    if ip == guest {
+        return Err("the guest's own address");
+    }
+    Ok(ip)
 }
 
 /// The pipe's capacity (asked with `F_SETPIPE_SZ`) and the most one splice call moves.
@@ -495,5 +557,34 @@ fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> std::io::Resu
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_client_addresses_a_guest_can_be_shown() {
+        let guest = Ipv4Addr::new(10, 88, 0, 2);
+        let v4 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            keepable(v4("198.51.100.7"), guest),
+            Ok(Ipv4Addr::new(198, 51, 100, 7))
+        );
+        assert_eq!(
+            keepable(v4("::ffff:198.51.100.7"), guest),
+            Ok(Ipv4Addr::new(198, 51, 100, 7))
+        );
+        for no in [
+            "2001:db8::7",
+            "127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "10.88.0.2",
+        ] {
+            assert!(keepable(v4(no), guest).is_err(), "{no}");
+        }
     }
 }

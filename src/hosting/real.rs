@@ -56,7 +56,7 @@ impl RealEffects {
             ip: h.ip,
             prefix_len: rt.subnet.prefix(),
             gateway: rt.subnet.gateway(),
-            dns: self.cfg.network.dns.clone(),
+            dns: self.cfg.guest_dns(),
             mac: h
                 .mac
                 .parse::<net::MacAddr>()
@@ -264,12 +264,12 @@ impl Effects for RealEffects {
     }
 
     async fn open_ssh(&self, h: &Hosting) -> Result<(), StepError> {
+        let limits = forward::ForwardLimits {
+            client_mark: self.rt("routes")?.net.client_mark(),
+            ..forward::ForwardLimits::default()
+        };
         self.forwarders
-            .ensure(
-                h.ssh_port,
-                SocketAddrV4::new(h.ip, 22),
-                forward::ForwardLimits::default(),
-            )
+            .ensure(h.ssh_port, SocketAddrV4::new(h.ip, 22), limits)
             .await
             .map_err(|e| StepError::new("routes", chain(&e)))
     }

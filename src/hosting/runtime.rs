@@ -1,7 +1,7 @@
 //! What this host needs to run VMs (bridge and firewall, image, accelerator, templates,
 //! cgroups), prepared once at start, or the reason it cannot.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::netrt::NetRuntime;
 use super::{paths, RuntimeError};
@@ -21,6 +21,9 @@ pub(super) struct VmRuntime {
     pub cgroups: vm::Cgroups,
     /// The `kvm` group QEMUs join under KVM.
     pub kvm_gid: Option<u32>,
+    /// roost's DNS forwarder on the gateway, when guests are told to ask there; serves
+    /// until the runtime is dropped.
+    pub _dns: Option<crate::dns::DnsServer>,
 }
 
 /// A VM's cgroup limits under `accel` (also what capacity admission charges it).
@@ -41,7 +44,7 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
     .map_err(RuntimeError::Templates)?;
     let (accel, why) = vm::resolve(cfg.vm.accel.into()).await;
     info!(?accel, %why, "accelerator");
-    let net = NetRuntime::setup(&cfg.network.bridge, subnet)
+    let net = NetRuntime::setup(cfg, subnet)
         .await
         .map_err(RuntimeError::Network)?;
     // Each QEMU must pass through to its own (0700) directory; no one may list them.
@@ -52,7 +55,13 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
         info!("[vm] cgroups = false: QEMUs run without cgroup limits");
         vm::Cgroups::disabled()
     };
+    let dns = if cfg.serves_guest_dns() {
+        guest_dns(cfg, subnet).await
+    } else {
+        None
+    };
     Ok(VmRuntime {
+        _dns: dns,
         net,
         image,
         accel,
@@ -61,4 +70,36 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
         cgroups,
         kvm_gid: vm::confine::kvm_gid(),
     })
+}
+
+/// Starts the guests' resolver on the gateway; without one, guests cannot resolve names,
+/// which is logged, not fatal (sites and SSH still work).
+async fn guest_dns(cfg: &Config, subnet: net::Ipv4Net) -> Option<crate::dns::DnsServer> {
+    let gateway = subnet.gateway();
+    let upstreams = if cfg.network.dns_upstreams.is_empty() {
+        match crate::dns::host_upstreams(gateway.into()) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(error = %super::chain(&e), "guests get no DNS: set [network] dns_upstreams");
+                return None;
+            }
+        }
+    } else {
+        cfg.network.dns_upstreams.clone()
+    };
+    let plan = crate::dns::DnsPlan {
+        listen: std::net::SocketAddr::from((gateway, 53)),
+        allow: subnet,
+        upstreams,
+        per_client_qps: cfg.network.dns_queries_per_sec,
+        per_client_burst: cfg.network.dns_burst,
+        cache_size: 4096,
+    };
+    match crate::dns::DnsServer::start(plan).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %super::chain(&e), "guests get no DNS");
+            None
+        }
+    }
 }

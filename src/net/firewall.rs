@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::info;
 
 use super::ident::{MacAddr, TAP_PREFIX};
-use super::ipam::Ipv4Net;
+use super::ipam::{Cidr, Ipv4Net};
 use super::{valid_ifname, NetError};
 
 /// One VM's bridge port and the only addresses it may send from.
@@ -62,6 +62,33 @@ pub struct FirewallPlan {
     pub allow_ping_gateway: bool,
     /// The ports of all VMs that should have network access.
     pub ports: Vec<VmPort>,
+    /// Guests' way to the internet; `None`: nothing is routed out of the bridge.
+    pub egress: Option<EgressPlan>,
+    /// The mark the SSH forwarder puts on its transparent upstream sockets: their
+    /// connections get it as a conntrack mark, and the guest's replies arriving on the
+    /// bridge get it back as a packet mark, which policy routing delivers locally.
+    pub client_mark: Option<u32>,
+}
+
+/// NAT to the internet and the limits on it, per VM (keyed by the VM's address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressPlan {
+    /// The interface guests' traffic leaves by (masqueraded to its address).
+    pub uplink: String,
+    /// Let guests open connections to port 25 outside.
+    pub allow_smtp: bool,
+    /// Destinations never reached.
+    pub deny: Vec<Cidr>,
+    /// Connections one VM may hold open at once.
+    pub max_conns: u32,
+    /// New connections one VM may open per second (burst: twice that).
+    pub new_conns_per_sec: u32,
+    /// Bytes per second out of and into one VM (0: no cap).
+    pub egress_bytes_per_sec: u64,
+    pub ingress_bytes_per_sec: u64,
+    /// Forwarding was turned on for the uplink by roost: nothing but replies to the VMs
+    /// may be routed from it, so the host does not become a router for anyone else.
+    pub guard_uplink: bool,
 }
 
 impl FirewallPlan {
@@ -74,6 +101,8 @@ impl FirewallPlan {
             gateway_udp_ports: Vec::new(),
             allow_ping_gateway: true,
             ports: Vec::new(),
+            egress: None,
+            client_mark: None,
         }
     }
 
@@ -175,34 +204,172 @@ impl FirewallPlan {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "\t\tdrop\n\
-             \t}}\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname {taps} drop\n\
-             \t\tiifname {br} drop\n\
-             \t\toifname {br} drop\n\
-             \t}}"
-        );
+        let _ = writeln!(s, "\t\tdrop\n\t}}");
+        match &self.egress {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "\tchain forward {{\n\
+                     \t\ttype filter hook forward priority filter; policy accept;\n\
+                     \t\tiifname {taps} drop\n\
+                     \t\tiifname {br} drop\n\
+                     \t\toifname {br} drop\n\
+                     \t}}"
+                );
+            }
+            Some(e) => push_egress(&mut s, e, &br, &taps, self.subnet)?,
+        }
+        if let Some(mark) = self.client_mark {
+            let _ = writeln!(
+                s,
+                "\tchain client_mark_out {{\n\
+                 \t\ttype filter hook output priority mangle; policy accept;\n\
+                 \t\toifname {br} meta mark {mark:#x} ct mark set {mark:#x}\n\
+                 \t}}\n\
+                 \tchain client_mark_in {{\n\
+                 \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+                 \t\tiifname {br} ct mark {mark:#x} meta mark set {mark:#x}\n\
+                 \t}}"
+            );
+        }
+        s.push_str("}\n");
+        // Always present (empty without egress), so its absence is drift.
+        s.push_str("\ntable ip roost_nat {\n");
+        if let Some(e) = &self.egress {
+            let _ = writeln!(
+                s,
+                "\tchain postrouting {{\n\
+                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tip saddr {net} oifname \"{up}\" masquerade\n\
+                 \t}}",
+                net = self.subnet,
+                up = e.uplink
+            );
+        }
         s.push_str("}\n");
         Ok(s)
     }
+}
+
+/// The forward chain with egress: guests' new connections may leave by the uplink only, to
+/// no denied network, within their connection, rate and bandwidth limits; from outside,
+/// only replies come in.
+fn push_egress(
+    s: &mut String,
+    e: &EgressPlan,
+    br: &str,
+    taps: &str,
+    subnet: Ipv4Net,
+) -> Result<(), NetError> {
+    check_name(&e.uplink)?;
+    let up = format!("\"{}\"", e.uplink);
+    let deny: Vec<String> = e.deny.iter().map(Cidr::to_string).collect();
+    let _ = writeln!(
+        s,
+        "\tset vm_conns {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic\n\t}}\n\
+         \tset vm_new {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}\n\
+         \tset vm_out_bytes {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}\n\
+         \tset vm_in_bytes {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}"
+    );
+    if !deny.is_empty() {
+        let _ = writeln!(
+            s,
+            "\tset egress_deny {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\t\telements = {{ {} }}\n\t}}",
+            deny.join(", ")
+        );
+    }
+    let guard = if e.guard_uplink {
+        format!("\t\tiifname {up} drop\n")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "\tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname {taps} drop\n\
+         \t\tiifname {br} jump vm_out\n\
+         \t\toifname {br} jump vm_in\n\
+         {guard}\
+         \t}}"
+    );
+    let _ = writeln!(
+        s,
+        "\tchain vm_out {{\n\
+         \t\toifname != {up} drop\n\
+         \t\tmeta nfproto != ipv4 drop\n\
+         \t\tip saddr != {subnet} drop"
+    );
+    if e.egress_bytes_per_sec > 0 {
+        let _ = writeln!(
+            s,
+            "\t\tupdate @vm_out_bytes {{ ip saddr limit rate over {} bytes/second burst {} bytes }} drop",
+            e.egress_bytes_per_sec,
+            burst(e.egress_bytes_per_sec)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\t\tct state established,related accept\n\
+         \t\tct state != new drop"
+    );
+    if !deny.is_empty() {
+        let _ = writeln!(
+            s,
+            "\t\tip daddr @egress_deny reject with icmp type admin-prohibited"
+        );
+    }
+    if !e.allow_smtp {
+        let _ = writeln!(s, "\t\ttcp dport 25 reject with tcp reset");
+    }
+    let _ = writeln!(
+        s,
+        "\t\tadd @vm_conns {{ ip saddr ct count over {max} }} reject with icmp type admin-prohibited\n\
+         \t\tupdate @vm_new {{ ip saddr limit rate over {rate}/second burst {burst} packets }} reject with icmp type admin-prohibited\n\
+         \t\taccept\n\
+         \t}}",
+        max = e.max_conns,
+        rate = e.new_conns_per_sec,
+        burst = e.new_conns_per_sec.saturating_mul(2)
+    );
+    let _ = writeln!(
+        s,
+        "\tchain vm_in {{\n\
+         \t\tiifname != {up} drop\n\
+         \t\tct state != {{ established, related }} drop"
+    );
+    if e.ingress_bytes_per_sec > 0 {
+        let _ = writeln!(
+            s,
+            "\t\tupdate @vm_in_bytes {{ ip daddr limit rate over {} bytes/second burst {} bytes }} drop",
+            e.ingress_bytes_per_sec,
+            burst(e.ingress_bytes_per_sec)
+        );
+    }
+    let _ = writeln!(s, "\t\taccept\n\t}}");
+    Ok(())
+}
+
+/// The bucket of a byte-rate limit: a tenth of a second at the rate, at least 64 KiB, so
+/// TCP's bursts pass and the long-run rate holds.
+fn burst(bytes_per_sec: u64) -> u64 {
+    (bytes_per_sec / 10).max(64 * 1024)
 }
 
 /// The script that removes roost's tables (and succeeds when they do not exist).
 pub fn teardown_ruleset() -> &'static str {
     "table netdev roost\ndelete table netdev roost\n\
      table bridge roost\ndelete table bridge roost\n\
-     table inet roost\ndelete table inet roost\n"
+     table inet roost\ndelete table inet roost\n\
+     table ip roost_nat\ndelete table ip roost_nat\n"
 }
 
 /// roost's tables as `nft list tables` names them.
-const TABLES: [&str; 3] = [
+const TABLES: [&str; 4] = [
     "table netdev roost",
     "table bridge roost",
     "table inet roost",
+    "table ip roost_nat",
 ];
 
 /// Which of roost's tables are missing from `nft list tables` output (after `nft flush
@@ -332,6 +499,8 @@ table bridge roost
 delete table bridge roost
 table inet roost
 delete table inet roost
+table ip roost_nat
+delete table ip roost_nat
 
 table netdev roost {
 	chain ingress_rtaaaaaaaaaaaaa {
@@ -393,8 +562,89 @@ table inet roost {
 		oifname "roost0" drop
 	}
 }
+
+table ip roost_nat {
+}
 "#;
         assert_eq!(got, want, "got:\n{got}");
+    }
+
+    fn egress_plan() -> FirewallPlan {
+        let mut p = plan();
+        p.egress = Some(EgressPlan {
+            uplink: "eth0".into(),
+            allow_smtp: false,
+            deny: vec![
+                "10.0.0.0/8".parse().expect("cidr"),
+                "169.254.169.254/32".parse().expect("cidr"),
+            ],
+            max_conns: 64,
+            new_conns_per_sec: 10,
+            egress_bytes_per_sec: 1_250_000,
+            ingress_bytes_per_sec: 0,
+            guard_uplink: true,
+        });
+        p.client_mark = Some(0x524f);
+        p
+    }
+
+    #[test]
+    fn egress_routes_new_connections_out_by_the_uplink_only_within_limits() {
+        let got = egress_plan().ruleset().expect("ruleset");
+        if let Ok(path) = std::env::var("ROOST_DUMP_RULESET") {
+            std::fs::write(path, &got).expect("dump");
+        }
+        let out = got.split("\tchain vm_out {\n").nth(1).expect("vm_out");
+        let out = &out[..out.find("\t}").expect("end")];
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "oifname != \"eth0\" drop",
+                "meta nfproto != ipv4 drop",
+                "ip saddr != 10.88.0.0/24 drop",
+                "update @vm_out_bytes { ip saddr limit rate over 1250000 bytes/second burst 125000 bytes } drop",
+                "ct state established,related accept",
+                "ct state != new drop",
+                "ip daddr @egress_deny reject with icmp type admin-prohibited",
+                "tcp dport 25 reject with tcp reset",
+                "add @vm_conns { ip saddr ct count over 64 } reject with icmp type admin-prohibited",
+                "update @vm_new { ip saddr limit rate over 10/second burst 20 packets } reject with icmp type admin-prohibited",
+                "accept",
+            ]
+        );
+        // No ingress cap: replies pass unmetered; the uplink forwards nothing else.
+        assert!(got.contains("\tchain vm_in {\n\t\tiifname != \"eth0\" drop\n\t\tct state != { established, related } drop\n\t\taccept\n\t}"), "{got}");
+        assert!(
+            got.contains("\t\toifname \"roost0\" jump vm_in\n\t\tiifname \"eth0\" drop\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("elements = { 10.0.0.0/8, 169.254.169.254/32 }"),
+            "{got}"
+        );
+        assert!(
+            got.contains("ip saddr 10.88.0.0/24 oifname \"eth0\" masquerade"),
+            "{got}"
+        );
+        assert!(
+            got.contains("oifname \"roost0\" meta mark 0x524f ct mark set 0x524f"),
+            "{got}"
+        );
+        assert!(
+            got.contains("iifname \"roost0\" ct mark 0x524f meta mark set 0x524f"),
+            "{got}"
+        );
+        // SMTP allowed: no port-25 rule; a bad uplink name is refused.
+        let mut p = egress_plan();
+        if let Some(e) = p.egress.as_mut() {
+            e.allow_smtp = true;
+        }
+        assert!(!p.ruleset().expect("ruleset").contains("dport 25"));
+        if let Some(e) = p.egress.as_mut() {
+            e.uplink = "eth0\" accept #".into();
+        }
+        assert!(p.ruleset().is_err());
     }
 
     #[test]
@@ -451,19 +701,19 @@ table inet roost {
     fn teardown_is_idempotent_form() {
         assert_eq!(
             teardown_ruleset(),
-            "table netdev roost\ndelete table netdev roost\ntable bridge roost\ndelete table bridge roost\ntable inet roost\ndelete table inet roost\n"
+            "table netdev roost\ndelete table netdev roost\ntable bridge roost\ndelete table bridge roost\ntable inet roost\ndelete table inet roost\ntable ip roost_nat\ndelete table ip roost_nat\n"
         );
     }
 
     #[test]
     fn missing_tables_are_named() {
-        let all = "table ip nat\ntable netdev roost\ntable bridge roost\ntable inet roost\n";
+        let all = "table ip nat\ntable netdev roost\ntable bridge roost\ntable inet roost\ntable ip roost_nat\n";
         assert!(missing_tables(all).is_empty());
         assert_eq!(
-            missing_tables("table inet roost\ntable inet roosty\n"),
+            missing_tables("table inet roost\ntable inet roosty\ntable ip roost_nat\n"),
             vec!["table netdev roost", "table bridge roost"]
         );
-        assert_eq!(missing_tables("").len(), 3);
+        assert_eq!(missing_tables("").len(), 4);
     }
 
     #[test]

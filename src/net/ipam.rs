@@ -100,6 +100,54 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
+/// Any IPv4 network `a.b.c.d/len` (`/0` to `/32`, host bits clear): a firewall match,
+/// unlike [`Ipv4Net`], which must leave room for VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` lies in this network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| NetError::InvalidSubnet {
+            input: s.to_owned(),
+            reason,
+        };
+        let (addr, prefix) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| invalid("expected ADDRESS/PREFIX, e.g. 10.0.0.0/8"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| invalid("not an IPv4 address"))?;
+        if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("prefix is not a number from 0 to 32"));
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| invalid("prefix is too large"))?;
+        if prefix > 32 {
+            return Err(invalid("prefix is too large"));
+        }
+        if u32::from(addr) & !mask(prefix) != 0 {
+            return Err(invalid("host bits are set (use the network address)"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix)
@@ -150,6 +198,28 @@ impl From<Ipv4Net> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs_of_any_length() {
+        let c: Cidr = "169.254.169.254/32".parse().expect("host");
+        assert!(c.contains(Ipv4Addr::new(169, 254, 169, 254)));
+        assert!(!c.contains(Ipv4Addr::new(169, 254, 169, 253)));
+        let all: Cidr = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains(Ipv4Addr::new(203, 0, 113, 10)));
+        let c: Cidr = "172.16.0.0/12".parse().expect("net");
+        assert!(c.contains(Ipv4Addr::new(172, 31, 255, 255)));
+        assert!(!c.contains(Ipv4Addr::new(172, 32, 0, 0)));
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "10.0.0.0/+8",
+            "x/8",
+            "10.0.0.0/008",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn host_offsets() {

@@ -9,10 +9,13 @@
 //! - [`firewall`]: the nftables ruleset as data and text (pure), applied with `nft -f -`.
 //! - [`bridge`]: the bridge's desired state as a [`bridge::BridgePlan`], applied over netlink.
 //! - [`tap`]: opening a tap through `/dev/net/tun` (an fd for QEMU).
+//! - [`egress`]: the uplink, per-interface forwarding and the policy route of the SSH
+//!   forwarder's transparent replies (the NAT and limits are rules in [`firewall`]).
 //! - [`link`]: making a tap a VM's bridge port (isolated, no learning, static FDB entry,
 //!   no IPv6), deleting and listing links over netlink.
 
 pub mod bridge;
+pub mod egress;
 pub mod firewall;
 pub mod ident;
 pub mod ipam;
@@ -20,9 +23,9 @@ pub mod link;
 pub mod tap;
 
 pub use bridge::{ensure_bridge, BridgePlan};
-pub use firewall::{apply_firewall, remove_firewall, FirewallPlan, VmPort};
+pub use firewall::{apply_firewall, remove_firewall, EgressPlan, FirewallPlan, VmPort};
 pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, InvalidMac, MacAddr};
-pub use ipam::Ipv4Net;
+pub use ipam::{Cidr, Ipv4Net};
 pub use link::{attach_vm_port, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
 

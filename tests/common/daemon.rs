@@ -113,7 +113,16 @@ impl Daemon {
     /// in `[vm]` unless it opens a table). Written, not started: add users first if needed,
     /// then [`Daemon::spawn`] or [`Daemon::spawn_env`].
     pub fn hosting(dir: &Path, extra: &str) -> Daemon {
+        Daemon::hosting_with(dir, "", extra)
+    }
+
+    /// [`Daemon::hosting`] with `network` appended to its `[network]` table.
+    pub fn hosting_with(dir: &Path, network: &str, extra: &str) -> Daemon {
         let config = dir.join("roost.toml");
+        let port: u16 = HOSTING_HTTP
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port");
         std::fs::write(
             &config,
             format!(
@@ -121,13 +130,14 @@ impl Daemon {
 domain = "{HOSTING_DOMAIN}"
 log_level = "info,roost=debug"
 [http]
-listen = "{HOSTING_HTTP}"
+listen = "0.0.0.0:{port}"
 [ssh]
 port_range = "22000-22009"
 [network]
 bridge = "rbr0"
 subnet = "10.77.0.0/24"
 dns = ["10.77.0.1"]
+{network}
 [vm]
 accel = "tcg"
 image = "{image}"
@@ -140,10 +150,6 @@ boot_timeout_secs = 240
             ),
         )
         .expect("config");
-        let port = HOSTING_HTTP
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port");
         Daemon {
             mode: Mode::Hosting,
             child: None,
