@@ -59,13 +59,6 @@ async fn add(
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let k = crate::cloudinit::parse_public_key(&req.public_key)
         .map_err(|e| ApiError::field("public_key", e))?;
-    if st.store.ssh_keys(user.id)?.len() >= MAX_KEYS {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "too_many_keys",
-            format!("at most {MAX_KEYS} keys per user"),
-        ));
-    }
     let key = SshKey {
         id: SshKeyId::new(),
         user: user.id,
@@ -79,8 +72,13 @@ async fn add(
             .to_owned(),
         created_at: crate::store::now(),
     };
-    match st.store.add_ssh_key(&key) {
+    match st.store.add_ssh_key(&key, MAX_KEYS) {
         Ok(()) => Ok((StatusCode::CREATED, Json(view(key)))),
+        Err(e @ StoreError::TooManyKeys(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_keys",
+            e.to_string(),
+        )),
         Err(StoreError::DuplicateKey) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

@@ -111,6 +111,15 @@ pub fn validate_password(pw: &str) -> Result<(), PasswordPolicyError> {
 mod tests {
     use super::*;
 
+    /// One rule in effect: every first path segment the proxy keeps for itself can never
+    /// be a username, so no site can be registered that its own URL would not reach.
+    #[test]
+    fn no_reserved_route_segment_can_be_registered() {
+        for seg in crate::proxy::RESERVED_SEGMENTS {
+            assert!(validate_username(seg).is_err(), "{seg}");
+        }
+    }
+
     #[test]
     fn usernames() {
         for ok in ["abc", "alice", "a-b", "user1", "x0dead", &"a".repeat(32)] {

@@ -217,34 +217,6 @@ impl Forwarders {
         v.sort();
         v
     }
-
-    /// Converges to exactly `wanted` (e.g. `RouteTable::ssh_forwards()`): removes the rest,
-    /// ensures each. Returns the ports that failed, with their errors; the others still apply.
-    pub async fn sync(
-        &self,
-        wanted: &[(u16, SocketAddrV4)],
-        limits: ForwardLimits,
-    ) -> Vec<(u16, ForwardError)> {
-        let stale: Vec<u16> = self
-            .ports
-            .lock()
-            .await
-            .keys()
-            .filter(|p| !wanted.iter().any(|(w, _)| w == *p))
-            .copied()
-            .collect();
-        for p in stale {
-            self.remove(p).await;
-        }
-        let mut failed = Vec::new();
-        for (p, t) in wanted {
-            if let Err(e) = self.ensure(*p, *t, limits).await {
-                tracing::warn!(port = p, error = %e, "ssh forward not applied");
-                failed.push((*p, e));
-            }
-        }
-        failed
-    }
 }
 
 fn bind(ip: Ipv4Addr, port: u16) -> Result<std::net::TcpListener, ForwardError> {

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
-use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
 
@@ -123,6 +123,7 @@ pub async fn ensure_client_routing(handle: &Handle, bridge: &str) -> Result<(), 
         .rule()
         .add()
         .v4()
+        .action(RuleAction::ToTable)
         .priority(CLIENT_RULE_PRIORITY)
         .fw_mark(CLIENT_MARK)
         .input_interface(bridge.to_owned())

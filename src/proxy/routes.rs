@@ -101,13 +101,6 @@ impl RouteTable {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.by_slug.values()
     }
-
-    /// The SSH forwards the table asks for: `(listen port, target)`, sorted by port.
-    pub fn ssh_forwards(&self) -> Vec<(u16, SocketAddrV4)> {
-        let mut v: Vec<_> = self.by_slug.values().filter_map(|r| r.ssh).collect();
-        v.sort();
-        v
-    }
 }
 
 /// What changed between two tables, by slug (each list sorted).
@@ -608,9 +601,5 @@ mod tests {
         let d = routes.remove("carol");
         assert_eq!(d.removed, vec!["carol"]);
         assert!(routes.remove("carol").is_empty());
-        assert_eq!(
-            routes.snapshot().ssh_forwards(),
-            vec![(30000, addr("10.0.0.2:22"))]
-        );
     }
 }

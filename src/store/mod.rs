@@ -71,6 +71,8 @@ pub enum StoreError {
     NoSuchUser,
     #[error("this key is already registered")]
     DuplicateKey,
+    #[error("at most {0} keys per user")]
+    TooManyKeys(usize),
     #[error("no such key")]
     NoSuchKey,
     #[error("no such hosting")]
@@ -295,7 +297,9 @@ impl Store {
     // ----- SSH keys -----
 
     /// Registers a key for a user; the same fingerprint twice is refused.
-    pub fn add_ssh_key(&self, key: &SshKey) -> Result<(), StoreError> {
+    /// Adds a key unless the user already has it or already has `max` keys; the count and
+    /// the insert are one transaction, so concurrent adds cannot pass the limit.
+    pub fn add_ssh_key(&self, key: &SshKey, max: usize) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             if tx.open_table(USERS)?.get(key.user.key())?.is_none() {
@@ -303,12 +307,17 @@ impl Store {
             }
             let mut t = tx.open_table(SSH_KEYS)?;
             let user = key.user.key();
+            let mut count = 0;
             for row in t.range((user, 0)..=(user, u128::MAX))? {
                 let (_, v) = row?;
                 let k: SshKey = decode("ssh_keys", v.value())?;
                 if k.fingerprint == key.fingerprint {
                     return Err(StoreError::DuplicateKey);
                 }
+                count += 1;
+            }
+            if count >= max {
+                return Err(StoreError::TooManyKeys(max));
             }
             t.insert((user, key.id.key()), encode(key).as_slice())?;
         }
@@ -736,12 +745,18 @@ mod tests {
             comment: String::new(),
             created_at: now(),
         };
-        s.add_ssh_key(&k).expect("add");
+        s.add_ssh_key(&k, 2).expect("add");
         let dup = SshKey {
             id: SshKeyId::new(),
             ..k.clone()
         };
-        assert!(matches!(s.add_ssh_key(&dup), Err(StoreError::DuplicateKey)));
+        assert!(matches!(s.add_ssh_key(&dup, 2), Err(StoreError::DuplicateKey)));
+        let other = SshKey {
+            id: SshKeyId::new(),
+            fingerprint: "SHA256:y".into(),
+            ..k.clone()
+        };
+        assert!(matches!(s.add_ssh_key(&other, 1), Err(StoreError::TooManyKeys(1))));
         assert_eq!(s.ssh_keys(a.id).expect("list"), vec![k.clone()]);
         s.delete_ssh_key(a.id, k.id).expect("delete");
         assert!(matches!(
