@@ -37,6 +37,7 @@ const USER_DATA_PLACEHOLDERS: &[&str] = &[
     "ssh_port",
     "gateway",
     "nginx_realip",
+    "resolv_conf",
 ];
 const NETWORK_PLACEHOLDERS: &[&str] = &["mac", "ip", "prefix_len", "address", "gateway", "dns"];
 const HTML_PLACEHOLDERS: &[&str] = &["slug", "domain", "ssh_port", "username", "hostname"];
@@ -288,6 +289,7 @@ pub fn seed_documents(t: &Templates, input: &SeedInput) -> Result<Seed, CloudIni
         ("ssh_port", Value::Number(input.ssh_port.into())),
         ("gateway", str_val(&input.gateway.to_string())),
         ("nginx_realip", Value::String(nginx_realip(input.gateway))),
+        ("resolv_conf", Value::String(resolv_conf(&input.dns))),
     ]
     .into_iter()
     .collect();
@@ -340,6 +342,16 @@ fn nginx_realip(gateway: Ipv4Addr) -> String {
          set_real_ip_from {gateway};\n\
          real_ip_header X-Real-IP;\n"
     )
+}
+
+/// `/etc/resolv.conf` naming the VM's resolvers: ifupdown without `resolvconf` (the roost
+/// image) does nothing with the network config's `dns-nameservers`.
+fn resolv_conf(dns: &[Ipv4Addr]) -> String {
+    let mut s = String::from("# Written by roost (cloud-init) at the first boot.\n");
+    for d in dns {
+        s.push_str(&format!("nameserver {d}\n"));
+    }
+    s
 }
 
 /// Appends `name` to the top-level `packages` list (creating it), unless already there.

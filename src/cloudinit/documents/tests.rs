@@ -81,6 +81,22 @@ fn user_data_has_the_expected_structure_and_values() {
     assert!(page.contains("<h1>alice</h1>"), "{page}");
     assert!(page.contains("ssh -p 2201 alice@roost.example"), "{page}");
     assert!(!page.contains("{{"), "{page}");
+    // The resolvers, and nginx trusting X-Real-IP from the gateway alone.
+    let file = |i: usize, path: &str| {
+        let f = &ud["write_files"][i];
+        assert_eq!(f["path"], Value::from(path));
+        f["content"].as_str().expect("content").to_owned()
+    };
+    assert_eq!(
+        file(1, "/etc/resolv.conf"),
+        "# Written by roost (cloud-init) at the first boot.\nnameserver 10.77.0.1\nnameserver 9.9.9.9\n"
+    );
+    let realip = file(2, "/etc/nginx/conf.d/roost-realip.conf");
+    assert!(
+        realip.contains("set_real_ip_from 10.77.0.1;\nreal_ip_header X-Real-IP;\n"),
+        "{realip}"
+    );
+    assert_eq!(realip.matches("set_real_ip_from").count(), 1, "{realip}");
     assert_eq!(
         ud["runcmd"],
         parse(
