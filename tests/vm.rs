@@ -380,13 +380,17 @@ fn accel_probe_decides_with_a_real_guest() {
     }
     rt().block_on(async {
         // The payload itself works: under TCG it finishes almost at once.
-        let t = run_test_guest(Accel::Tcg, Duration::from_secs(10))
-            .await
-            .expect("test firmware exits under TCG");
+        let t = run_test_guest(
+            Path::new("qemu-system-x86_64"),
+            Accel::Tcg,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("test firmware exits under TCG");
         assert!(t < Duration::from_secs(5), "{t:?}");
 
         let start = Instant::now();
-        let probe = probe_kvm().await;
+        let probe = probe_kvm(Path::new("qemu-system-x86_64")).await;
         eprintln!("kvm probe: {probe:?} in {:?}", start.elapsed());
         assert!(probe.reason.contains("KVM"), "{}", probe.reason);
         assert!(start.elapsed() < Duration::from_secs(8));
@@ -394,7 +398,7 @@ fn accel_probe_decides_with_a_real_guest() {
             // This project's machines: nested KVM hangs, so the guest must time out.
             assert!(probe.reason.contains("using TCG"), "{}", probe.reason);
         }
-        let (accel, reason) = resolve(AccelChoice::Auto).await;
+        let (accel, reason) = resolve(AccelChoice::Auto, Path::new("qemu-system-x86_64")).await;
         assert_eq!(accel == Accel::Kvm, probe.usable);
         assert_eq!(reason, probe.reason, "cached");
         // On the project's hosts the answer is TCG.

@@ -42,7 +42,7 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
         None => cloudinit::Templates::embedded(),
     }
     .map_err(RuntimeError::Templates)?;
-    let (accel, why) = vm::resolve(cfg.vm.accel.into()).await;
+    let (accel, why) = vm::resolve(cfg.vm.accel.into(), &cfg.vm.qemu).await;
     info!(?accel, %why, "accelerator");
     let net = NetRuntime::setup(cfg, subnet)
         .await

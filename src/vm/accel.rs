@@ -11,13 +11,14 @@
 //! is not clearly faster than emulation is not real hardware virtualisation.
 //! The result is computed once per process.
 
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use tracing::info;
 
-use super::argv::{Accel, MACHINE, QEMU_BINARY};
+use super::argv::{Accel, MACHINE};
 
 /// How long the KVM test guest may take.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(3);
@@ -75,7 +76,7 @@ pub fn probe_argv(accel: Accel) -> Vec<std::ffi::OsString> {
 /// source, so show it with [`crate::error_chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum TestGuestError {
-    #[error("could not start {QEMU_BINARY}")]
+    #[error("could not start QEMU")]
     Spawn(#[source] std::io::Error),
     #[error("waiting for the test guest failed")]
     Wait(#[source] std::io::Error),
@@ -94,9 +95,13 @@ pub enum TestGuestError {
 
 /// Runs the test guest under `accel`; `Ok(elapsed)` when QEMU exits cleanly within
 /// `deadline`, otherwise what happened.
-pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration, TestGuestError> {
+pub async fn run_test_guest(
+    qemu: &Path,
+    accel: Accel,
+    deadline: Duration,
+) -> Result<Duration, TestGuestError> {
     let start = Instant::now();
-    let mut child = tokio::process::Command::new(QEMU_BINARY)
+    let mut child = tokio::process::Command::new(qemu)
         .args(probe_argv(accel))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -129,13 +134,14 @@ pub async fn run_test_guest(accel: Accel, deadline: Duration) -> Result<Duration
 
 static PROBE: OnceCell<KvmProbe> = OnceCell::const_new();
 
-/// Whether KVM really runs guests here (cached for the life of the process).
-pub async fn probe_kvm() -> KvmProbe {
-    PROBE.get_or_init(probe_kvm_uncached).await.clone()
+/// Whether KVM really runs guests here with the QEMU binary `qemu` (cached for the life
+/// of the process: a daemon has one binary).
+pub async fn probe_kvm(qemu: &Path) -> KvmProbe {
+    PROBE.get_or_init(|| probe_kvm_uncached(qemu)).await.clone()
 }
 
 /// [`probe_kvm`] without the cache.
-pub async fn probe_kvm_uncached() -> KvmProbe {
+pub async fn probe_kvm_uncached(qemu: &Path) -> KvmProbe {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -146,8 +152,11 @@ pub async fn probe_kvm_uncached() -> KvmProbe {
             reason: format!("KVM not usable (/dev/kvm: {e}): using TCG"),
         };
     }
-    let probe = match run_test_guest(Accel::Kvm, PROBE_DEADLINE).await {
-        Ok(kvm) => judge(kvm, run_test_guest(Accel::Tcg, PROBE_DEADLINE).await.ok()),
+    let probe = match run_test_guest(qemu, Accel::Kvm, PROBE_DEADLINE).await {
+        Ok(kvm) => judge(
+            kvm,
+            run_test_guest(qemu, Accel::Tcg, PROBE_DEADLINE).await.ok(),
+        ),
         Err(why) => KvmProbe {
             usable: false,
             reason: format!("KVM present but {}: using TCG", crate::error_chain(&why)),
@@ -181,13 +190,13 @@ fn judge(kvm: Duration, tcg: Option<Duration>) -> KvmProbe {
     }
 }
 
-/// The accelerator to use for `choice`, with the reason.
-pub async fn resolve(choice: AccelChoice) -> (Accel, String) {
+/// The accelerator to use for `choice` with the QEMU binary `qemu`, with the reason.
+pub async fn resolve(choice: AccelChoice, qemu: &Path) -> (Accel, String) {
     match choice {
         AccelChoice::Kvm => (Accel::Kvm, "KVM forced by configuration".into()),
         AccelChoice::Tcg => (Accel::Tcg, "TCG forced by configuration".into()),
         AccelChoice::Auto => {
-            let p = probe_kvm().await;
+            let p = probe_kvm(qemu).await;
             (if p.usable { Accel::Kvm } else { Accel::Tcg }, p.reason)
         }
     }
@@ -230,7 +239,7 @@ mod tests {
         assert_eq!(
             crate::error_chain(&spawn),
             format!(
-                "could not start {QEMU_BINARY}: {}",
+                "could not start QEMU: {}",
                 std::io::Error::from_raw_os_error(libc::ENOENT)
             )
         );
@@ -259,7 +268,12 @@ mod tests {
 
     #[tokio::test]
     async fn forced_choices_do_not_probe() {
-        assert_eq!(resolve(AccelChoice::Tcg).await.0, Accel::Tcg);
-        assert_eq!(resolve(AccelChoice::Kvm).await.0, Accel::Kvm);
+        let qemu = Path::new("qemu-system-x86_64");
+        assert_eq!(resolve(AccelChoice::Tcg, qemu).await.0, Accel::Tcg);
+        assert_eq!(resolve(AccelChoice::Kvm, qemu).await.0, Accel::Kvm);
+        // The probe runs the configured binary: one that does not exist never makes KVM
+        // usable (whether or not /dev/kvm opens here).
+        let p = probe_kvm_uncached(Path::new("/nonexistent/qemu-system-x86_64")).await;
+        assert!(!p.usable, "{}", p.reason);
     }
 }
