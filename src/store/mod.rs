@@ -750,13 +750,19 @@ mod tests {
             id: SshKeyId::new(),
             ..k.clone()
         };
-        assert!(matches!(s.add_ssh_key(&dup, 2), Err(StoreError::DuplicateKey)));
+        assert!(matches!(
+            s.add_ssh_key(&dup, 2),
+            Err(StoreError::DuplicateKey)
+        ));
         let other = SshKey {
             id: SshKeyId::new(),
             fingerprint: "SHA256:y".into(),
             ..k.clone()
         };
-        assert!(matches!(s.add_ssh_key(&other, 1), Err(StoreError::TooManyKeys(1))));
+        assert!(matches!(
+            s.add_ssh_key(&other, 1),
+            Err(StoreError::TooManyKeys(1))
+        ));
         assert_eq!(s.ssh_keys(a.id).expect("list"), vec![k.clone()]);
         s.delete_ssh_key(a.id, k.id).expect("delete");
         assert!(matches!(

@@ -186,3 +186,44 @@ impl Drop for Flood {
         }
     }
 }
+
+// curl against the hosting daemon's listener (`daemon::HOSTING_HTTP`).
+use daemon::HOSTING_HTTP as HTTP;
+use serde_json::Value;
+use std::process::Command;
+
+/// A request with curl (a real client); returns status and JSON body (Null if not JSON).
+pub fn http(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let (s, text) = curl(method, path, token, body, &[]);
+    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub fn curl(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "20", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        c.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
+    }
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg(format!("http://{HTTP}{path}"));
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
