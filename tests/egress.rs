@@ -22,9 +22,9 @@ use common::http;
 use serde_json::json;
 
 const CAP_MBIT: u64 = 8;
-const MAX_CONNS: usize = 4;
+const MAX_CONNS: usize = 2;
 /// Low enough that a TCG guest's loop of connects outruns it.
-const NEW_PER_SEC: u64 = 3;
+const NEW_PER_SEC: u64 = 1;
 
 /// The world's services: HTTP on :80 (`/` a word, `/big` 3 MiB, `POST /up` counts what it
 /// is sent), an SMTP banner on :25, every request and SMTP connection logged with its
@@ -322,7 +322,7 @@ fn guests_reach_a_small_internet_within_their_limits_and_see_real_visitors() {
         // At most MAX_CONNS open connections at once.
         let held = on_a(&format!(
             "n=0; for i in $(seq {}); do exec {{fd}}<>/dev/tcp/203.0.113.10/80 2>/dev/null && n=$((n+1)); done; echo $n",
-            MAX_CONNS + 3
+            MAX_CONNS + 2
         ));
         assert_eq!(held, MAX_CONNS.to_string(), "connections held at once");
         // New connections are cut at the configured rate (burst: twice the rate). Time is

@@ -253,7 +253,9 @@ impl FirewallPlan {
 
 /// The forward chain with egress: guests' new connections may leave by the uplink only, to
 /// no denied network, within their connection, rate and bandwidth limits; from outside,
-/// only replies come in.
+/// only replies come in. Refusals are TCP resets where they can be: the kernel rate-limits
+/// the ICMP errors a reject sends (about one a second per destination), and a SYN whose
+/// refusal was suppressed is retried for seconds instead of failing at once.
 fn push_egress(
     s: &mut String,
     e: &EgressPlan,
@@ -314,19 +316,20 @@ fn push_egress(
          \t\tct state != new drop"
     );
     if !deny.is_empty() {
-        let _ = writeln!(
-            s,
-            "\t\tip daddr @egress_deny reject with icmp type admin-prohibited"
-        );
+        let _ = writeln!(s, "\t\tip daddr @egress_deny jump refuse");
     }
     if !e.allow_smtp {
         let _ = writeln!(s, "\t\ttcp dport 25 reject with tcp reset");
     }
     let _ = writeln!(
         s,
-        "\t\tadd @vm_conns {{ ip saddr ct count over {max} }} reject with icmp type admin-prohibited\n\
-         \t\tupdate @vm_new {{ ip saddr limit rate over {rate}/second burst {burst} packets }} reject with icmp type admin-prohibited\n\
+        "\t\tadd @vm_conns {{ ip saddr ct count over {max} }} jump refuse\n\
+         \t\tupdate @vm_new {{ ip saddr limit rate over {rate}/second burst {burst} packets }} jump refuse\n\
          \t\taccept\n\
+         \t}}\n\
+         \tchain refuse {{\n\
+         \t\tmeta l4proto tcp reject with tcp reset\n\
+         \t\treject with icmp type admin-prohibited\n\
          \t}}",
         max = e.max_conns,
         rate = e.new_conns_per_sec,
@@ -606,10 +609,10 @@ table ip roost_nat {
                 "update @vm_out_bytes { ip saddr limit rate over 1250000 bytes/second burst 125000 bytes } drop",
                 "ct state established,related accept",
                 "ct state != new drop",
-                "ip daddr @egress_deny reject with icmp type admin-prohibited",
+                "ip daddr @egress_deny jump refuse",
                 "tcp dport 25 reject with tcp reset",
-                "add @vm_conns { ip saddr ct count over 64 } reject with icmp type admin-prohibited",
-                "update @vm_new { ip saddr limit rate over 10/second burst 20 packets } reject with icmp type admin-prohibited",
+                "add @vm_conns { ip saddr ct count over 64 } jump refuse",
+                "update @vm_new { ip saddr limit rate over 10/second burst 20 packets } jump refuse",
                 "accept",
             ]
         );
