@@ -24,12 +24,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // The forwarder's own lines (e.g. "ssh client address not kept") on stderr.
+    // The forwarder's own lines (e.g. "ssh client address not kept") on stderr; the
+    // netlink crate's complaints about attributes of newer kernels are left out.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+                .add_directive("netlink_packet_route=error".parse()?),
         )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,56 +2,107 @@
 # Benchmarks roost's HTTP proxy against nginx proxy_pass (keepalive upstream, 2 workers) and
 # the SSH forwarder against a direct connection, in one run, on loopback: real SSH sessions
 # (OpenSSH client and server, two ciphers) and raw TCP (splice and copy forwarders).
-# Prints a markdown table. Bounded (about 2 minutes) and cleans up every process it starts.
+# The `transparent` part measures, in network namespaces of its own (a client, the host with
+# its bridge, a guest behind it), direct routed sessions against the forwarder connecting
+# from the host's address and from the client's own (`ForwardLimits::client_mark`).
+# Prints markdown tables. Bounded (on a busy 2-core machine: http about 2 minutes, ssh and
+# transparent 3 to 7 each; every session has a timeout) and cleans up every process and
+# namespace it creates, also when it fails or is interrupted.
 #
-#   scripts/bench-proxy.sh [ROUNDS] [all|http|ssh]
-#       ROUNDS of 10 s wrk runs per proxy (default 2); the second argument picks the parts
+#   scripts/bench-proxy.sh [ROUNDS] [all|http|ssh|transparent]
+#       ROUNDS of 10 s wrk runs per proxy (default 2); the second argument picks the parts.
+#       SSH_RUNS (default 5): SSH sessions per path and cipher; the median is reported.
+#       The binary is looked up in ${CARGO_TARGET_DIR:-$ROOT/target}.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS="${1:-2}"
 PARTS="${2:-all}"
+case "$PARTS" in
+    all | http | ssh | transparent) ;;
+    *) die "unknown part '$PARTS' (all, http, ssh or transparent)" ;;
+esac
+want() { [ "$PARTS" = all ] || [ "$PARTS" = "$1" ]; }
 BYTES=$((1 << 30))
 P_UP=18081 P_NGX=18082 P_ROOST=18083 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
 P_SSHD=18094 P_SSHFWD=18095
 
 had_nginx=0
-dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" && had_nginx=1
+pkgs=()
+if want http; then
+    dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" && had_nginx=1
+    pkgs+=(wrk nginx-light)
+fi
 # libwrap0: a shared library of the unpacked sshd below that openssh-client does not bring.
-apt_install wrk nginx-light libwrap0
+if want ssh || want transparent; then pkgs+=(libwrap0); fi
+apt_install "${pkgs[@]}"
 # Debian starts nginx.service on :80 when it installs it, where roost listens: the bench only
 # needs the binary, so a service this script brought in is stopped and disabled again.
-if [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
+if want http && [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
     systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
-for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY $P_SSHD $P_SSHFWD; do
+busy=()
+want http && busy+=("$P_UP" "$P_NGX" "$P_ROOST")
+want ssh && busy+=("$P_SINK" "$P_SPLICE" "$P_COPY" "$P_SSHD" "$P_SSHFWD")
+for p in "${busy[@]}"; do
     ss -Hltn "sport = :$p" | grep -q . && die "port $p is busy"
 done
 
 log "cargo build --release --example proxy_bench"
 (cd "$ROOT" && cargo build -q --release --example proxy_bench)
-BIN="$ROOT/target/release/examples/proxy_bench"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release/examples/proxy_bench"
+[ -x "$BIN" ] || die "no $BIN after the build"
 
 WORK=$(mktemp -d /tmp/roost-bench.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
+NETNS=()
+STAGE=
 cleanup() {
-    local pid
+    local pid ns
+    [ -z "$STAGE" ] || kill "$STAGE" 2>/dev/null || true
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Whatever is still inside this script's namespaces (sshd's session processes) is
+    # this script's too; a namespace with a process left would outlive its deletion.
+    for ns in "${NETNS[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-wait_port() {
+# Runs a measurement in the background and waits for it, leaving its output in
+# $WORK/stage.out: bash runs the INT/TERM trap only between foreground commands, so a
+# measurement in the foreground (minutes of SSH sessions) would hold the cleanup back.
+stage() {
+    "$@" >"$WORK/stage.out" &
+    STAGE=$!
+    wait "$STAGE"
+    STAGE=
+}
+
+# Runs a command in network namespace $1, or here when $1 is "-".
+in_ns() {
+    local ns=$1
+    shift
+    if [ "$ns" = - ]; then "$@"; else ip netns exec "$ns" "$@"; fi
+}
+
+wait_port() { # port [netns]
     for _ in $(seq 100); do
-        ss -Hltn "sport = :$1" | grep -q . && return 0
+        in_ns "${2:--}" ss -Hltn "sport = :$1" | grep -q . && return 0
         sleep 0.1
     done
-    die "nothing listens on port $1"
+    die "nothing listens on port $1${2:+ in $2}"
 }
 
 # A 612-byte static page, as nginx's default index.
 head -c 612 /dev/zero | tr '\0' 'x' > "$WORK/index.html"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 nginx_conf() { # name workers server-block
     mkdir -p "$WORK/$1"
@@ -76,6 +127,7 @@ CONF
     PIDS+=($!)
 }
 
+if want http; then
 # The upstream: one nginx serving the page (the VM's nginx in production).
 nginx_conf up 1 "server { listen 127.0.0.1:$P_UP; root $WORK; location /bench/ { alias $WORK/; } location / { } }"
 # nginx as the reverse proxy, same worker count as roost's workers (2), sending the VM the
@@ -89,19 +141,39 @@ nginx_conf ngx 2 "upstream vm { server 127.0.0.1:$P_UP; keepalive 64; }
         proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header Forwarded \"for=\$remote_addr;host=\\\"\$host\\\";proto=\$scheme\"; } }"
 "$BIN" http "127.0.0.1:$P_ROOST" "127.0.0.1:$P_UP" & PIDS+=($!)
+for p in $P_UP $P_NGX $P_ROOST; do wait_port $p; done
+curl -fsS "http://127.0.0.1:$P_ROOST/bench/index.html" | cmp -s - "$WORK/index.html" || die "roost proxy does not serve the page"
+curl -fsS "http://127.0.0.1:$P_NGX/bench/index.html" | cmp -s - "$WORK/index.html" || die "nginx proxy does not serve the page"
+fi
+if want ssh; then
 "$BIN" sink "127.0.0.1:$P_SINK" & PIDS+=($!)
 "$BIN" forward $P_SPLICE "127.0.0.1:$P_SINK" splice & PIDS+=($!)
 "$BIN" forward $P_COPY "127.0.0.1:$P_SINK" copy & PIDS+=($!)
-for p in $P_UP $P_NGX $P_ROOST $P_SINK $P_SPLICE $P_COPY; do wait_port $p; done
-curl -fsS "http://127.0.0.1:$P_ROOST/bench/index.html" | cmp -s - "$WORK/index.html" || die "roost proxy does not serve the page"
-curl -fsS "http://127.0.0.1:$P_NGX/bench/index.html" | cmp -s - "$WORK/index.html" || die "nginx proxy does not serve the page"
+for p in $P_SINK $P_SPLICE $P_COPY; do wait_port $p; done
+fi
 
 # A real OpenSSH server for the SSH-session rows. Its binary is taken from Debian's package
-# without installing it (no ssh service appears on the host); it runs on loopback only, as
-# root, with privilege separation (hence the `sshd` system user the package would create).
+# without installing it (no ssh service appears on the host); it runs on loopback only (or
+# in the guest namespace), as root, with privilege separation (hence the `sshd` system user
+# the package would create).
 SSHD_DIR=/var/cache/roost/bench/openssh-server
 SSHD="$SSHD_DIR/usr/sbin/sshd"
-if [ "$PARTS" != http ]; then
+sshd_config() { # name listen-address:port
+    cat > "$WORK/sshd_config.$1" <<CONF
+ListenAddress $2
+HostKey $WORK/hostkey
+PidFile $WORK/sshd.$1.pid
+AuthorizedKeysFile $WORK/authorized_keys
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+LogLevel ERROR
+CONF
+}
+if want ssh || want transparent; then
     if [ ! -x "$SSHD" ]; then
         log "fetching OpenSSH's sshd (unpacked, not installed) into $SSHD_DIR"
         apt_lists_fresh || apt_update
@@ -117,22 +189,80 @@ if [ "$PARTS" != http ]; then
     ssh-keygen -q -t ed25519 -N "" -f "$WORK/hostkey"
     ssh-keygen -q -t ed25519 -N "" -f "$WORK/userkey"
     cp "$WORK/userkey.pub" "$WORK/authorized_keys"
-    cat > "$WORK/sshd_config" <<CONF
-ListenAddress 127.0.0.1:$P_SSHD
-HostKey $WORK/hostkey
-PidFile $WORK/sshd.pid
-AuthorizedKeysFile $WORK/authorized_keys
-StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-PrintMotd no
-LogLevel ERROR
-CONF
-    "$SSHD" -D -e -f "$WORK/sshd_config" & PIDS+=($!)
+fi
+if want ssh; then
+    sshd_config lo "127.0.0.1:$P_SSHD"
+    "$SSHD" -D -e -f "$WORK/sshd_config.lo" & PIDS+=($!)
     "$BIN" forward $P_SSHFWD "127.0.0.1:$P_SSHD" "${SSH_FORWARD_MODE:-splice}" & PIDS+=($!)
     wait_port $P_SSHD; wait_port $P_SSHFWD
+fi
+
+# The transparent part's world, all in namespaces of this script (documentation and private
+# addresses only; no namespace has a route out of the three):
+#   client 198.51.100.7/24 (default via 198.51.100.1) ── veth ── host 198.51.100.1/24
+#   host: bridge bbr0 10.99.0.1/24, forwarding on, the forwarders on 198.51.100.1, the
+#         policy route of transparent replies and the firewall's two mark chains
+#   guest 10.99.0.2/24 (default via 10.99.0.1) ── veth, a port of bbr0; sshd and a sink
+NS_CLIENT="roost-bench-$$-client" NS_HOST="roost-bench-$$-host" NS_GUEST="roost-bench-$$-guest"
+BRIDGE=bbr0 CLIENT_IP=198.51.100.7 HOST_IP=198.51.100.1 GW_IP=10.99.0.1 GUEST_IP=10.99.0.2
+# In the namespaces (no clash with anything on the machine): sshd, the sink, and the
+# forwarders of SSH and raw TCP, each from the host's and from the client's address.
+T_SSHD=22 T_SINK=9000 T_FWD=2201 T_TFWD=2202 T_FWD_TCP=2211 T_TFWD_TCP=2212
+if want transparent; then
+    log "transparent: namespaces $NS_CLIENT, $NS_HOST, $NS_GUEST"
+    for ns in "$NS_CLIENT" "$NS_HOST" "$NS_GUEST"; do
+        ip netns add "$ns"
+        NETNS+=("$ns")
+        ip -n "$ns" link set lo up
+    done
+    ip -n "$NS_HOST" link add "$BRIDGE" type bridge
+    ip -n "$NS_HOST" addr add "$GW_IP/24" dev "$BRIDGE"
+    ip -n "$NS_HOST" link set "$BRIDGE" up
+    ip -n "$NS_HOST" link add vguest type veth peer name eth0 netns "$NS_GUEST"
+    ip -n "$NS_HOST" link set vguest master "$BRIDGE" up
+    ip -n "$NS_GUEST" addr add "$GUEST_IP/24" dev eth0
+    ip -n "$NS_GUEST" link set eth0 up
+    ip -n "$NS_GUEST" route add default via "$GW_IP"
+    ip -n "$NS_HOST" link add vclient type veth peer name eth0 netns "$NS_CLIENT"
+    ip -n "$NS_HOST" addr add "$HOST_IP/24" dev vclient
+    ip -n "$NS_HOST" link set vclient up
+    ip -n "$NS_CLIENT" addr add "$CLIENT_IP/24" dev eth0
+    ip -n "$NS_CLIENT" link set eth0 up
+    ip -n "$NS_CLIENT" route add default via "$HOST_IP"
+    # The direct path is routed by the host (these sysctls are the host namespace's own).
+    ip netns exec "$NS_HOST" sysctl -qw net.ipv4.conf.all.forwarding=1
+    # roost's own code for the policy route (net::egress::ensure_client_routing), and the
+    # firewall's client_mark_out/client_mark_in chains (net::firewall) with its mark.
+    MARK=$(ip netns exec "$NS_HOST" "$BIN" client-routing "$BRIDGE")
+    ip -n "$NS_HOST" rule show | grep -q "fwmark $MARK iif $BRIDGE lookup" ||
+        die "no policy rule for mark $MARK after client-routing: $(ip -n "$NS_HOST" rule show)"
+    ip netns exec "$NS_HOST" nft -f - <<NFT
+table inet roost_bench {
+    chain client_mark_out {
+        type filter hook output priority mangle; policy accept;
+        oifname "$BRIDGE" meta mark $MARK ct mark set $MARK
+    }
+    chain client_mark_in {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "$BRIDGE" ct mark $MARK meta mark set $MARK
+    }
+}
+NFT
+    sshd_config guest "$GUEST_IP:$T_SSHD"
+    ip netns exec "$NS_GUEST" "$SSHD" -D -e -f "$WORK/sshd_config.guest" & PIDS+=($!)
+    ip netns exec "$NS_GUEST" "$BIN" sink "$GUEST_IP:$T_SINK" & PIDS+=($!)
+    # The forwarders log their own lines (e.g. "ssh client address not kept") here.
+    fwd_ns() { # port target log [transparent]
+        RUST_LOG=info ip netns exec "$NS_HOST" "$BIN" forward "$1" "$2" splice "$HOST_IP" \
+            ${4:+"$4"} 2>"$WORK/$3.log" &
+        PIDS+=($!)
+    }
+    fwd_ns $T_FWD "$GUEST_IP:$T_SSHD" fwd
+    fwd_ns $T_TFWD "$GUEST_IP:$T_SSHD" tfwd transparent
+    fwd_ns $T_FWD_TCP "$GUEST_IP:$T_SINK" fwd-tcp
+    fwd_ns $T_TFWD_TCP "$GUEST_IP:$T_SINK" tfwd-tcp transparent
+    wait_port $T_SSHD "$NS_GUEST"; wait_port $T_SINK "$NS_GUEST"
+    for p in $T_FWD $T_TFWD $T_FWD_TCP $T_TFWD_TCP; do wait_port "$p" "$NS_HOST"; done
 fi
 
 # wrk → "requests/s p99_ms"
@@ -146,7 +276,7 @@ bench_http() {
 
 declare -A RPS P99
 for name in direct roost nginx; do RPS[$name]=0; P99[$name]=0; done
-if [ "$PARTS" != ssh ]; then
+if want http; then
 log "wrk: direct baseline"
 read -r "RPS[direct]" "P99[direct]" < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
 for r in $(seq "$ROUNDS"); do
@@ -166,51 +296,104 @@ done
 fi
 
 # 1 GiB through each path, best of 3 → MiB/s
-bench_tcp() {
+bench_tcp() { # netns|- address:port
     local best=0 v
     for _ in 1 2 3; do
-        v=$("$BIN" send "127.0.0.1:$1" $BYTES)
+        v=$(in_ns "$1" timeout 300 "$BIN" send "$2" $BYTES) || die "sending to $2 failed"
         best=$(awk -v a="$best" -v b="$v" 'BEGIN{print (b>a)?b:a}')
     done
     echo "$best"
 }
+# One SSH command as root on host:port, from netns $1 (or here, "-"). Bounded by `timeout`.
+ssh_cmd() { # netns|- host port cipher command
+    in_ns "$1" timeout 300 ssh -p "$3" -c "$4" -i "$WORK/userkey" -o BatchMode=yes \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+        -o ConnectTimeout=10 "root@$2" "$5"
+}
 # 1 GiB through one SSH session (`cat > /dev/null` on the server) → MiB/s
-ssh_once() { # port cipher
+ssh_once() { # netns|- host port cipher
     local t0 t1
     t0=$(date +%s.%N)
-    head -c $BYTES /dev/zero | ssh -p "$1" -c "$2" -i "$WORK/userkey" -o BatchMode=yes \
-        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
-        root@127.0.0.1 'cat > /dev/null' || die "ssh through port $1 failed"
+    head -c $BYTES /dev/zero | ssh_cmd "$1" "$2" "$3" "$4" 'cat > /dev/null' ||
+        die "ssh to $2:$3 failed"
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" -v n=$BYTES 'BEGIN{printf "%.1f", n/1048576/(b-a)}'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-# Direct and forwarded runs alternate, so a slow spell of this shared machine hits both;
-# the medians of SSH_RUNS each → "direct forwarded".
-bench_ssh() { # cipher
-    local d=() f=()
-    for _ in $(seq "${SSH_RUNS:-5}"); do
-        d+=("$(ssh_once $P_SSHD "$1")")
-        f+=("$(ssh_once $P_SSHFWD "$1")")
+# The paths' runs alternate, so a slow spell of this shared machine hits them all; the
+# medians of SSH_RUNS each, in the order of the paths. A path is "netns|- host port".
+bench_ssh() { # cipher path...
+    local cipher=$1 runs=() out=() i r path ns host port v
+    shift
+    for r in $(seq "${SSH_RUNS:-5}"); do
+        i=0
+        for path in "$@"; do
+            read -r ns host port <<<"$path"
+            # A failed run fails the stage (whatever `set -e` is in this subshell).
+            v=$(ssh_once "$ns" "$host" "$port" "$cipher") || return 1
+            runs[i]+=" $v"
+            i=$((i + 1))
+        done
+        echo "  ${cipher%%@*} run $r (MiB/s, in the order of the paths):$(for i in "${!runs[@]}"; do printf ' %s' "${runs[i]##* }"; done)" >&2
     done
-    echo "$(median "${d[@]}") $(median "${f[@]}")"
+    for i in "${!runs[@]}"; do
+        # shellcheck disable=SC2086 # the runs are words on purpose
+        out+=("$(median ${runs[i]})")
+    done
+    echo "${out[*]}"
 }
 
-if [ "$PARTS" != http ]; then
+CHACHA=chacha20-poly1305@openssh.com AES=aes128-gcm@openssh.com
+if want ssh; then
 log "1 GiB over SSH: direct and through the forwarder, two ciphers"
-read -r S_DIRECT_CHACHA S_FWD_CHACHA < <(bench_ssh chacha20-poly1305@openssh.com)
-read -r S_DIRECT_AES S_FWD_AES < <(bench_ssh aes128-gcm@openssh.com)
+stage bench_ssh $CHACHA "- 127.0.0.1 $P_SSHD" "- 127.0.0.1 $P_SSHFWD"
+read -r S_DIRECT_CHACHA S_FWD_CHACHA <"$WORK/stage.out"
+stage bench_ssh $AES "- 127.0.0.1 $P_SSHD" "- 127.0.0.1 $P_SSHFWD"
+read -r S_DIRECT_AES S_FWD_AES <"$WORK/stage.out"
 log "1 GiB: direct, splice forwarder, copy forwarder"
-T_DIRECT=$(bench_tcp $P_SINK)
-T_SPLICE=$(bench_tcp $P_SPLICE)
-T_COPY=$(bench_tcp $P_COPY)
+stage bench_tcp - "127.0.0.1:$P_SINK"; T_DIRECT=$(<"$WORK/stage.out")
+stage bench_tcp - "127.0.0.1:$P_SPLICE"; T_SPLICE=$(<"$WORK/stage.out")
+stage bench_tcp - "127.0.0.1:$P_COPY"; T_COPY=$(<"$WORK/stage.out")
+fi
+
+if want transparent; then
+    # Who sshd sees through each path; the transparent forwarder must show the client.
+    seen() { # host port
+        local out
+        # shellcheck disable=SC2016 # expanded by the server's shell
+        out=$(ssh_cmd "$NS_CLIENT" "$1" "$2" $CHACHA 'echo $SSH_CLIENT') ||
+            die "ssh to $1:$2 from $NS_CLIENT failed (forwarder logs: $(cat "$WORK"/*fwd.log))"
+        echo "${out%% *}"
+    }
+    SEEN_DIRECT=$(seen $GUEST_IP $T_SSHD)
+    SEEN_FWD=$(seen $HOST_IP $T_FWD)
+    SEEN_TFWD=$(seen $HOST_IP $T_TFWD)
+    log "sshd sees: direct $SEEN_DIRECT, forwarder $SEEN_FWD, transparent forwarder $SEEN_TFWD"
+    [ "$SEEN_TFWD" = $CLIENT_IP ] ||
+        die "through the transparent forwarder sshd sees '$SEEN_TFWD', not $CLIENT_IP (its log: $(cat "$WORK/tfwd.log"))"
+    [ "$SEEN_DIRECT" = $CLIENT_IP ] || die "directly, sshd sees '$SEEN_DIRECT', not $CLIENT_IP"
+    [ "$SEEN_FWD" = $GW_IP ] || die "through the forwarder, sshd sees '$SEEN_FWD', not $GW_IP"
+    paths=("$NS_CLIENT $GUEST_IP $T_SSHD" "$NS_CLIENT $HOST_IP $T_FWD" "$NS_CLIENT $HOST_IP $T_TFWD")
+    log "1 GiB over SSH from the client namespace: direct, forwarder, transparent forwarder"
+    stage bench_ssh $CHACHA "${paths[@]}"
+    read -r X_DIRECT_CHACHA X_FWD_CHACHA X_TFWD_CHACHA <"$WORK/stage.out"
+    stage bench_ssh $AES "${paths[@]}"
+    read -r X_DIRECT_AES X_FWD_AES X_TFWD_AES <"$WORK/stage.out"
+    log "1 GiB raw TCP from the client namespace: direct, forwarder, transparent forwarder"
+    stage bench_tcp "$NS_CLIENT" "$GUEST_IP:$T_SINK"; XT_DIRECT=$(<"$WORK/stage.out")
+    stage bench_tcp "$NS_CLIENT" "$HOST_IP:$T_FWD_TCP"; XT_FWD=$(<"$WORK/stage.out")
+    stage bench_tcp "$NS_CLIENT" "$HOST_IP:$T_TFWD_TCP"; XT_TFWD=$(<"$WORK/stage.out")
+    if grep -h "not kept" "$WORK/tfwd.log" "$WORK/tfwd-tcp.log"; then
+        die "the transparent forwarders fell back to the host's address (above)"
+    fi
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo
 echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(uname -r)"
+echo "Load (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo
-if [ "$PARTS" != ssh ]; then
+if want http; then
 echo "| HTTP (wrk -t2 -c50 -d10s, 612 B page, mean of $ROUNDS) | requests/s | p99 ms | vs nginx |"
 echo "|---|---:|---:|---:|"
 echo "| roost proxy | ${RPS[roost]} | ${P99[roost]} | $(ratio "${RPS[roost]}" "${RPS[nginx]}") |"
@@ -218,7 +401,7 @@ echo "| nginx proxy_pass keepalive, 2 workers | ${RPS[nginx]} | ${P99[nginx]} | 
 echo "| direct to upstream (reference) | ${RPS[direct]} | ${P99[direct]} | $(ratio "${RPS[direct]}" "${RPS[nginx]}") |"
 echo
 fi
-[ "$PARTS" = http ] && exit 0
+if want ssh; then
 echo "| SSH session (1 GiB to \`cat > /dev/null\`, OpenSSH 9.2 on loopback, median of ${SSH_RUNS:-5}, alternating) | MiB/s | vs direct |"
 echo "|---|---:|---:|"
 echo "| forwarder, chacha20-poly1305 (OpenSSH's default) | $S_FWD_CHACHA | $(ratio "$S_FWD_CHACHA" "$S_DIRECT_CHACHA") |"
@@ -231,3 +414,23 @@ echo "|---|---:|---:|"
 echo "| forwarder, splice(2) | $T_SPLICE | $(ratio "$T_SPLICE" "$T_DIRECT") |"
 echo "| forwarder, copy_bidirectional | $T_COPY | $(ratio "$T_COPY" "$T_DIRECT") |"
 echo "| direct | $T_DIRECT | 1.00 |"
+echo
+fi
+if want transparent; then
+echo "sshd sees: directly $SEEN_DIRECT, through the forwarder $SEEN_FWD, through the transparent forwarder $SEEN_TFWD"
+echo
+echo "| SSH session, client → host → guest namespaces (1 GiB to \`cat > /dev/null\`, OpenSSH 9.2, median of ${SSH_RUNS:-5}, alternating) | MiB/s | vs direct | vs forwarder |"
+echo "|---|---:|---:|---:|"
+echo "| transparent forwarder (client's address), chacha20-poly1305 | $X_TFWD_CHACHA | $(ratio "$X_TFWD_CHACHA" "$X_DIRECT_CHACHA") | $(ratio "$X_TFWD_CHACHA" "$X_FWD_CHACHA") |"
+echo "| forwarder (host's address), chacha20-poly1305 | $X_FWD_CHACHA | $(ratio "$X_FWD_CHACHA" "$X_DIRECT_CHACHA") | 1.00 |"
+echo "| direct, routed by the host, chacha20-poly1305 | $X_DIRECT_CHACHA | 1.00 | $(ratio "$X_DIRECT_CHACHA" "$X_FWD_CHACHA") |"
+echo "| transparent forwarder (client's address), aes128-gcm | $X_TFWD_AES | $(ratio "$X_TFWD_AES" "$X_DIRECT_AES") | $(ratio "$X_TFWD_AES" "$X_FWD_AES") |"
+echo "| forwarder (host's address), aes128-gcm | $X_FWD_AES | $(ratio "$X_FWD_AES" "$X_DIRECT_AES") | 1.00 |"
+echo "| direct, routed by the host, aes128-gcm | $X_DIRECT_AES | 1.00 | $(ratio "$X_DIRECT_AES" "$X_FWD_AES") |"
+echo
+echo "| Raw TCP, client → host → guest namespaces (1 GiB, best of 3) | MiB/s | vs direct | vs forwarder |"
+echo "|---|---:|---:|---:|"
+echo "| transparent forwarder, splice(2) | $XT_TFWD | $(ratio "$XT_TFWD" "$XT_DIRECT") | $(ratio "$XT_TFWD" "$XT_FWD") |"
+echo "| forwarder, splice(2) | $XT_FWD | $(ratio "$XT_FWD" "$XT_DIRECT") | 1.00 |"
+echo "| direct, routed by the host | $XT_DIRECT | 1.00 | $(ratio "$XT_DIRECT" "$XT_FWD") |"
+fi
