@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::{run, Reaped};
 use roost::net::{self, bridge::observe_bridge, Ipv4Net, NetError};
 
 const BRIDGE: &str = "roostt0";
@@ -48,17 +49,6 @@ fn subnet() -> Ipv4Net {
 }
 
 /// Runs `ip ARGS` in the calling thread's namespace and returns stdout; panics on failure.
-/// Runs `program args`, which must succeed; returns its stdout.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn ip(args: &[&str]) -> String {
     run("ip", args)
 }
@@ -711,16 +701,6 @@ fn a_guest_cannot_take_a_neighbours_place() {
             .block_on(net::delete_link(&h, BRIDGE))
             .expect("delete bridge"));
     });
-}
-
-/// Kills and reaps a spawned process on drop, so a failing test leaves no QEMU behind.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The integration the daemon needs: open the tap, hand the fd to QEMU as `fd=3`, close

@@ -15,7 +15,7 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
 
 use super::link::find_link;
-use super::{is_errno, valid_ifname, NetError};
+use super::{valid_ifname, NetError};
 
 /// The routing table that holds the one route of transparent replies (`local 0.0.0.0/0
 /// dev lo`); free in Debian's `rt_tables`.
@@ -36,13 +36,8 @@ pub async fn default_uplink(handle: &Handle) -> Result<Option<String>, NetError>
     let Some(oif) = default_route_oif(&routes) else {
         return Ok(None);
     };
-    let mut links = handle.link().get().match_index(oif).execute();
-    match links.try_next().await {
-        Ok(Some(msg)) => Ok(Some(super::LinkInfo::from_message(&msg).name)),
-        Ok(None) => Ok(None),
-        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let links = super::list_links(handle).await?;
+    Ok(links.into_iter().find(|l| l.ifindex == oif).map(|l| l.name))
 }
 
 /// The output interface of the first unicast default route of the main table (pure).

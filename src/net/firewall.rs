@@ -143,6 +143,7 @@ impl FirewallPlan {
             &mut s,
             "vm_mac",
             "ifname . ether_addr",
+            &[],
             self.ports
                 .iter()
                 .map(|p| format!("\"{}\" . {}", p.tap, p.mac)),
@@ -151,6 +152,7 @@ impl FirewallPlan {
             &mut s,
             "vm_ip4",
             "ifname . ether_addr . ipv4_addr",
+            &[],
             self.ports
                 .iter()
                 .map(|p| format!("\"{}\" . {} . {}", p.tap, p.mac, p.ip)),
@@ -265,19 +267,21 @@ fn push_egress(
 ) -> Result<(), NetError> {
     check_name(&e.uplink)?;
     let up = format!("\"{}\"", e.uplink);
-    let deny: Vec<String> = e.deny.iter().map(Cidr::to_string).collect();
-    let _ = writeln!(
-        s,
-        "\tset vm_conns {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic\n\t}}\n\
-         \tset vm_new {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}\n\
-         \tset vm_out_bytes {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}\n\
-         \tset vm_in_bytes {{\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}}"
-    );
-    if !deny.is_empty() {
-        let _ = writeln!(
+    // Per-VM state, keyed by the VM's address; the rate buckets of VMs gone quiet expire.
+    let per_vm = ["size 65535", "flags dynamic"];
+    let expiring = ["size 65535", "flags dynamic,timeout", "timeout 1m"];
+    push_set(s, "vm_conns", "ipv4_addr", &per_vm, std::iter::empty());
+    for name in ["vm_new", "vm_out_bytes", "vm_in_bytes"] {
+        push_set(s, name, "ipv4_addr", &expiring, std::iter::empty());
+    }
+    if !e.deny.is_empty() {
+        let deny = e.deny.iter().map(Cidr::to_string);
+        push_set(
             s,
-            "\tset egress_deny {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\t\telements = {{ {} }}\n\t}}",
-            deny.join(", ")
+            "egress_deny",
+            "ipv4_addr",
+            &["flags interval", "auto-merge"],
+            deny,
         );
     }
     let guard = if e.guard_uplink {
@@ -302,20 +306,13 @@ fn push_egress(
          \t\tmeta nfproto != ipv4 drop\n\
          \t\tip saddr != {subnet} drop"
     );
-    if e.egress_bytes_per_sec > 0 {
-        let _ = writeln!(
-            s,
-            "\t\tupdate @vm_out_bytes {{ ip saddr limit rate over {} bytes/second burst {} bytes }} drop",
-            e.egress_bytes_per_sec,
-            burst(e.egress_bytes_per_sec)
-        );
-    }
+    push_byte_limit(s, "vm_out_bytes", "saddr", e.egress_bytes_per_sec);
     let _ = writeln!(
         s,
         "\t\tct state established,related accept\n\
          \t\tct state != new drop"
     );
-    if !deny.is_empty() {
+    if !e.deny.is_empty() {
         let _ = writeln!(s, "\t\tip daddr @egress_deny jump refuse");
     }
     if !e.allow_smtp {
@@ -341,16 +338,21 @@ fn push_egress(
          \t\tiifname != {up} drop\n\
          \t\tct state != {{ established, related }} drop"
     );
-    if e.ingress_bytes_per_sec > 0 {
-        let _ = writeln!(
-            s,
-            "\t\tupdate @vm_in_bytes {{ ip daddr limit rate over {} bytes/second burst {} bytes }} drop",
-            e.ingress_bytes_per_sec,
-            burst(e.ingress_bytes_per_sec)
-        );
-    }
+    push_byte_limit(s, "vm_in_bytes", "daddr", e.ingress_bytes_per_sec);
     let _ = writeln!(s, "\t\taccept\n\t}}");
     Ok(())
+}
+
+/// Drops a VM's packets beyond `bytes_per_sec` (none when 0), the VM being the packet's
+/// `addr` (`saddr` out, `daddr` in), with one bucket per VM in `set`.
+fn push_byte_limit(s: &mut String, set: &str, addr: &str, bytes_per_sec: u64) {
+    if bytes_per_sec > 0 {
+        let _ = writeln!(
+            s,
+            "\t\tupdate @{set} {{ ip {addr} limit rate over {bytes_per_sec} bytes/second burst {} bytes }} drop",
+            burst(bytes_per_sec)
+        );
+    }
 }
 
 /// The bucket of a byte-rate limit: a tenth of a second at the rate, at least 64 KiB, so
@@ -414,9 +416,19 @@ fn check_name(name: &str) -> Result<(), NetError> {
 }
 
 /// Writes a named set; nft rejects `elements = { }`, so an empty set has no elements line.
-fn push_set(s: &mut String, name: &str, ty: &str, elements: impl Iterator<Item = String>) {
+/// A set of type `ty` with its option lines (`flags …`, `size …`, `timeout …`) and elements.
+fn push_set(
+    s: &mut String,
+    name: &str,
+    ty: &str,
+    opts: &[&str],
+    elements: impl Iterator<Item = String>,
+) {
     let elements: Vec<String> = elements.collect();
     let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}");
+    for o in opts {
+        let _ = writeln!(s, "\t\t{o}");
+    }
     if !elements.is_empty() {
         let _ = writeln!(
             s,
@@ -623,7 +635,7 @@ table ip roost_nat {
             "{got}"
         );
         assert!(
-            got.contains("elements = { 10.0.0.0/8, 169.254.169.254/32 }"),
+            got.contains("\tset egress_deny {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\t\telements = {\n\t\t\t10.0.0.0/8,\n\t\t\t169.254.169.254/32\n\t\t}\n\t}"),
             "{got}"
         );
         assert!(
