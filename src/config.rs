@@ -1,13 +1,19 @@
 //! Configuration: a TOML file whose every key has an embedded default.
 //!
-//! Owns parsing and validation only. Unknown keys are rejected by name (serde's
-//! `deny_unknown_fields`); invalid values are rejected naming the key and the expected form.
-//! Nothing here touches the host: the values are checked for shape, not for availability.
+//! Owns parsing and validation only. The file is parsed once into typed values (subnet,
+//! networks and port range are [`crate::addr`] types, never strings parsed again later);
+//! each section then validates its own ranges, and [`Config::validate`] the rules that span
+//! sections. Unknown keys, wrong types and malformed values are rejected naming the key's
+//! path and line; out-of-range values naming the key and the expected form. Nothing here
+//! touches the host: values are checked for shape, not for availability. Imports only
+//! `addr` of roost.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::addr::{Cidr, Ipv4Net, PortRange};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +96,7 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
     /// Host ports handed out to hostings for SSH, `"LOW-HIGH"` inclusive.
-    pub port_range: String,
+    pub port_range: PortRange,
     /// Connect to the guest from the client's own address (transparent proxying), so its
     /// `sshd` log, `$SSH_CLIENT` and `last` show the visitor; `false`: from the gateway.
     pub keep_client_address: bool,
@@ -101,8 +107,9 @@ pub struct SshConfig {
 pub struct NetworkConfig {
     /// Name of the Linux bridge the VMs' taps join.
     pub bridge: String,
-    /// IPv4 subnet of the VMs, `"a.b.c.d/len"`; the first host address is the gateway.
-    pub subnet: String,
+    /// IPv4 subnet of the VMs, `"a.b.c.d/len"` (`/8` to `/30`); the first host address is
+    /// the gateway.
+    pub subnet: Ipv4Net,
     /// DNS servers written into every guest's network configuration. Empty: the gateway,
     /// where roost answers with its own caching forwarder.
     pub dns: Vec<Ipv4Addr>,
@@ -120,7 +127,7 @@ pub struct NetworkConfig {
     pub allow_smtp: bool,
     /// Destinations guests never reach through NAT (the host's LAN, link-local and cloud
     /// metadata, carrier-grade NAT, multicast, ...), `"a.b.c.d/len"` each.
-    pub egress_deny: Vec<String>,
+    pub egress_deny: Vec<Cidr>,
 }
 
 /// Which accelerator QEMU uses.
@@ -131,16 +138,6 @@ pub enum AccelSetting {
     Auto,
     Kvm,
     Tcg,
-}
-
-impl From<AccelSetting> for crate::vm::AccelChoice {
-    fn from(s: AccelSetting) -> Self {
-        match s {
-            AccelSetting::Auto => crate::vm::AccelChoice::Auto,
-            AccelSetting::Kvm => crate::vm::AccelChoice::Kvm,
-            AccelSetting::Tcg => crate::vm::AccelChoice::Tcg,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -249,7 +246,10 @@ impl Default for AuthConfig {
 impl Default for SshConfig {
     fn default() -> Self {
         SshConfig {
-            port_range: "22000-22999".into(),
+            port_range: PortRange {
+                low: 22000,
+                high: 22999,
+            },
             keep_client_address: true,
         }
     }
@@ -259,7 +259,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             bridge: "roost0".into(),
-            subnet: "10.88.0.0/24".into(),
+            subnet: DEFAULT_SUBNET,
             dns: Vec::new(),
             dns_upstreams: Vec::new(),
             dns_queries_per_sec: 50,
@@ -267,10 +267,7 @@ impl Default for NetworkConfig {
             egress: true,
             uplink: String::new(),
             allow_smtp: false,
-            egress_deny: DEFAULT_EGRESS_DENY
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            egress_deny: DEFAULT_EGRESS_DENY.to_vec(),
         }
     }
 }
@@ -284,7 +281,7 @@ impl Default for VmConfig {
             vcpus: 1,
             disk_gib: 4,
             disk_reserve_gib: 2,
-            uid_base: crate::vm::confine::DEFAULT_UID_BASE,
+            uid_base: crate::addr::DEFAULT_UID_BASE,
             cgroups: true,
             qemu: PathBuf::from("qemu-system-x86_64"),
             stop_timeout_secs: 30,
@@ -309,41 +306,46 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The VMs' subnet unless configured.
+pub const DEFAULT_SUBNET: Ipv4Net = Ipv4Net::constant([10, 88, 0, 0], 24);
+
 /// What guests never reach through NAT by default: this network ("this host"), private
 /// networks (the host's LAN), carrier-grade NAT, loopback, link-local (cloud metadata at
 /// 169.254.169.254), the IETF protocol block, benchmarking, multicast and reserved space.
-pub const DEFAULT_EGRESS_DENY: &[&str] = &[
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
+pub const DEFAULT_EGRESS_DENY: &[Cidr] = &[
+    Cidr::constant([0, 0, 0, 0], 8),
+    Cidr::constant([10, 0, 0, 0], 8),
+    Cidr::constant([100, 64, 0, 0], 10),
+    Cidr::constant([127, 0, 0, 0], 8),
+    Cidr::constant([169, 254, 0, 0], 16),
+    Cidr::constant([172, 16, 0, 0], 12),
+    Cidr::constant([192, 0, 0, 0], 24),
+    Cidr::constant([192, 168, 0, 0], 16),
+    Cidr::constant([198, 18, 0, 0], 15),
+    Cidr::constant([224, 0, 0, 0], 4),
+    Cidr::constant([240, 0, 0, 0], 4),
 ];
 
-/// An inclusive range of TCP ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub low: u16,
-    pub high: u16,
+/// An out-of-range value: `key`, what it should be, and what it is.
+fn bad(key: &'static str, expected: &'static str, got: impl std::fmt::Debug) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        expected,
+        got: format!("{got:?}"),
+    }
 }
 
-impl PortRange {
-    /// Parses `"LOW-HIGH"` with `1 <= LOW <= HIGH`.
-    pub fn parse(s: &str) -> Option<PortRange> {
-        let (a, b) = s.split_once('-')?;
-        let low: u16 = a.trim().parse().ok()?;
-        let high: u16 = b.trim().parse().ok()?;
-        (low >= 1 && low <= high).then_some(PortRange { low, high })
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.low..=self.high).contains(&port)
+/// `Err` naming `key` unless `ok`.
+fn check(
+    ok: bool,
+    key: &'static str,
+    expected: &'static str,
+    got: impl std::fmt::Debug,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(key, expected, got))
     }
 }
 
@@ -368,274 +370,249 @@ impl Config {
         }
     }
 
-    /// Parses and validates TOML text.
+    /// Parses TOML text into typed values and validates them. A parse error names the
+    /// key's path (`network.subnet`) and its line.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .and_then(|r| text.get(..r.start))
+                .map(|before| format!("line {}: ", before.matches('\n').count() + 1))
+                .unwrap_or_default();
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!("key `{key}`: ")
+            };
+            ConfigError::Parse {
+                path: PathBuf::from("<text>"),
+                message: format!(
+                    "{line}{key}{}",
+                    inner.message().trim_end().replace('\n', " ")
+                ),
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks every value's form, naming the key of the first bad one.
+    /// Checks every section's ranges, then the rules between sections; names the key of the
+    /// first bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(
-            key: &'static str,
-            expected: &'static str,
-            got: impl std::fmt::Debug,
-        ) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                expected,
-                got: format!("{got:?}"),
-            }
-        }
-        if !self.state_dir.is_absolute() {
-            return Err(bad("state_dir", "an absolute path", &self.state_dir));
-        }
-        if !valid_domain(&self.domain) {
-            return Err(bad(
-                "domain",
-                "a DNS name or IP address such as \"example.com\"",
-                &self.domain,
-            ));
-        }
-        if self.http.max_conns_per_address == 0 {
-            return Err(bad(
-                "http.max_conns_per_address",
-                "at least 1",
-                self.http.max_conns_per_address,
-            ));
-        }
-        if self.http.max_conns < self.http.max_conns_per_address {
-            return Err(bad(
-                "http.max_conns",
-                "at least http.max_conns_per_address",
-                self.http.max_conns,
-            ));
-        }
-        for (key, v) in [
-            ("http.body_timeout_secs", self.http.body_timeout_secs),
-            (
-                "http.upstream_timeout_secs",
-                self.http.upstream_timeout_secs,
-            ),
-            ("http.send_timeout_secs", self.http.send_timeout_secs),
-            ("http.tunnel_idle_secs", self.http.tunnel_idle_secs),
-        ] {
-            if !(1..=86400).contains(&v) {
-                return Err(bad(key, "seconds from 1 to 86400", v));
-            }
-        }
-        if self.http.max_body_bytes < 1024 {
-            return Err(bad(
-                "http.max_body_bytes",
-                "at least 1024",
-                self.http.max_body_bytes,
-            ));
-        }
-        if self.auth.token_ttl_secs < 60 || self.auth.token_ttl_secs > 30 * 86400 {
-            return Err(bad(
-                "auth.token_ttl_secs",
-                "seconds from 60 to 2592000",
-                self.auth.token_ttl_secs,
-            ));
-        }
-        if self.auth.login_attempts == 0 {
-            return Err(bad(
-                "auth.login_attempts",
-                "at least 1",
-                self.auth.login_attempts,
-            ));
-        }
-        if self.auth.login_user_failures_per_hour == 0 {
-            return Err(bad(
-                "auth.login_user_failures_per_hour",
-                "at least 1",
-                self.auth.login_user_failures_per_hour,
-            ));
-        }
-        if self.auth.register_per_hour == 0 {
-            return Err(bad(
-                "auth.register_per_hour",
-                "at least 1",
-                self.auth.register_per_hour,
-            ));
-        }
-        if self.auth.login_window_secs == 0 {
-            return Err(bad(
-                "auth.login_window_secs",
-                "at least 1",
-                self.auth.login_window_secs,
-            ));
-        }
-        if self.ssh_ports().is_none() {
-            return Err(bad(
-                "ssh.port_range",
-                "\"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535, e.g. \"22000-22999\"",
-                &self.ssh.port_range,
-            ));
-        }
-        let b = &self.network.bridge;
-        if b.is_empty()
-            || b.len() > 15
-            || !b
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(bad(
-                "network.bridge",
-                "an interface name of 1-15 characters [A-Za-z0-9_-]",
-                b,
-            ));
-        }
-        if self.subnet().is_none() {
-            return Err(bad(
-                "network.subnet",
-                "an IPv4 network \"a.b.c.d/len\" with len 8-30 and no host bits, e.g. \"10.88.0.0/24\"",
-                &self.network.subnet,
-            ));
-        }
-        if self.egress_deny().is_none() {
-            return Err(bad(
-                "network.egress_deny",
-                "IPv4 networks \"a.b.c.d/len\" (len 0-32) with no host bits",
-                &self.network.egress_deny,
-            ));
-        }
-        if !self.network.uplink.is_empty() && !crate::net::valid_ifname(&self.network.uplink) {
-            return Err(bad(
-                "network.uplink",
-                "an interface name, or \"\" for the default route's",
-                &self.network.uplink,
-            ));
-        }
-        if self.network.dns_queries_per_sec == 0 || self.network.dns_burst == 0 {
-            return Err(bad(
-                "network.dns_queries_per_sec",
-                "dns_queries_per_sec and dns_burst of at least 1",
-                (self.network.dns_queries_per_sec, self.network.dns_burst),
-            ));
-        }
-        for (key, v) in [
-            ("vm.egress_mbit", self.vm.egress_mbit),
-            ("vm.ingress_mbit", self.vm.ingress_mbit),
-        ] {
-            if v > 100_000 {
-                return Err(bad(key, "Mbit/s from 0 (no cap) to 100000", v));
-            }
-        }
-        if self.vm.egress_max_conns == 0 || self.vm.egress_new_conns_per_sec == 0 {
-            return Err(bad(
-                "vm.egress_max_conns",
-                "egress_max_conns and egress_new_conns_per_sec of at least 1",
-                (self.vm.egress_max_conns, self.vm.egress_new_conns_per_sec),
-            ));
-        }
-        if !self.vm.image.is_absolute() {
-            return Err(bad(
-                "vm.image",
-                "an absolute path to an image directory",
-                &self.vm.image,
-            ));
-        }
-        if !(64..=1024 * 1024).contains(&self.vm.memory_mib) {
-            return Err(bad(
-                "vm.memory_mib",
-                "MiB from 64 to 1048576",
-                self.vm.memory_mib,
-            ));
-        }
-        if !(1..=64).contains(&self.vm.vcpus) {
-            return Err(bad("vm.vcpus", "a count from 1 to 64", self.vm.vcpus));
-        }
-        if !(1..=2048).contains(&self.vm.disk_gib) {
-            return Err(bad("vm.disk_gib", "GiB from 1 to 2048", self.vm.disk_gib));
-        }
-        if !(1..=3600).contains(&self.vm.stop_timeout_secs) {
-            return Err(bad(
-                "vm.stop_timeout_secs",
-                "seconds from 1 to 3600",
-                self.vm.stop_timeout_secs,
-            ));
-        }
-        if !(10..=3600).contains(&self.vm.boot_timeout_secs) {
-            return Err(bad(
-                "vm.boot_timeout_secs",
-                "seconds from 10 to 3600",
-                self.vm.boot_timeout_secs,
-            ));
-        }
-        if self.vm_uids().is_none() {
-            return Err(bad(
-                "vm.uid_base",
-                "a uid of at least 65536 whose range (one uid per address of network.subnet) stays below 4294967295",
-                self.vm.uid_base,
-            ));
-        }
-        for (key, v) in [
-            ("limits.memory_overcommit", self.limits.memory_overcommit),
-            ("limits.disk_overcommit", self.limits.disk_overcommit),
-        ] {
-            if !(0.1..=10.0).contains(&v) {
-                return Err(bad(key, "a ratio from 0.1 to 10.0", v));
-            }
-        }
-        if !(1..=64).contains(&self.limits.max_concurrent_creates) {
-            return Err(bad(
-                "limits.max_concurrent_creates",
-                "a count from 1 to 64",
-                self.limits.max_concurrent_creates,
-            ));
-        }
-        Ok(())
-    }
-
-    /// The SSH port range; `Some` once validated.
-    pub fn ssh_ports(&self) -> Option<PortRange> {
-        PortRange::parse(&self.ssh.port_range)
+        check(
+            self.state_dir.is_absolute(),
+            "state_dir",
+            "an absolute path",
+            &self.state_dir,
+        )?;
+        check(
+            valid_domain(&self.domain),
+            "domain",
+            "a DNS name or IP address such as \"example.com\"",
+            &self.domain,
+        )?;
+        self.http.validate()?;
+        self.auth.validate()?;
+        self.network.validate()?;
+        self.vm.validate()?;
+        self.limits.validate()?;
+        check(
+            self.vm_uids().is_some(),
+            "vm.uid_base",
+            "a uid of at least 65536 whose range (one uid per address of network.subnet) stays below 4294967295",
+            self.vm.uid_base,
+        )
     }
 
     /// The uids QEMUs may run as: `uid_base` plus every offset in the subnet; `None` when
     /// the range reaches below 65536 (ordinary users, `nobody`) or up to `u32::MAX`.
     pub fn vm_uids(&self) -> Option<std::ops::RangeInclusive<u32>> {
-        let subnet = self.subnet()?;
-        let size = 1u32.checked_shl(32 - u32::from(subnet.prefix()))?;
-        let last = crate::vm::confine::vm_uid(self.vm.uid_base, size - 1)?;
+        let size = 1u32.checked_shl(32 - u32::from(self.network.subnet.prefix()))?;
+        let last = crate::addr::vm_uid(self.vm.uid_base, size - 1)?;
         (self.vm.uid_base >= 65536).then_some(self.vm.uid_base..=last)
-    }
-
-    /// The networks guests never reach through NAT; `Some` once validated.
-    pub fn egress_deny(&self) -> Option<Vec<crate::net::Cidr>> {
-        self.network
-            .egress_deny
-            .iter()
-            .map(|s| s.parse::<crate::net::Cidr>().ok())
-            .collect()
     }
 
     /// The DNS servers guests are given: `network.dns`, or the gateway when it is empty.
     pub fn guest_dns(&self) -> Vec<Ipv4Addr> {
-        match (&self.network.dns[..], self.subnet()) {
-            ([], Some(net)) => vec![net.gateway()],
-            (dns, _) => dns.to_vec(),
+        match &self.network.dns[..] {
+            [] => vec![self.network.subnet.gateway()],
+            dns => dns.to_vec(),
         }
     }
 
     /// True when guests are told to ask the gateway, so roost must answer there.
     pub fn serves_guest_dns(&self) -> bool {
-        self.subnet()
-            .is_some_and(|net| self.guest_dns().contains(&net.gateway()))
+        self.guest_dns().contains(&self.network.subnet.gateway())
     }
+}
 
-    /// The VM subnet (`/8` to `/30`); `Some` once validated.
-    pub fn subnet(&self) -> Option<crate::net::Ipv4Net> {
-        self.network
-            .subnet
-            .parse::<crate::net::Ipv4Net>()
-            .ok()
-            .filter(|n| n.prefix() >= 8)
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.max_conns_per_address >= 1,
+            "http.max_conns_per_address",
+            "at least 1",
+            self.max_conns_per_address,
+        )?;
+        check(
+            self.max_conns >= self.max_conns_per_address,
+            "http.max_conns",
+            "at least http.max_conns_per_address",
+            self.max_conns,
+        )?;
+        for (key, v) in [
+            ("http.body_timeout_secs", self.body_timeout_secs),
+            ("http.upstream_timeout_secs", self.upstream_timeout_secs),
+            ("http.send_timeout_secs", self.send_timeout_secs),
+            ("http.tunnel_idle_secs", self.tunnel_idle_secs),
+        ] {
+            check((1..=86400).contains(&v), key, "seconds from 1 to 86400", v)?;
+        }
+        check(
+            self.max_body_bytes >= 1024,
+            "http.max_body_bytes",
+            "at least 1024",
+            self.max_body_bytes,
+        )
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            (60..=30 * 86400).contains(&self.token_ttl_secs),
+            "auth.token_ttl_secs",
+            "seconds from 60 to 2592000",
+            self.token_ttl_secs,
+        )?;
+        for (key, v) in [
+            ("auth.login_attempts", self.login_attempts),
+            (
+                "auth.login_user_failures_per_hour",
+                self.login_user_failures_per_hour,
+            ),
+            ("auth.register_per_hour", self.register_per_hour),
+        ] {
+            check(v >= 1, key, "at least 1", v)?;
+        }
+        check(
+            self.login_window_secs >= 1,
+            "auth.login_window_secs",
+            "at least 1",
+            self.login_window_secs,
+        )
+    }
+}
+
+impl NetworkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.bridge;
+        check(
+            !b.is_empty()
+                && b.len() <= 15
+                && b.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "network.bridge",
+            "an interface name of 1-15 characters [A-Za-z0-9_-]",
+            b,
+        )?;
+        // Ipv4Net itself stops at /30; below /8 the per-VM uid range is absurd.
+        check(
+            self.subnet.prefix() >= 8,
+            "network.subnet",
+            "an IPv4 network \"a.b.c.d/len\" with len 8-30, e.g. \"10.88.0.0/24\"",
+            self.subnet.to_string(),
+        )?;
+        check(
+            self.uplink.is_empty() || crate::addr::valid_ifname(&self.uplink),
+            "network.uplink",
+            "an interface name, or \"\" for the default route's",
+            &self.uplink,
+        )?;
+        check(
+            self.dns_queries_per_sec >= 1 && self.dns_burst >= 1,
+            "network.dns_queries_per_sec",
+            "dns_queries_per_sec and dns_burst of at least 1",
+            (self.dns_queries_per_sec, self.dns_burst),
+        )
+    }
+}
+
+impl VmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("vm.egress_mbit", self.egress_mbit),
+            ("vm.ingress_mbit", self.ingress_mbit),
+        ] {
+            check(v <= 100_000, key, "Mbit/s from 0 (no cap) to 100000", v)?;
+        }
+        check(
+            self.egress_max_conns >= 1 && self.egress_new_conns_per_sec >= 1,
+            "vm.egress_max_conns",
+            "egress_max_conns and egress_new_conns_per_sec of at least 1",
+            (self.egress_max_conns, self.egress_new_conns_per_sec),
+        )?;
+        check(
+            self.image.is_absolute(),
+            "vm.image",
+            "an absolute path to an image directory",
+            &self.image,
+        )?;
+        check(
+            (64..=1024 * 1024).contains(&self.memory_mib),
+            "vm.memory_mib",
+            "MiB from 64 to 1048576",
+            self.memory_mib,
+        )?;
+        check(
+            (1..=64).contains(&self.vcpus),
+            "vm.vcpus",
+            "a count from 1 to 64",
+            self.vcpus,
+        )?;
+        check(
+            (1..=2048).contains(&self.disk_gib),
+            "vm.disk_gib",
+            "GiB from 1 to 2048",
+            self.disk_gib,
+        )?;
+        check(
+            (1..=3600).contains(&self.stop_timeout_secs),
+            "vm.stop_timeout_secs",
+            "seconds from 1 to 3600",
+            self.stop_timeout_secs,
+        )?;
+        check(
+            (10..=3600).contains(&self.boot_timeout_secs),
+            "vm.boot_timeout_secs",
+            "seconds from 10 to 3600",
+            self.boot_timeout_secs,
+        )
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("limits.memory_overcommit", self.memory_overcommit),
+            ("limits.disk_overcommit", self.disk_overcommit),
+        ] {
+            check(
+                (0.1..=10.0).contains(&v),
+                key,
+                "a ratio from 0.1 to 10.0",
+                v,
+            )?;
+        }
+        check(
+            (1..=64).contains(&self.max_concurrent_creates),
+            "limits.max_concurrent_creates",
+            "a count from 1 to 64",
+            self.max_concurrent_creates,
+        )
     }
 }
 
@@ -682,23 +659,23 @@ mod tests {
         assert_eq!(c.domain, "example.com");
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(
-            c.ssh_ports(),
-            Some(PortRange {
+            c.ssh.port_range,
+            PortRange {
                 low: 30000,
                 high: 30009
-            })
+            }
         );
-        assert_eq!(
-            c.subnet().map(|s| s.gateway()),
-            Some(Ipv4Addr::new(10, 9, 0, 1))
-        );
+        assert_eq!(c.network.subnet.gateway(), Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(c.guest_dns(), vec![Ipv4Addr::new(10, 9, 0, 1)]);
+        assert!(c.serves_guest_dns());
         assert_eq!(c.vm.accel, AccelSetting::Tcg);
     }
 
     #[test]
     fn unknown_keys_are_named() {
         assert!(err("colour = 1").contains("colour"));
-        assert!(err("[vm]\nmemory = 5").contains("memory"));
+        let e = err("[vm]\nmemory = 5");
+        assert!(e.contains("line 2") && e.contains("`vm.memory`"), "{e}");
         assert!(err("[nope]\n").contains("nope"));
     }
 
@@ -711,6 +688,12 @@ mod tests {
             ("[network]\nsubnet = \"10.0.0.1/24\"", "network.subnet"),
             ("[network]\nsubnet = \"10.0.0.0/31\"", "network.subnet"),
             ("[network]\nsubnet = \"banana\"", "network.subnet"),
+            ("[network]\nsubnet = \"10.0.0.0/7\"", "network.subnet"),
+            (
+                "[network]\negress_deny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]",
+                "network.egress_deny[1]",
+            ),
+            ("[network]\nuplink = \"a b\"", "network.uplink"),
             (
                 "[network]\nbridge = \"a-very-long-bridge-name\"",
                 "network.bridge",
@@ -739,7 +722,11 @@ mod tests {
             ("domain = \"bad domain\"", "domain"),
         ] {
             let e = err(text);
-            assert!(e.contains(key) && e.contains("expected"), "{text}: {e}");
+            assert!(
+                e.contains(&format!("`{key}`"))
+                    && (e.contains("expected") || e.contains("invalid")),
+                "{text}: {e}"
+            );
         }
     }
 
@@ -747,7 +734,13 @@ mod tests {
     fn wrong_types_and_enum_values_are_parse_errors_naming_the_key() {
         let e = err("[vm]\naccel = \"fast\"");
         assert!(e.contains("accel") || e.contains("fast"), "{e}");
-        assert!(err("[vm]\nvcpus = \"two\"").contains("vcpus"));
-        assert!(err("[http]\nlisten = \"nowhere\"").contains("listen"));
+        let e = err("[vm]\nvcpus = \"two\"");
+        assert!(e.contains("line 2") && e.contains("`vm.vcpus`"), "{e}");
+        assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
+        let e = err("\n\n[network]\nsubnet = \"10.0.0.1/24\"");
+        assert!(
+            e.contains("line 4") && e.contains("host bits are set"),
+            "a malformed value says why and where: {e}"
+        );
     }
 }

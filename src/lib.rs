@@ -4,6 +4,8 @@
 //! `api → hosting → (vm, net, cloudinit, proxy, forward) → store` (all of them in
 //! ARCHITECTURE.md).
 
+/// Plain address types (subnet, network, port range, interface name, VM uid), pure.
+pub mod addr;
 /// axum routes, JSON errors, OpenAPI; the only place with HTTP serde types.
 pub mod api;
 /// argon2id passwords, JWT issue/verify, username rules, login rate limits.
@@ -28,7 +30,7 @@ pub mod forward;
 pub mod hosting;
 /// When bytes last moved, and the idle watchdog (forwarder and HTTP tunnels).
 pub(crate) mod idle;
-/// Bridge and taps over netlink and tun ioctls; IPAM; MAC addresses.
+/// Bridge and taps over netlink and tun ioctls; MAC addresses; the firewall.
 pub mod net;
 /// Route table (pure) and the HTTP reverse proxy.
 pub mod proxy;

@@ -186,7 +186,7 @@ fn check(cfg: Config) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("tokio runtime: {e}")),
     };
-    let accel = rt.block_on(roost::vm::resolve(cfg.vm.accel.into(), &cfg.vm.qemu));
+    let accel = rt.block_on(roost::hosting::resolve_accel(&cfg));
     let findings = roost::check::run(&cfg, accel);
     if roost::check::print(&findings) {
         ExitCode::SUCCESS

@@ -759,7 +759,7 @@ fn each_qemu_runs_as_its_own_uid() {
         let store = roost::store::Store::open(&cfg.state_dir).expect("store");
         roost::daemon::tighten_state_files(&cfg).expect("state file modes");
         prepare_vms_dir(&cfg.state_dir).expect("vms dir");
-        let subnet = cfg.subnet().expect("subnet");
+        let subnet = cfg.network.subnet;
         // Above the default range, so never the uid of a VM of a daemon on this host.
         let base = DEFAULT_UID_BASE + 0x0100_0000;
         let mut vms = Vec::new();

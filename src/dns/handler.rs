@@ -23,7 +23,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tracing::debug;
 
 use super::limit::ClientLimiter;
-use crate::net::Ipv4Net;
+use crate::addr::Ipv4Net;
 
 /// The largest UDP payload offered to EDNS clients (the DNS flag day 2020 value: no IP
 /// fragmentation on any usual path).

@@ -48,7 +48,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::net::Ipv4Net;
+use crate::addr::Ipv4Net;
 
 pub use upstreams::{host_upstreams, upstreams_from_resolv_conf, RESOLV_CONF};
 

@@ -10,7 +10,7 @@ use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::rr::RecordType;
 
 use super::{DnsPlan, DnsServer, DnsStats, UPSTREAM_TIMEOUT};
-use crate::net::Ipv4Net;
+use crate::addr::Ipv4Net;
 use support::{a_records, ask_tcp, ask_udp, query, with_opcode, FakeUpstream, ZONE, ZONE_A};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

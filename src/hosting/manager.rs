@@ -222,12 +222,7 @@ impl Hostings {
         slug: &str,
         keys: Vec<String>,
     ) -> Result<Hosting, HostingError> {
-        let ports = self
-            .inner
-            .cfg
-            .ssh_ports()
-            .map(|r| r.low..=r.high)
-            .unwrap_or(22000..=22999);
+        let ports = self.inner.cfg.ssh.port_range.ports();
         let id = HostingId::new();
         let now = crate::store::now();
         self.inner

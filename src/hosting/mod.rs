@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use manager::Hostings;
+pub use runtime::resolve_accel;
 
 use crate::config::Config;
 use crate::error_chain as chain;
@@ -75,8 +76,6 @@ pub struct CapacityReport {
 /// Why this host cannot run VMs (then hosting answers 503 and `roost status` says why).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("invalid network.subnet {0:?}")]
-    Subnet(String),
     #[error("guest image")]
     Image(#[source] crate::vm::VmError),
     #[error("cloud-init templates")]

@@ -165,7 +165,7 @@ async fn egress_plan(handle: &Handle, cfg: &Config) -> Result<Option<EgressPlan>
     Ok(Some(EgressPlan {
         uplink,
         allow_smtp: cfg.network.allow_smtp,
-        deny: cfg.egress_deny().unwrap_or_default(),
+        deny: cfg.network.egress_deny.clone(),
         max_conns: cfg.vm.egress_max_conns,
         new_conns_per_sec: cfg.vm.egress_new_conns_per_sec,
         egress_bytes_per_sec: mbit(cfg.vm.egress_mbit),

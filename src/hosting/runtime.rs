@@ -6,7 +6,7 @@ use tracing::{info, warn};
 use super::netrt::NetRuntime;
 use super::{paths, RuntimeError};
 use crate::cloudinit;
-use crate::config::Config;
+use crate::config::{AccelSetting, Config};
 use crate::net;
 use crate::vm;
 
@@ -31,18 +31,27 @@ pub(super) fn limits(cfg: &Config, accel: vm::Accel) -> vm::Limits {
     vm::Limits::for_vm(cfg.vm.vcpus, cfg.vm.memory_mib, accel)
 }
 
+/// The accelerator `[vm] accel` asks for, as this host can run it (KVM only if a test guest
+/// really boots under it), and why. `serve` and `roost check` both decide with this.
+pub async fn resolve_accel(cfg: &Config) -> (vm::Accel, String) {
+    let choice = match cfg.vm.accel {
+        AccelSetting::Auto => vm::AccelChoice::Auto,
+        AccelSetting::Kvm => vm::AccelChoice::Kvm,
+        AccelSetting::Tcg => vm::AccelChoice::Tcg,
+    };
+    vm::resolve(choice, &cfg.vm.qemu).await
+}
+
 /// Prepares what VMs need, or says why this host cannot run them.
 pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
-    let subnet = cfg
-        .subnet()
-        .ok_or_else(|| RuntimeError::Subnet(cfg.network.subnet.clone()))?;
+    let subnet = cfg.network.subnet;
     let image = vm::Image::load(&cfg.vm.image).map_err(RuntimeError::Image)?;
     let templates = match &cfg.cloudinit.templates {
         Some(dir) => cloudinit::Templates::load(dir),
         None => cloudinit::Templates::embedded(),
     }
     .map_err(RuntimeError::Templates)?;
-    let (accel, why) = vm::resolve(cfg.vm.accel.into(), &cfg.vm.qemu).await;
+    let (accel, why) = resolve_accel(cfg).await;
     info!(?accel, %why, "accelerator");
     let net = NetRuntime::setup(cfg, subnet)
         .await

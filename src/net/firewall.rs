@@ -32,8 +32,8 @@ use tokio::io::AsyncWriteExt;
 use tracing::info;
 
 use super::ident::{MacAddr, TAP_PREFIX};
-use super::ipam::{Cidr, Ipv4Net};
 use super::{valid_ifname, NetError};
+use crate::addr::{Cidr, Ipv4Net};
 
 /// One VM's bridge port and the only addresses it may send from.
 #[derive(Clone, Debug, PartialEq, Eq)]

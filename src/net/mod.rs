@@ -4,7 +4,8 @@
 //! about users, hostings or HTTP: callers pass names, addresses and ids as plain values.
 //!
 //! Layout, pure core first:
-//! - [`ipam`]: subnets and the lowest free address (pure).
+//! - The address types (subnets, networks, interface names) live in [`crate::addr`] and
+//!   are re-exported here.
 //! - [`ident`]: stable MAC addresses and tap names derived from an id (pure).
 //! - [`firewall`]: the nftables ruleset as data and text (pure), applied with `nft -f -`.
 //! - [`bridge`]: the bridge's desired state as a [`bridge::BridgePlan`], applied over netlink.
@@ -18,14 +19,13 @@ pub mod bridge;
 pub mod egress;
 pub mod firewall;
 pub mod ident;
-pub mod ipam;
 pub mod link;
 pub mod tap;
 
+pub use crate::addr::{valid_ifname, Cidr, Ipv4Net};
 pub use bridge::{ensure_bridge, BridgePlan};
 pub use firewall::{apply_firewall, remove_firewall, EgressPlan, FirewallPlan, VmPort};
 pub use ident::{is_roost_tap, mac_for, mac_for_ip, tap_name, InvalidMac, MacAddr};
-pub use ipam::{Cidr, Ipv4Net};
 pub use link::{attach_vm_port, delete_link, find_link, list_links, orphan_taps, LinkInfo};
 pub use tap::open_tap;
 
@@ -35,9 +35,6 @@ pub use rtnetlink::Handle;
 /// Errors of the `net` module. Messages are short; the cause is in `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// A subnet string that does not parse, or a subnet too small to hold a VM.
-    #[error("invalid subnet {input:?}: {reason}")]
-    InvalidSubnet { input: String, reason: &'static str },
     /// An interface name the kernel would reject (empty, too long, bad characters).
     #[error("invalid interface name {0:?}")]
     InvalidName(String),
@@ -84,34 +81,7 @@ pub fn netlink() -> Result<Handle, NetError> {
     Ok(handle)
 }
 
-/// Checks an interface name the way the kernel does (`dev_valid_name`): 1..=15 bytes,
-/// not `.` or `..`, no `/`, `:` or whitespace.
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
 /// True when a netlink error carries the given errno (e.g. `libc::ENODEV`).
 pub(crate) fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names() {
-        for ok in ["roost0", "rtabcdefghijklm", "a", "br-x_1"] {
-            assert!(valid_ifname(ok), "{ok}");
-        }
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
-            assert!(!valid_ifname(bad), "{bad}");
-        }
-    }
 }

@@ -20,10 +20,7 @@ use std::path::Path;
 
 use super::VmError;
 
-/// The default first uid of the range (`[vm] uid_base`): 0x70000000, above systemd's
-/// container range (524288–1879048191) and the subordinate ids `useradd` hands out
-/// (100000–600100000), below 2^31 (which some tools treat as negative).
-pub const DEFAULT_UID_BASE: u32 = 0x7000_0000;
+pub use crate::addr::{vm_uid, DEFAULT_UID_BASE};
 
 /// Mode of a VM directory: its QEMU only (root, the daemon, reads it through
 /// CAP_DAC_OVERRIDE).
@@ -38,12 +35,6 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups (`kvm` under KVM, nothing else).
     pub groups: Vec<u32>,
-}
-
-/// The uid (and gid) of the VM whose address is `offset` from its subnet's network
-/// address: `base + offset`. `None` when it would overflow or reach `u32::MAX` (`-1`).
-pub fn vm_uid(base: u32, offset: u32) -> Option<u32> {
-    base.checked_add(offset).filter(|u| *u != u32::MAX)
 }
 
 impl Credentials {
@@ -158,21 +149,6 @@ pub unsafe fn drop_privileges(c: &Credentials) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uids_from_the_base_and_the_offset() {
-        let cases = [
-            (DEFAULT_UID_BASE, 2, Some(0x7000_0002)),
-            (DEFAULT_UID_BASE, 254, Some(0x7000_00fe)),
-            (100_000, (1 << 16) - 2, Some(165_534)),
-            (u32::MAX - 10, 9, Some(u32::MAX - 1)),
-            (u32::MAX - 10, 10, None),
-            (u32::MAX - 10, 11, None),
-        ];
-        for (base, offset, want) in cases {
-            assert_eq!(vm_uid(base, offset), want, "{base} + {offset}");
-        }
-    }
 
     #[test]
     fn credentials_add_only_the_kvm_group() {

@@ -1,6 +1,12 @@
-//! IPv4 address management, pure: the VM subnet and the addresses a VM may get in it.
+//! Plain address and numbering types, pure and below everything that uses them: the VM
+//! subnet ([`Ipv4Net`]), any IPv4 network ([`Cidr`]), an inclusive TCP port range
+//! ([`PortRange`]), the kernel's interface-name rule ([`valid_ifname`]) and the uid a VM's
+//! QEMU runs as ([`vm_uid`]).
 //!
-//! The first host address of the subnet is the gateway (the bridge's own address); the
+//! `config` parses its values into these types; `net`, `vm`, `dns` and `hosting` use them.
+//! This module imports nothing of roost and performs no I/O.
+//!
+//! In a subnet the first host address is the gateway (the bridge's own address); the
 //! network and broadcast addresses are never handed out. Reservations themselves live in
 //! `store`: this module only computes, it remembers nothing.
 
@@ -8,7 +14,16 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::NetError;
+/// A value that is not the address, network, port range or name it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// A subnet or network string that does not parse, or a subnet too small to hold a VM.
+    #[error("invalid subnet {input:?}: {reason}")]
+    InvalidSubnet { input: String, reason: &'static str },
+    /// A port range that is not `LOW-HIGH` with `1 <= LOW <= HIGH <= 65535`.
+    #[error("invalid port range {0:?}: expected \"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535")]
+    InvalidPortRange(String),
+}
 
 /// An IPv4 subnet such as `10.88.0.0/24`: a network address with its host bits clear.
 #[derive(
@@ -25,9 +40,9 @@ impl Ipv4Net {
     pub const MAX_PREFIX: u8 = 30;
 
     /// Builds a subnet; the address must have its host bits clear.
-    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, NetError> {
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, AddrError> {
         let input = format!("{network}/{prefix}");
-        let invalid = |reason| NetError::InvalidSubnet {
+        let invalid = |reason| AddrError::InvalidSubnet {
             input: input.clone(),
             reason,
         };
@@ -38,6 +53,17 @@ impl Ipv4Net {
             return Err(invalid("host bits are set (use the network address)"));
         }
         Ok(Self { network, prefix })
+    }
+
+    /// A subnet written in the source, `a.b.c.d/prefix`: checked at compile time when used
+    /// in a `const` (a bad one fails the build instead of a runtime path).
+    pub const fn constant(octets: [u8; 4], prefix: u8) -> Self {
+        let bits = u32::from_be_bytes(octets);
+        assert!(prefix <= Self::MAX_PREFIX && bits & !mask(prefix) == 0);
+        Self {
+            network: Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]),
+            prefix,
+        }
     }
 
     /// The network address (all host bits clear).
@@ -93,22 +119,33 @@ impl Ipv4Net {
 }
 
 /// The netmask for a prefix length; `prefix` is at most 32.
-fn mask(prefix: u8) -> u32 {
+const fn mask(prefix: u8) -> u32 {
     match prefix {
         0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
+        p if p >= 32 => u32::MAX,
+        p => u32::MAX << (32 - p as u32),
     }
 }
 
 /// Any IPv4 network `a.b.c.d/len` (`/0` to `/32`, host bits clear): a firewall match,
 /// unlike [`Ipv4Net`], which must leave room for VMs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,
 }
 
 impl Cidr {
+    /// A network written in the source, checked at compile time when used in a `const`.
+    pub const fn constant(octets: [u8; 4], prefix: u8) -> Self {
+        assert!(prefix <= 32 && u32::from_be_bytes(octets) & !mask(prefix) == 0);
+        Cidr {
+            addr: Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]),
+            prefix,
+        }
+    }
+
     /// True when `ip` lies in this network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
@@ -122,10 +159,10 @@ impl fmt::Display for Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = NetError;
+    type Err = AddrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| NetError::InvalidSubnet {
+        let invalid = |reason| AddrError::InvalidSubnet {
             input: s.to_owned(),
             reason,
         };
@@ -156,13 +193,13 @@ impl fmt::Display for Ipv4Net {
 }
 
 impl FromStr for Ipv4Net {
-    type Err = NetError;
+    type Err = AddrError;
 
     /// A [`Cidr`] that also leaves room for VMs.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let c: Cidr = s.parse()?;
         Ipv4Net::new(c.addr, c.prefix).map_err(|e| match e {
-            NetError::InvalidSubnet { reason, .. } => NetError::InvalidSubnet {
+            AddrError::InvalidSubnet { reason, .. } => AddrError::InvalidSubnet {
                 input: s.to_owned(),
                 reason,
             },
@@ -172,7 +209,7 @@ impl FromStr for Ipv4Net {
 }
 
 impl TryFrom<String> for Ipv4Net {
-    type Error = NetError;
+    type Error = AddrError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
@@ -184,9 +221,147 @@ impl From<Ipv4Net> for String {
     }
 }
 
+impl TryFrom<String> for Cidr {
+    type Error = AddrError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+/// An inclusive range of TCP ports, `"LOW-HIGH"` with `1 <= LOW <= HIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+
+    /// The ports, lowest first.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.low..=self.high
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || AddrError::InvalidPortRange(s.to_owned());
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let port = |t: &str| {
+            let t = t.trim();
+            // u16::from_str accepts a leading '+'; a port is plain digits.
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u16>().ok())
+                .flatten()
+        };
+        match (port(a), port(b)) {
+            (Some(low), Some(high)) if low >= 1 && low <= high => Ok(PortRange { low, high }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = AddrError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        r.to_string()
+    }
+}
+
+/// Checks an interface name the way the kernel does (`dev_valid_name`): 1..=15 bytes,
+/// not `.` or `..`, no `/`, `:` or whitespace.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// The default first uid of the per-VM uids (`[vm] uid_base`): 0x70000000, above
+/// systemd's container range (524288–1879048191) and the subordinate ids `useradd` hands
+/// out (100000–600100000), below 2^31 (which some tools treat as negative).
+pub const DEFAULT_UID_BASE: u32 = 0x7000_0000;
+
+/// The uid (and gid) of the QEMU of the VM whose address is `offset` from its subnet's
+/// network address: `base + offset`, so no two VMs share one. `None` when it would
+/// overflow or reach `u32::MAX` (`-1`).
+pub fn vm_uid(base: u32, offset: u32) -> Option<u32> {
+    base.checked_add(offset).filter(|u| *u != u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names() {
+        for ok in ["roost0", "rtabcdefghijklm", "a", "br-x_1"] {
+            assert!(valid_ifname(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+            assert!(!valid_ifname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        let r: PortRange = "22000-22999".parse().expect("range");
+        assert_eq!((r.low, r.high), (22000, 22999));
+        assert!(r.contains(22000) && r.contains(22999) && !r.contains(23000));
+        assert_eq!(r.to_string(), "22000-22999");
+        assert_eq!(
+            " 5 - 5 ".parse::<PortRange>().map(|r| r.ports().count()),
+            Ok(1)
+        );
+        for bad in [
+            "", "abc", "3000-20", "0-10", "1-70000", "+1-2", "1-", "-5", "1-2-3",
+        ] {
+            let e = bad.parse::<PortRange>().expect_err(bad);
+            assert!(e.to_string().contains("LOW-HIGH"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn uids_from_the_base_and_the_offset() {
+        let cases = [
+            (DEFAULT_UID_BASE, 2, Some(0x7000_0002)),
+            (DEFAULT_UID_BASE, 254, Some(0x7000_00fe)),
+            (100_000, (1 << 16) - 2, Some(165_534)),
+            (u32::MAX - 10, 9, Some(u32::MAX - 1)),
+            (u32::MAX - 10, 10, None),
+            (u32::MAX - 10, 11, None),
+        ];
+        for (base, offset, want) in cases {
+            assert_eq!(vm_uid(base, offset), want, "{base} + {offset}");
+        }
+    }
 
     #[test]
     fn cidrs_of_any_length() {
@@ -310,7 +485,7 @@ mod tests {
             let err = input.parse::<Ipv4Net>().expect_err(input);
             let msg = err.to_string();
             assert!(
-                matches!(err, NetError::InvalidSubnet { .. }),
+                matches!(err, AddrError::InvalidSubnet { .. }),
                 "{input}: {msg}"
             );
             assert!(msg.contains(reason), "{input}: {msg}");
