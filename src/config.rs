@@ -51,6 +51,42 @@ pub struct Config {
     pub vm: VmConfig,
     pub limits: LimitsConfig,
     pub cloudinit: CloudInitConfig,
+    pub https: HttpsConfig,
+    pub acme: AcmeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsConfig {
+    /// Serve HTTPS: with `cert_file` and `key_file` when both are set, else with
+    /// certificates from ACME (`[acme]`) for `DOMAIN`, `*.DOMAIN` and verified custom domains.
+    pub enabled: bool,
+    /// Address of the TLS listener (API, sites, custom domains; HTTP/2 and HTTP/1.1).
+    pub listen: SocketAddr,
+    /// Plain HTTP from non-loopback clients is answered with a 308 to the same URL over
+    /// HTTPS (ACME HTTP-01 challenges excepted).
+    pub redirect: bool,
+    /// HTTPS responses carry `Strict-Transport-Security: max-age=31536000`.
+    pub hsts: bool,
+    /// A PEM certificate chain (leaf first) and its PEM private key, instead of ACME;
+    /// re-read when either file changes.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// Contact address given to the ACME server for expiry notices (may be empty).
+    pub email: String,
+    /// Extra PEM root certificates trusted for the ACME server (private CAs, tests).
+    pub ca_roots: Option<PathBuf>,
+    /// Where roost answers DNS queries for `_acme-challenge.DOMAIN` (UDP and TCP), so it
+    /// can get the `*.DOMAIN` wildcard by DNS-01; delegate that name here once. Unset: no
+    /// wildcard; `DOMAIN` itself is validated over HTTP-01.
+    pub dns_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -212,6 +248,35 @@ impl Default for Config {
             vm: VmConfig::default(),
             limits: LimitsConfig::default(),
             cloudinit: CloudInitConfig::default(),
+            https: HttpsConfig::default(),
+            acme: AcmeConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            redirect: true,
+            hsts: false,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory: LETS_ENCRYPT.into(),
+            email: String::new(),
+            ca_roots: None,
+            dns_listen: None,
         }
     }
 }
@@ -419,6 +484,16 @@ impl Config {
         self.network.validate()?;
         self.vm.validate()?;
         self.limits.validate()?;
+        self.https.validate(&self.http)?;
+        self.acme.validate()?;
+        if self.https.enabled && self.https.cert_file.is_none() {
+            check(
+                self.domain.contains('.') && self.domain.parse::<std::net::IpAddr>().is_err(),
+                "domain",
+                "a public DNS name such as \"example.com\" when HTTPS certificates come from ACME (or set https.cert_file and https.key_file)",
+                &self.domain,
+            )?;
+        }
         check(
             self.vm_uids().is_some(),
             "vm.uid_base",
@@ -594,6 +669,58 @@ impl VmConfig {
     }
 }
 
+impl HttpsConfig {
+    fn validate(&self, http: &HttpConfig) -> Result<(), ConfigError> {
+        check(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            "https.cert_file",
+            "https.cert_file and https.key_file both set, or neither",
+            (&self.cert_file, &self.key_file),
+        )?;
+        for (key, p) in [
+            ("https.cert_file", &self.cert_file),
+            ("https.key_file", &self.key_file),
+        ] {
+            if let Some(p) = p {
+                check(p.is_absolute(), key, "an absolute path", p)?;
+            }
+        }
+        check(
+            !self.enabled || self.listen != http.listen,
+            "https.listen",
+            "an address other than http.listen",
+            self.listen,
+        )
+    }
+}
+
+impl AcmeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.directory.starts_with("https://"),
+            "acme.directory",
+            "an https:// URL of an ACME directory",
+            &self.directory,
+        )?;
+        check(
+            self.email.is_empty()
+                || (self.email.contains('@') && !self.email.contains(char::is_whitespace)),
+            "acme.email",
+            "an email address, or \"\"",
+            &self.email,
+        )?;
+        if let Some(p) = &self.ca_roots {
+            check(
+                p.is_absolute(),
+                "acme.ca_roots",
+                "an absolute path to a PEM file",
+                p,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl LimitsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
@@ -719,6 +846,18 @@ mod tests {
                 "limits.max_concurrent_creates",
             ),
             ("state_dir = \"relative\"", "state_dir"),
+            ("[https]\ncert_file = \"/a.pem\"", "https.cert_file"),
+            (
+                "[https]\ncert_file = \"a.pem\"\nkey_file = \"/k\"",
+                "https.cert_file",
+            ),
+            (
+                "[https]\nenabled = true\nlisten = \"0.0.0.0:80\"\n[http]\nlisten = \"0.0.0.0:80\"",
+                "https.listen",
+            ),
+            ("[https]\nenabled = true", "domain"),
+            ("[acme]\ndirectory = \"http://x/dir\"", "acme.directory"),
+            ("[acme]\nemail = \"nobody\"", "acme.email"),
             ("domain = \"bad domain\"", "domain"),
         ] {
             let e = err(text);

@@ -170,13 +170,36 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let app = api::app(state);
-    // One listener for the API and every site: the proxy resolves each request and hands
-    // API requests (with the peer address) to the axum router.
-    proxy::serve_http(
-        listener,
+    let mut pcfg = proxy_config(&cfg, fds);
+    let tls = if cfg.https.enabled {
+        let https = crate::tls::manager::start(cfg.clone(), &tasks)
+            .await
+            .context("https")?;
+        let l = TcpListener::bind(cfg.https.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (https.listen)", cfg.https.listen))?;
+        tracing::info!(addr = %l.local_addr()?, "listening (https)");
+        let challenges = https.challenges.clone();
+        pcfg.https = Some(proxy::HttpsPolicy {
+            port: l.local_addr()?.port(),
+            redirect: cfg.https.redirect,
+            hsts: cfg.https.hsts,
+            http01: proxy::Http01(Arc::new(move |token| challenges.http01(token))),
+        });
+        Some((l, https.server_config))
+    } else {
+        None
+    };
+    // One listener for the API and every site (and one for HTTPS): the proxy resolves
+    // each request and hands API requests (with the peer address) to the axum router.
+    proxy::serve(
+        proxy::Listeners {
+            plain: listener,
+            tls,
+        },
         app,
         routes,
-        proxy_config(&cfg, fds),
+        pcfg,
         shutdown_signal(),
     )
     .await;

@@ -38,6 +38,8 @@ pub mod proxy;
 pub mod store;
 /// Named background tasks with one shutdown signal.
 pub mod tasks;
+/// HTTPS: certificates by SNI, DNS-name rules, ACME issuance and its challenges.
+pub mod tls;
 /// QEMU argv (pure), process spawn/adopt, QMP client, overlay disks.
 pub mod vm;
 

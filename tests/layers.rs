@@ -62,6 +62,7 @@ fn pure_leaves_import_only_what_the_codemap_allows() {
         ("forward", &["idle"]),
         ("proxy", &["idle"]),
         ("tasks", &[]),
+        ("tls", &["config", "tasks", "error_chain"]),
     ];
     for (module, allowed) in rules {
         let extra: Vec<_> = imports(module)

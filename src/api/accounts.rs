@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, PeerAddr};
+use super::extract::{ApiJson, PasswordChannel, PeerAddr};
 use super::AppState;
 use crate::auth::AuthUser;
 use crate::store::Role;
@@ -69,6 +69,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     request_body = RegisterRequest,
     responses(
         (status = 201, body = UserView),
+        (status = 403, description = "HTTPS is on and this came over plain HTTP (`https_required`)", body = ErrorBody),
         (status = 409, description = "username taken", body = ErrorBody),
         (status = 422, description = "a field is invalid", body = ErrorBody),
         (status = 429, description = "too many accounts from this address; see Retry-After", body = ErrorBody),
@@ -76,6 +77,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn register(
     State(st): State<AppState>,
+    _channel: PasswordChannel,
     PeerAddr(peer): PeerAddr,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
@@ -106,12 +108,13 @@ async fn register(
     responses(
         (status = 200, body = TokenView),
         (status = 401, description = "wrong credentials", body = ErrorBody),
-        (status = 403, description = "the account is disabled", body = ErrorBody),
+        (status = 403, description = "the account is disabled, or HTTPS is on and this came over plain HTTP (`https_required`)", body = ErrorBody),
         (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
         (status = 503, description = "password hashing is busy; see Retry-After", body = ErrorBody),
     ))]
 async fn login(
     State(st): State<AppState>,
+    _channel: PasswordChannel,
     PeerAddr(peer): PeerAddr,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenView>, ApiError> {

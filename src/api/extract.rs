@@ -44,6 +44,45 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     }
 }
 
+/// A request that may carry a password: refused (403 `https_required`) when HTTPS is on
+/// and it came over plain HTTP from a non-loopback client, so a password never crosses
+/// the network in cleartext. Requests that did not come through the listener pass.
+pub struct PasswordChannel;
+
+impl FromRequestParts<super::AppState> for PasswordChannel {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let plain = parts
+            .extensions
+            .get::<crate::proxy::Transport>()
+            .is_some_and(|t| !t.secure);
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|c| !c.0.ip().is_loopback());
+        if st.cfg.https.enabled && plain && remote {
+            let port = match st.cfg.https.listen.port() {
+                443 => String::new(),
+                p => format!(":{p}"),
+            };
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "https_required",
+                format!(
+                    "passwords are accepted only over HTTPS: use https://{}{port}{}",
+                    st.cfg.domain,
+                    parts.uri.path()
+                ),
+            ));
+        }
+        Ok(PasswordChannel)
+    }
+}
+
 /// `axum::extract::Query` whose rejection is roost's JSON 400.
 pub struct ApiQuery<T>(pub T);
 

@@ -89,7 +89,12 @@ impl Hostings {
     /// How `h` is reached from outside.
     pub fn urls(&self, h: &Hosting) -> super::urls::SiteUrls {
         let cfg = &self.inner.cfg;
-        super::urls::site_urls(&cfg.domain, cfg.http.listen.port(), &h.slug, h.ssh_port)
+        let web = if cfg.https.enabled {
+            super::urls::Web::Https(cfg.https.listen.port())
+        } else {
+            super::urls::Web::Http(cfg.http.listen.port())
+        };
+        super::urls::site_urls(&cfg.domain, web, &h.slug, h.ssh_port)
     }
 
     pub fn routes_info(&self, only: Option<UserId>) -> Result<Vec<RouteInfo>, HostingError> {

@@ -84,6 +84,8 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a str>,
     /// `/<slug>` for path-routed requests.
     pub prefix: Option<&'a str>,
+    /// The client came over TLS (`proto=https`).
+    pub secure: bool,
 }
 
 /// `"..."` with `"` and `\` escaped (RFC 7239 quoted-string).
@@ -113,7 +115,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: Forwarding<'_>) {
         forwarded.push_str(";host=");
         forwarded.push_str(&quoted(h));
     }
-    forwarded.push_str(";proto=http");
+    let proto = if f.secure { "https" } else { "http" };
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
 
     // `insert` replaces every value the client sent under that name.
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
@@ -126,7 +130,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: Forwarding<'_>) {
         headers.insert(X_FORWARDED_FOR, v.clone());
         headers.insert(X_REAL_IP, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match f.host {
         Some(h) => set(headers, X_FORWARDED_HOST, h),
         None => {
@@ -229,6 +233,7 @@ mod tests {
                 peer: "198.51.100.4".parse().expect("ip"),
                 host: Some("example.com:8080"),
                 prefix: Some("/alice"),
+                secure: false,
             },
         );
         let all = |n: &str| -> Vec<&str> {
@@ -257,11 +262,13 @@ mod tests {
                 peer: "2001:db8::1".parse().expect("ip"),
                 host: None,
                 prefix: None,
+                secure: true,
             },
         );
         assert!(h.get("x-forwarded-prefix").is_none());
         assert!(h.get("x-forwarded-host").is_none());
-        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 }
@@ -275,13 +282,15 @@ pub fn rewrite_location(location: &str, prefix: &str, host: Option<&str>) -> Opt
         return Some(format!("{prefix}{location}"));
     }
     let host = host?;
-    let rest = location.strip_prefix("http://")?;
+    let (scheme, rest) = ["http://", "https://"]
+        .into_iter()
+        .find_map(|s| Some((s, location.strip_prefix(s)?)))?;
     let (h, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     h.eq_ignore_ascii_case(host)
-        .then(|| format!("http://{h}{prefix}{path}"))
+        .then(|| format!("{scheme}{h}{prefix}{path}"))
 }
 
 #[cfg(test)]
@@ -301,6 +310,10 @@ mod location_tests {
         assert_eq!(
             rewrite_location("http://example.com", "/alice", Some("example.com")).as_deref(),
             Some("http://example.com/alice/")
+        );
+        assert_eq!(
+            rewrite_location("https://example.com/x", "/alice", Some("example.com")).as_deref(),
+            Some("https://example.com/alice/x")
         );
         assert_eq!(
             rewrite_location("http://other.org/x", "/alice", Some("example.com")),

@@ -102,6 +102,44 @@ pub async fn serve_http(
     cfg: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    serve(
+        Listeners {
+            plain: listener,
+            tls: None,
+        },
+        api,
+        routes,
+        cfg,
+        shutdown,
+    )
+    .await
+}
+
+/// Where clients connect: plain HTTP, and optionally TLS with its server configuration
+/// (certificates by SNI, ALPN `h2` and `http/1.1`).
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// [`serve_http`] on both listeners: the TLS one's connections are handshaken in the
+/// worker (within `header_read_timeout`), then served as HTTP/2 or HTTP/1.1 as ALPN chose,
+/// under the same connection caps as plain ones.
+pub async fn serve(
+    listeners: Listeners,
+    api: axum::Router,
+    routes: Routes,
+    cfg: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let Listeners {
+        plain: listener,
+        tls,
+    } = listeners;
+    let (tls_listener, tls_config) = match tls {
+        Some((l, c)) => (Some(l), Some(tokio_rustls::TlsAcceptor::from(c))),
+        None => (None, None),
+    };
     let api_rt = tokio::runtime::Handle::current();
     let mut workers = Vec::new();
     let mut done = Vec::new();
@@ -143,17 +181,19 @@ pub async fn serve_http(
     let mut next = 0usize;
     let conns = ConnCounter::new(cfg.max_conns, cfg.max_conns_per_address);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, secure) = tokio::select! {
             _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            r = listener.accept() => (r, false),
+            r = accept_opt(tls_listener.as_ref()) => (r, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, secure, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Some(slot) = conns.take(peer.ip()) else {
             // Not a warning per connection: a flood would make one per attempt.
@@ -170,11 +210,13 @@ pub async fn serve_http(
             }
         };
         next = (next + 1) % workers.len();
-        if workers[next].send((stream, peer, slot)).is_err() {
+        let tls = if secure { tls_config.clone() } else { None };
+        if workers[next].send((stream, peer, slot, tls)).is_err() {
             tracing::error!(worker = next, "http worker is gone");
         }
     }
     drop(listener);
+    drop(tls_listener);
     // Closing the channels tells each worker to drain and stop.
     drop(workers);
     for d in done {
@@ -182,21 +224,42 @@ pub async fn serve_http(
     }
 }
 
+/// Accepts on `l`, or never when there is no such listener.
+async fn accept_opt(
+    l: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection handed to a worker: the socket, its peer, its slot under the connection
+/// caps, and the TLS acceptor when it came in on the HTTPS listener.
+type Handoff = (
+    std::net::TcpStream,
+    SocketAddr,
+    ConnSlot,
+    Option<tokio_rustls::TlsAcceptor>,
+);
+
 /// One worker: serves the connections it is handed until the channel closes, then drains
 /// its own connections for up to `cfg.drain_timeout`.
-async fn worker(
-    mut conns: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, ConnSlot)>,
-    shared: Arc<Shared>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
+async fn worker(mut conns: tokio::sync::mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared>) {
+    let mut plain = auto::Builder::new(TokioExecutor::new()).http1_only();
+    tune_http1(&mut plain, &shared.cfg);
+    // Over TLS, ALPN decides: h2 for clients that offered it, HTTP/1.1 otherwise.
+    let mut secure = auto::Builder::new(TokioExecutor::new());
+    tune_http1(&mut secure, &shared.cfg);
+    secure
+        .http2()
         .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(shared.cfg.header_read_timeout)
-        .max_buf_size(shared.cfg.max_header_bytes.max(8192));
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(shared.cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let (plain, secure) = (Arc::new(plain), Arc::new(secure));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    while let Some((stream, peer, slot)) = conns.recv().await {
+    while let Some((stream, peer, slot, tls)) = conns.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -206,29 +269,29 @@ async fn worker(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let (stream, ambiguous) = Sniffed::new(stream);
         let stream = SendDeadline::new(stream, shared.cfg.send_timeout);
         // Counted until hyper is done with the connection and any tunnel it became.
         let client = Client {
             peer,
             slot: Arc::new(slot),
+            secure: tls.is_some(),
         };
-        let slot = client.slot.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let refuse = req.headers().contains_key(header::TRANSFER_ENCODING)
-                && ambiguous.swap(false, Ordering::Relaxed);
-            handle(shared.clone(), client.clone(), req, refuse)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        match tls {
+            None => serve_conn(&plain, graceful.watcher(), shared, client, stream),
+            Some(acceptor) => {
+                // Watched from here, so a drain waits for handshakes too (they are short).
+                let (secure, watcher) = (secure.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    // The handshake shares the request head's deadline (slowloris).
+                    let hs = acceptor.accept(stream);
+                    match tokio::time::timeout(shared.cfg.header_read_timeout, hs).await {
+                        Ok(Ok(tls)) => serve_conn(&secure, watcher, shared, client, tls),
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                });
             }
-        });
+        }
     }
     let drain = shared.cfg.drain_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -240,6 +303,45 @@ async fn worker(
             "http drain timed out; dropping remaining connections"
         );
     }
+}
+
+/// HTTP/1.1 settings of both listeners.
+fn tune_http1(b: &mut auto::Builder<TokioExecutor>, cfg: &ProxyConfig) {
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+}
+
+/// Serves one client connection (plain, or the decrypted side of TLS) on this worker.
+fn serve_conn<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    shared: Arc<Shared>,
+    client: Client,
+    stream: S,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = client.peer;
+    let (stream, ambiguous) = Sniffed::new(stream);
+    let slot = client.slot.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let refuse = req.headers().contains_key(header::TRANSFER_ENCODING)
+            && ambiguous.swap(false, Ordering::Relaxed);
+        handle(shared.clone(), client.clone(), req, refuse)
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    let conn = watcher.watch(conn);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
+    });
 }
 
 /// Open client connections, in total and per address.
@@ -262,6 +364,8 @@ struct ConnCounts {
 struct Client {
     peer: SocketAddr,
     slot: Arc<ConnSlot>,
+    /// It came in over TLS.
+    secure: bool,
 }
 
 /// One open connection; counted until dropped.
@@ -314,10 +418,84 @@ async fn handle(
     req: Request<Incoming>,
     ambiguous_framing: bool,
 ) -> Result<Response<Body>, Infallible> {
+    let secure = client.secure;
+    let hsts = secure && shared.cfg.https.as_ref().is_some_and(|h| h.hsts);
+    let mut resp = route_request(shared, client, req, ambiguous_framing).await;
+    if hsts
+        && !resp
+            .headers()
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    {
+        resp.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    Ok(resp)
+}
+
+/// What plain HTTP answers itself while HTTPS is on: an ACME HTTP-01 challenge, or the
+/// redirect to the same URL over HTTPS. `None`: route the request as usual.
+fn plain_http_answer(
+    policy: &super::HttpsPolicy,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    host: Option<&str>,
+    domain: &str,
+) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+        let (status, body) = match (policy.http01.0)(token) {
+            Some(answer) => (StatusCode::OK, answer),
+            None => (StatusCode::NOT_FOUND, "no such challenge\n".to_owned()),
+        };
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return Some(r);
+    }
+    if !policy.redirect || peer.ip().is_loopback() {
+        return None;
+    }
+    // The name only, never a port the client made up; a Host that is not a plain name
+    // goes to DOMAIN instead of into a Location header.
+    let name = host
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(n, _)| n)
+        })
+        .filter(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+        .unwrap_or(domain);
+    let port = match policy.port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let to = format!("https://{name}{port}{pq}");
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Some(r)
+}
+
+async fn route_request(
+    shared: Arc<Shared>,
+    client: Client,
+    req: Request<Incoming>,
+    ambiguous_framing: bool,
+) -> Response<Body> {
     let peer = client.peer;
     if ambiguous_framing {
         tracing::info!(%peer, "refused: Content-Length with Transfer-Encoding");
-        return Ok(closing(pages::render(Page::BadRequest, req.headers())));
+        return closing(pages::render(Page::BadRequest, req.headers()));
     }
     let table = shared.table();
     let host: Option<String> = match req.uri().authority() {
@@ -341,11 +519,24 @@ async fn handle(
         &shared.cfg.domain,
     );
     drop(table);
+    if !client.secure {
+        if let Some(policy) = &shared.cfg.https {
+            if let Some(r) =
+                plain_http_answer(policy, peer, &req, host.as_deref(), &shared.cfg.domain)
+            {
+                return r;
+            }
+        }
+    }
     let body_timeout = shared.cfg.body_timeout;
     let mut req = req.map(|b| TimedBody::new(b, "request", body_timeout));
-    Ok(match resolution {
+    match resolution {
         Resolution::Api => {
             req.extensions_mut().insert(ConnectInfo(peer));
+            // How the client really came: the API refuses passwords over plain HTTP by it.
+            req.extensions_mut().insert(super::Transport {
+                secure: client.secure,
+            });
             let req = req.map(Body::new);
             let call = shared.api.clone().oneshot(req);
             match shared.api_rt.spawn(call).await {
@@ -389,7 +580,7 @@ async fn handle(
             )
             .await
         }
-    })
+    }
 }
 
 /// `resp` with `Connection: close`: the request's framing cannot be trusted past it.
@@ -449,6 +640,7 @@ async fn proxy(
             peer: peer.ip(),
             host,
             prefix,
+            secure: client.secure,
         },
     );
     if absolute {

@@ -3,7 +3,9 @@
 //! It owns the route table (pure, swapped atomically: [`Routes`]) and the HTTP reverse proxy
 //! that shares one listener with the API ([`serve_http`]). The SSH forwarder is its own
 //! module (`crate::forward`). It knows nothing of users, the store or QEMU: the hosting
-//! module tells it which slug goes where, and it never terminates TLS (bytes only).
+//! module tells it which slug goes where. It terminates TLS with the rustls configuration
+//! it is given (certificates are `crate::tls`'s), answers ACME HTTP-01 challenges through
+//! the lookup it is given, and redirects plain HTTP to HTTPS when told to.
 
 mod deadline;
 mod framing;
@@ -16,7 +18,7 @@ mod upstream;
 use std::time::Duration;
 
 pub use headers::{set_forwarded, strip_hop_by_hop, wants_upgrade, Forwarding};
-pub use http::serve_http;
+pub use http::{serve, serve_http, Listeners};
 pub use routes::{
     resolve, valid_slug, Resolution, Route, RouteCache, RouteDiff, RouteStatus, RouteTable, Routes,
     RESERVED_SEGMENTS, RETRY_AFTER_SECS,
@@ -58,6 +60,42 @@ pub struct ProxyConfig {
     /// An upgraded (WebSocket) tunnel with no byte in either direction for this long is
     /// closed. It stays counted against the connection caps while open.
     pub tunnel_idle_timeout: Duration,
+    /// What plain HTTP does when HTTPS is on; `None`: HTTPS is off.
+    pub https: Option<HttpsPolicy>,
+}
+
+/// How an API request reached roost, as a request extension: `secure` when over TLS.
+/// Absent on requests that did not come through the listener (in-process tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    pub secure: bool,
+}
+
+/// How the plain-HTTP side behaves while HTTPS is served.
+#[derive(Debug, Clone)]
+pub struct HttpsPolicy {
+    /// The port HTTPS answers on (redirects name it unless it is 443).
+    pub port: u16,
+    /// Plain requests from non-loopback clients get a 308 to the same URL over HTTPS
+    /// (ACME challenges excepted).
+    pub redirect: bool,
+    /// HTTPS responses carry `Strict-Transport-Security` (unless a site sets its own).
+    pub hsts: bool,
+    /// The key authorization for an HTTP-01 token, answered on plain HTTP before routing.
+    pub http01: Http01,
+}
+
+/// The key authorization pending for an HTTP-01 token, if any.
+pub type Http01Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// A lookup of pending ACME HTTP-01 answers by token.
+#[derive(Clone)]
+pub struct Http01(pub std::sync::Arc<Http01Lookup>);
+
+impl std::fmt::Debug for Http01 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Http01")
+    }
 }
 
 impl ProxyConfig {
@@ -86,6 +124,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(600),
+            https: None,
         }
     }
 }

@@ -243,9 +243,11 @@ boot_timeout_secs = 240
 
     /// Everything the daemon has logged so far (empty in [`Mode::Rootless`]).
     pub fn log_text(&self) -> String {
+        // Lossy: one stray byte must not hide the whole log when a test fails.
         self.log
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
 

@@ -1,0 +1,192 @@
+//! The ACME renewal task: obtains `DOMAIN`'s certificate (with `*.DOMAIN` when roost
+//! answers DNS-01 itself) when it is missing, covers other names, or has a third of its
+//! life left; stores it and swaps it in. Failures are retried with exponential backoff
+//! (1 minute doubling to 6 hours), so a misconfigured host does not hammer the ACME
+//! server (Let's Encrypt's rate limits). One wildcard certificate serves every site:
+//! never one certificate per user.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::acme::{Acme, AcmeSettings, Method};
+use super::certs::{self, CertStore};
+use super::challenge::{ChallengeDns, Challenges};
+use super::manager::{cert_dir, now, DOMAIN_SLOT};
+use crate::config::Config;
+use crate::tasks::Tasks;
+
+/// How often certificates are checked when nothing failed.
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// First retry after a failure, doubled each time up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// One certificate roost wants: its slot, its names and how they are validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub slot: String,
+    pub names: Vec<String>,
+    pub method: Method,
+}
+
+/// What `DOMAIN` needs: the wildcard too when DNS-01 is answered here.
+pub fn domain_want(domain: &str, dns01: bool) -> Want {
+    let domain = domain.to_ascii_lowercase();
+    if dns01 {
+        Want {
+            slot: DOMAIN_SLOT.into(),
+            names: vec![domain.clone(), format!("*.{domain}")],
+            method: Method::Dns01,
+        }
+    } else {
+        Want {
+            slot: DOMAIN_SLOT.into(),
+            names: vec![domain],
+            method: Method::Http01,
+        }
+    }
+}
+
+/// True when `want` needs a new certificate, given what its slot holds now.
+pub fn needs_order(want: &Want, held: Option<&certs::CertInfo>, now: i64) -> bool {
+    match held {
+        None => true,
+        Some(info) => {
+            let mut have = info.names.clone();
+            let mut need = want.names.clone();
+            have.sort();
+            need.sort();
+            have != need || info.renewal_due(now)
+        }
+    }
+}
+
+/// The wait after `failures` failures in a row.
+pub fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Starts the challenge DNS server (when configured) and the renewal task.
+pub async fn start(cfg: Arc<Config>, store: CertStore, challenges: Challenges, tasks: &Tasks) {
+    let dns = match cfg.acme.dns_listen {
+        Some(listen) => {
+            match ChallengeDns::start(listen, cfg.domain.clone(), challenges.clone()).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(%listen, error = %crate::error_chain(&e), "cannot serve ACME DNS-01 answers; no wildcard certificate");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let want = domain_want(&cfg.domain, dns.is_some());
+    let settings = AcmeSettings {
+        directory: cfg.acme.directory.clone(),
+        email: cfg.acme.email.clone(),
+        ca_roots: cfg.acme.ca_roots.clone(),
+        dir: cfg.state_dir.join("acme"),
+    };
+    let dir = cert_dir(&cfg.state_dir);
+    tasks.spawn("acme", move |mut stop| async move {
+        // Held for as long as the task runs.
+        let _dns = dns;
+        let mut acme: Option<Acme> = None;
+        let mut failures = 0u32;
+        loop {
+            let wait = match renew_once(&settings, &challenges, &mut acme, &want, &store, &dir).await {
+                Ok(()) => {
+                    failures = 0;
+                    CHECK_EVERY
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = backoff(failures);
+                    tracing::error!(names = ?want.names, error = %e, retry_in = ?wait, "certificate not obtained");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = stop.requested() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+}
+
+/// Obtains and installs `want` if it needs it. The error is a readable chain.
+async fn renew_once(
+    settings: &AcmeSettings,
+    challenges: &Challenges,
+    acme: &mut Option<Acme>,
+    want: &Want,
+    store: &CertStore,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    if !needs_order(want, store.info(&want.slot).as_ref(), now()) {
+        return Ok(());
+    }
+    let client = match acme {
+        Some(a) => a,
+        None => acme.insert(
+            Acme::load_or_register(settings.clone(), challenges.clone())
+                .await
+                .map_err(|e| crate::error_chain(&e))?,
+        ),
+    };
+    tracing::info!(names = ?want.names, method = %want.method, "ordering a certificate");
+    let issued = client
+        .obtain(&want.names, want.method)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let loaded = certs::save(dir, &want.slot, &issued.chain_pem, &issued.key_pem)
+        .map_err(|e| crate::error_chain(&e))?;
+    tracing::info!(names = ?loaded.info.names, issuer = %loaded.info.issuer, not_after = loaded.info.not_after, "certificate installed");
+    store.install(loaded);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_domain_gets_a_wildcard_only_with_dns01() {
+        let w = domain_want("Example.com", true);
+        assert_eq!(w.names, vec!["example.com", "*.example.com"]);
+        assert_eq!(w.method, Method::Dns01);
+        let w = domain_want("example.com", false);
+        assert_eq!(w.names, vec!["example.com"]);
+        assert_eq!(w.method, Method::Http01);
+    }
+
+    #[test]
+    fn orders_when_missing_different_or_due() {
+        let want = domain_want("example.com", true);
+        let held = certs::CertInfo {
+            slot: DOMAIN_SLOT.into(),
+            names: vec!["*.example.com".into(), "example.com".into()],
+            issuer: String::new(),
+            not_before: 0,
+            not_after: 90,
+        };
+        assert!(needs_order(&want, None, 10));
+        assert!(!needs_order(&want, Some(&held), 10));
+        assert!(needs_order(&want, Some(&held), 61));
+        let only_apex = certs::CertInfo {
+            names: vec!["example.com".into()],
+            ..held
+        };
+        assert!(needs_order(&want, Some(&only_apex), 10));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(60));
+        assert_eq!(backoff(2), Duration::from_secs(120));
+        assert_eq!(backoff(5), Duration::from_secs(960));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}
