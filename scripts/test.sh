@@ -3,7 +3,14 @@
 # then the privileged tests (root, network namespaces, real QEMU guests).
 # Idempotent. Fails if a test leaves a QEMU, a roost tap or a network namespace behind.
 source "$(dirname "$0")/lib.sh"
-install_runtime_deps shellcheck python3 dnsmasq-base
+# pebble (with pebble-challtestsrv) and unbound: the ACME tests' certificate authority
+# and the resolver that stands in for the operator's delegation of _acme-challenge.
+install_runtime_deps shellcheck python3 dnsmasq-base pebble unbound
+# The tests run their own unbound in a namespace; the packaged service must not take the
+# host's port 53 (its install may have started it).
+if command -v systemctl >/dev/null && systemctl is-enabled unbound >/dev/null 2>&1; then
+    systemctl disable --now unbound >/dev/null 2>&1 || true
+fi
 install_rust
 build_image
 cd "$ROOT" || exit 1

@@ -306,7 +306,7 @@ impl Acme {
     pub async fn obtain(&self, names: &[String], method: Method) -> Result<Issued, AcmeError> {
         let names = order_names(names, method)?;
         let label = names.join(", ");
-        info!(names = %label, %method, "ACME order started");
+        debug!(names = %label, %method, "ACME order started");
         let deadline = Instant::now() + self.order_deadline;
         let order = self.order(&names, &label, method, deadline);
         let result = match tokio::time::timeout_at(deadline, order).await {
@@ -318,7 +318,7 @@ impl Acme {
         };
         // A failure is the caller's to log (once, as a chain).
         if result.is_ok() {
-            info!(names = %label, "ACME certificate issued");
+            debug!(names = %label, "ACME certificate issued");
         }
         result
     }

@@ -1,0 +1,625 @@
+//! The ACME client end to end against a real CA, Debian's `pebble`, inside a private
+//! network namespace this test creates (nothing leaves it, nothing outlives the test):
+//!
+//! ```text
+//!  roost's Acme ──HTTPS──> pebble 127.0.0.1:14000 (its TLS certificate made here; roots on :15000)
+//!  pebble ──DNS──> unbound 127.0.0.1:5053 ─┬─ _acme-challenge.example.test ─> roost's ChallengeDns (stub zone)
+//!                                          └─ everything else ──────────────> pebble-challtestsrv 127.0.0.1:8053
+//!  pebble ──HTTP-01──> shop.example.org (A 127.0.0.1, set in challtestsrv):5002 ─> this test's server of
+//!                      `Challenges::http01`
+//! ```
+//! unbound stands in for the operator's delegation (`_acme-challenge.DOMAIN NS roost`): pebble
+//! really asks a resolver, which really asks ChallengeDns.
+//! Privileged: runs only with ROOST_PRIVILEGED_TESTS=1 (scripts/test.sh sets it).
+
+mod common;
+
+use std::convert::Infallible;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use roost::tls::acme::{Acme, AcmeError, AcmeSettings, Issued, Method, ACCOUNT_FILE};
+use roost::tls::challenge::{ChallengeDns, Challenges};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::RootCertStore;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::Reaped;
+
+const ZONE: &str = "example.test";
+const PEBBLE: &str = "127.0.0.1:14000";
+const PEBBLE_MANAGEMENT: &str = "127.0.0.1:15000";
+/// Where pebble validates HTTP-01 (its `httpPort`), and where this test answers.
+const HTTP01: &str = "127.0.0.1:5002";
+const CHALLTESTSRV_DNS: &str = "127.0.0.1:8053";
+const CHALLTESTSRV_MANAGEMENT: &str = "127.0.0.1:8055";
+const RESOLVER: &str = "127.0.0.1:5053";
+/// How long any one service may take to come up.
+const STARTUP: Duration = Duration::from_secs(20);
+
+#[test]
+fn certificates_from_pebble_by_dns01_through_challenge_dns_and_by_http01() {
+    if !common::privileged("acme") {
+        return;
+    }
+    common::in_netns(run_in_netns);
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn run_in_netns() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut procs = Procs {
+        dir: dir.to_owned(),
+        children: Vec::new(),
+    };
+
+    procs.spawn(
+        "challtestsrv",
+        "pebble-challtestsrv",
+        &[
+            "-dns01",
+            CHALLTESTSRV_DNS,
+            "-management",
+            CHALLTESTSRV_MANAGEMENT,
+            "-defaultIPv4",
+            "",
+            "-defaultIPv6",
+            "",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ],
+        &[],
+    );
+    wait_tcp(CHALLTESTSRV_MANAGEMENT);
+    let added = reqwest::blocking::Client::new()
+        .post(format!("http://{CHALLTESTSRV_MANAGEMENT}/add-a"))
+        .json(&json!({"host": "shop.example.org.", "addresses": ["127.0.0.1"]}))
+        .send()
+        .expect("challtestsrv add-a");
+    assert!(added.status().is_success(), "add-a: {}", added.status());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let challenges = Challenges::new();
+    let (dns, http01) = rt.block_on(async {
+        let dns = ChallengeDns::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ZONE.into(),
+            challenges.clone(),
+        )
+        .await
+        .expect("start ChallengeDns");
+        let listener = tokio::net::TcpListener::bind(HTTP01)
+            .await
+            .expect("bind HTTP-01");
+        (
+            dns,
+            tokio::spawn(serve_http01(listener, challenges.clone())),
+        )
+    });
+
+    // A name server that never answers, for an order that cannot finish in time.
+    let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind silent");
+    let silent_addr = silent.local_addr().expect("silent addr");
+    let unbound_conf = dir.join("unbound.conf");
+    fs::write(
+        &unbound_conf,
+        unbound_config(dir, dns.local_addr(), silent_addr),
+    )
+    .expect("unbound.conf");
+    procs.spawn(
+        "unbound",
+        "unbound",
+        &["-d", "-c", unbound_conf.to_str().expect("utf-8 path")],
+        &[],
+    );
+    // Both paths of the resolver work: the delegation (the SOA comes from ChallengeDns; no
+    // TXT is asked, so no negative answer is cached) and the rest of the "internet".
+    common::poll("unbound answering", STARTUP, || {
+        let soa = resolve("_acme-challenge.example.test.", RecordType::SOA)?;
+        let a = resolve("shop.example.org.", RecordType::A)?;
+        let soa_ok = soa.metadata.response_code == ResponseCode::NoError && !soa.answers.is_empty();
+        let a_ok = a
+            .answers
+            .iter()
+            .any(|r| matches!(&r.data, RData::A(a) if a.0 == Ipv4Addr::LOCALHOST));
+        (soa_ok && a_ok).then_some(())
+    });
+
+    let ca = TestCa::new();
+    let pebble_ca = dir.join("pebble-ca.pem");
+    fs::write(&pebble_ca, &ca.cert_pem).expect("CA pem");
+    let (cert_pem, key_pem) = ca.leaf(&["localhost", "127.0.0.1"]);
+    fs::write(dir.join("pebble.pem"), cert_pem).expect("pebble cert");
+    fs::write(dir.join("pebble.key"), key_pem).expect("pebble key");
+    let config = json!({"pebble": {
+        "listenAddress": PEBBLE,
+        "managementListenAddress": PEBBLE_MANAGEMENT,
+        "certificate": dir.join("pebble.pem"),
+        "privateKey": dir.join("pebble.key"),
+        "httpPort": 5002,
+        "tlsPort": 5001,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false
+    }});
+    let pebble_conf = dir.join("pebble.json");
+    fs::write(&pebble_conf, config.to_string()).expect("pebble.json");
+    procs.spawn(
+        "pebble",
+        "pebble",
+        &[
+            "-config",
+            pebble_conf.to_str().expect("utf-8 path"),
+            "-dnsserver",
+            RESOLVER,
+        ],
+        &[
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            // instant-acme retries a rejected nonce only 3 times; no random rejections.
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            // Every order gets fresh authorizations, so each one is really validated.
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ],
+    );
+    wait_tcp(PEBBLE);
+    wait_tcp(PEBBLE_MANAGEMENT);
+    eprintln!("services up after {:?}", started.elapsed());
+
+    let account_dir = dir.join("acme");
+    let settings = AcmeSettings {
+        directory: format!("https://{PEBBLE}/dir"),
+        email: "hostmaster@example.test".into(),
+        ca_roots: Some(pebble_ca.clone()),
+        dir: account_dir.clone(),
+    };
+
+    rt.block_on(async {
+        let pebble_root = https_get(PEBBLE_MANAGEMENT, "/roots/0", &ca.cert_pem).await;
+
+        let acme = Acme::load_or_register(settings.clone(), challenges.clone())
+            .await
+            .expect("register");
+
+        // (1) The domain and its wildcard by DNS-01, through ChallengeDns: one TXT name,
+        // two values at once.
+        let t = Instant::now();
+        let issued = acme
+            .obtain(&names(&[ZONE, "*.example.test"]), Method::Dns01)
+            .await
+            .unwrap_or_else(|e| panic!("DNS-01: {}", roost::error_chain(&e)));
+        eprintln!("DNS-01 order: {:?}", t.elapsed());
+        assert_eq!(sans(&issued), ["*.example.test", "example.test"]);
+        verify(&issued, &pebble_root, &["example.test", "www.example.test"]);
+        assert!(challenges.is_empty(), "answers left after success");
+
+        // (2) A custom domain by HTTP-01, served from the same Challenges.
+        let t = Instant::now();
+        let issued = acme
+            .obtain(&names(&["shop.example.org"]), Method::Http01)
+            .await
+            .unwrap_or_else(|e| panic!("HTTP-01: {}", roost::error_chain(&e)));
+        eprintln!("HTTP-01 order: {:?}", t.elapsed());
+        assert_eq!(sans(&issued), ["shop.example.org"]);
+        verify(&issued, &pebble_root, &["shop.example.org"]);
+        assert!(challenges.is_empty());
+
+        // (3) No answer reaches the CA: DNS-01 for a zone ChallengeDns does not serve
+        // (the TXT value is set, but only for a name it refuses), and HTTP-01 from
+        // answers that nothing serves.
+        let err = acme
+            .obtain(&names(&["other.test"]), Method::Dns01)
+            .await
+            .expect_err("DNS-01 outside the zone");
+        let chain = roost::error_chain(&err);
+        eprintln!("expected failure: {chain}");
+        assert!(matches!(err, AcmeError::Rejected { .. }), "{chain}");
+        assert!(
+            chain.starts_with("DNS-01 for other.test: invalid: ") && chain.contains("TXT"),
+            "{chain}"
+        );
+        assert!(challenges.is_empty(), "answers left after a failure");
+
+        let unserved = Challenges::new();
+        let acme2 = Acme::load_or_register(settings.clone(), unserved.clone())
+            .await
+            .expect("load");
+        let err = acme2
+            .obtain(&names(&["shop.example.org"]), Method::Http01)
+            .await
+            .expect_err("HTTP-01 with nothing served");
+        let chain = roost::error_chain(&err);
+        eprintln!("expected failure: {chain}");
+        assert!(
+            chain.starts_with("HTTP-01 for shop.example.org: invalid: ") && chain.contains("404"),
+            "{chain}"
+        );
+        assert!(unserved.is_empty());
+
+        // An order past its deadline fails as such, and withdraws the answer it had
+        // published (the CA's resolver never hears back about `silent.test`).
+        let silent_challenges = Challenges::new();
+        let mut acme3 = Acme::load_or_register(settings.clone(), silent_challenges.clone())
+            .await
+            .expect("load");
+        acme3.set_order_deadline(Duration::from_secs(2));
+        let published = async {
+            while silent_challenges
+                .txt("_acme-challenge.silent.test")
+                .is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let silent_names = names(&["silent.test"]);
+        let t = Instant::now();
+        let (result, published) = tokio::join!(
+            acme3.obtain(&silent_names, Method::Dns01),
+            tokio::time::timeout(Duration::from_secs(5), published),
+        );
+        let err = result.expect_err("an order that cannot finish");
+        eprintln!(
+            "expected failure after {:?}: {}",
+            t.elapsed(),
+            roost::error_chain(&err)
+        );
+        assert!(
+            published.is_ok(),
+            "the answer was published during the order"
+        );
+        assert!(matches!(err, AcmeError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("silent.test"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(4), "the deadline held");
+        assert!(silent_challenges.is_empty(), "answers left after a timeout");
+
+        // A wildcard by HTTP-01 is refused before any request.
+        let err = acme2
+            .obtain(&names(&["*.example.test"]), Method::Http01)
+            .await
+            .expect_err("wildcard by HTTP-01");
+        assert!(matches!(err, AcmeError::WildcardHttp01(_)), "{err}");
+
+        // (4) The account is stored 0600 in a 0700 directory, and reused: the second
+        // load above got the same account, and left the file as it was.
+        let file = account_dir.join(ACCOUNT_FILE);
+        assert_eq!(mode(&account_dir), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(acme2.account_id(), acme.account_id());
+        let stored = fs::read(&file).expect("account file");
+        let again = Acme::load_or_register(settings.clone(), Challenges::new())
+            .await
+            .expect("load again");
+        assert_eq!(again.account_id(), acme.account_id());
+        assert_eq!(fs::read(&file).expect("account file"), stored, "rewritten");
+
+        // An account stored for another directory URL is not reused.
+        let other = AcmeSettings {
+            directory: format!(
+                "https://localhost:{}/dir",
+                PEBBLE.rsplit(':').next().unwrap_or("")
+            ),
+            ..settings.clone()
+        };
+        let moved = Acme::load_or_register(other, Challenges::new())
+            .await
+            .expect("register for the other URL");
+        assert_ne!(moved.account_id(), acme.account_id());
+        assert_eq!(mode(&file), 0o600);
+        let left: Vec<_> = fs::read_dir(&account_dir).expect("ls").collect();
+        assert_eq!(left.len(), 1, "only account.json in the account directory");
+    });
+
+    drop(silent);
+    http01.abort();
+    rt.block_on(dns.shutdown());
+    drop(rt);
+    eprintln!("whole test: {:?}", started.elapsed());
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// The issued certificate's DNS names, sorted.
+fn sans(issued: &Issued) -> Vec<String> {
+    let leaf = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).expect("X.509");
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .expect("SAN extension")
+        .expect("SANs")
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The chain verifies to pebble's root for each host, and the key is the leaf's.
+fn verify(issued: &Issued, root_pem: &str, hosts: &[&str]) {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("chain PEM");
+    assert!(chain.len() >= 2, "a full chain: leaf and intermediate");
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).expect("root PEM"))
+        .expect("root");
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), roost::tls::provider())
+            .build()
+            .expect("verifier");
+    for host in hosts {
+        let name = ServerName::try_from(host.to_string()).expect("server name");
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key PEM");
+    assert!(matches!(key, PrivateKeyDer::Pkcs8(_)), "PKCS#8 key");
+    let signing = roost::tls::provider()
+        .key_provider
+        .load_private_key(key)
+        .expect("load key");
+    rustls::sign::CertifiedKey::new(chain, signing)
+        .keys_match()
+        .expect("the key is the certificate's");
+}
+
+/// A CA made for pebble's own TLS listener.
+struct TestCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "roost test CA for pebble");
+        let key = KeyPair::generate().expect("CA key");
+        let cert_pem = params.self_signed(&key).expect("CA cert").pem();
+        TestCa {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `sans`, and its key.
+    fn leaf(&self, sans: &[&str]) -> (String, String) {
+        let mut params = CertificateParams::new(names(sans)).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "pebble");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// unbound as the CA's resolver: `_acme-challenge.example.test` is a stub zone served by
+/// ChallengeDns (the operator's NS delegation), `_acme-challenge.silent.test` to a server
+/// that never answers, everything else goes to challtestsrv.
+/// Tiny negative TTLs so a "nothing yet" is never kept across orders.
+fn unbound_config(dir: &Path, challenge_dns: SocketAddr, silent: SocketAddr) -> String {
+    let (cip, cport) = (challenge_dns.ip(), challenge_dns.port());
+    let (sip, sport) = (silent.ip(), silent.port());
+    let (fip, fport) = CHALLTESTSRV_DNS.split_once(':').expect("addr");
+    let (rip, rport) = RESOLVER.split_once(':').expect("addr");
+    format!(
+        r#"server:
+    interface: {rip}
+    port: {rport}
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    username: ""
+    chroot: ""
+    directory: "{dir}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    num-threads: 1
+    module-config: "iterator"
+    qname-minimisation: no
+    cache-max-negative-ttl: 1
+    local-zone: "test." nodefault
+remote-control:
+    control-enable: no
+stub-zone:
+    name: "_acme-challenge.{ZONE}"
+    stub-addr: {cip}@{cport}
+stub-zone:
+    name: "_acme-challenge.silent.test"
+    stub-addr: {sip}@{sport}
+forward-zone:
+    name: "."
+    forward-addr: {fip}@{fport}
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Serves `GET /.well-known/acme-challenge/<token>` from `challenges`; 404 otherwise.
+async fn serve_http01(listener: tokio::net::TcpListener, challenges: Challenges) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let challenges = challenges.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = req
+                    .uri()
+                    .path()
+                    .strip_prefix("/.well-known/acme-challenge/")
+                    .and_then(|token| challenges.http01(token));
+                async move {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(answer.clone().unwrap_or_default())));
+                    if answer.is_none() {
+                        *response.status_mut() = StatusCode::NOT_FOUND;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `GET https://<addr><path>` trusting only `ca_pem`; the body.
+async fn https_get(addr: &str, path: &str, ca_pem: &str) -> String {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(roost::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let ip: std::net::IpAddr = addr
+        .split(':')
+        .next()
+        .and_then(|h| h.parse().ok())
+        .expect("ip");
+    let mut tls = connector
+        .connect(ServerName::IpAddress(ip.into()), tcp)
+        .await
+        .expect("TLS");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    // The server may close without close_notify: what was read is the response.
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// One query to the resolver over UDP; `None` if it does not answer within a second.
+fn resolve(name: &str, qtype: RecordType) -> Option<Message> {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    sock.send_to(&query.to_vec().expect("encode"), RESOLVER)
+        .ok()?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.recv(&mut buf).ok()?;
+        let answer = Message::from_vec(&buf[..n]).ok()?;
+        if answer.metadata.id == query.metadata.id {
+            return Some(answer);
+        }
+    }
+}
+
+fn wait_tcp(addr: &str) {
+    common::poll(addr, STARTUP, || TcpStream::connect(addr).ok().map(drop));
+}
+
+/// The services of the test, each logging to `<name>.log`; all killed when dropped, and
+/// their logs' tails printed when the test failed.
+struct Procs {
+    dir: PathBuf,
+    children: Vec<(String, Reaped)>,
+}
+
+impl Procs {
+    fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) {
+        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe. The child is killed when this thread (the
+        // test's, in the namespace) ends, even if the test process itself is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} (is it installed?)"));
+        self.children.push((name.to_owned(), Reaped(child)));
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (name, _) in &self.children {
+            let mut log = String::new();
+            if let Ok(mut f) = File::open(self.dir.join(format!("{name}.log"))) {
+                let _ = f.read_to_string(&mut log);
+            }
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- {name}.log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
