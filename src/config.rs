@@ -53,6 +53,47 @@ pub struct Config {
     pub cloudinit: CloudInitConfig,
     pub https: HttpsConfig,
     pub acme: AcmeConfig,
+    pub domains: DomainsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// DNS servers asked when verifying users' own domains (`"ip:port"`). Empty: the
+    /// host's resolvers (`/etc/resolv.conf`). Answers are never cached.
+    pub resolvers: Vec<SocketAddr>,
+    /// How often verified domains are checked again; a domain whose record is gone is
+    /// suspended (no longer routed).
+    pub recheck_secs: u64,
+    /// Custom domains one hosting may claim.
+    pub max_per_hosting: usize,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        DomainsConfig {
+            resolvers: Vec::new(),
+            recheck_secs: 3600,
+            max_per_hosting: 10,
+        }
+    }
+}
+
+impl DomainsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            (60..=7 * 86400).contains(&self.recheck_secs),
+            "domains.recheck_secs",
+            "seconds from 60 to 604800",
+            self.recheck_secs,
+        )?;
+        check(
+            (1..=100).contains(&self.max_per_hosting),
+            "domains.max_per_hosting",
+            "a count from 1 to 100",
+            self.max_per_hosting,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -250,6 +291,7 @@ impl Default for Config {
             cloudinit: CloudInitConfig::default(),
             https: HttpsConfig::default(),
             acme: AcmeConfig::default(),
+            domains: DomainsConfig::default(),
         }
     }
 }
@@ -486,6 +528,7 @@ impl Config {
         self.limits.validate()?;
         self.https.validate(&self.http)?;
         self.acme.validate()?;
+        self.domains.validate()?;
         if self.https.enabled && self.https.cert_file.is_none() {
             check(
                 self.domain.contains('.') && self.domain.parse::<std::net::IpAddr>().is_err(),

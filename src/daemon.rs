@@ -145,12 +145,38 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         hostings.clone(),
     ));
     let control_task = tokio::spawn(control::server::serve(control_socket, ops));
+    let domains = crate::domains::Domains::new(cfg.clone(), store.clone(), routes.clone());
+    if let Err(e) = domains.publish() {
+        tracing::warn!(error = %e, "custom domain routes not published");
+    }
+    {
+        let d = domains.clone();
+        tasks.every(
+            "domain-recheck",
+            Duration::from_secs(cfg.domains.recheck_secs),
+            move || {
+                let d = d.clone();
+                async move { d.recheck().await }
+            },
+        );
+    }
+    let https = if cfg.https.enabled {
+        Some(
+            crate::tls::manager::start(cfg.clone(), domains.verified_names(), &tasks)
+                .await
+                .context("https")?,
+        )
+    } else {
+        None
+    };
     let state = AppState {
         cfg: cfg.clone(),
         store,
         auth: auth.clone(),
         readiness,
         hostings,
+        domains: domains.clone(),
+        https: https.clone(),
     };
 
     let listener = TcpListener::bind(cfg.http.listen)
@@ -158,6 +184,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, domain = %cfg.domain, "listening");
+    let mut pcfg = proxy_config(&cfg, fds);
+    let tls = match https {
+        Some(https) => {
+            let l = TcpListener::bind(cfg.https.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (https.listen)", cfg.https.listen))?;
+            tracing::info!(addr = %l.local_addr()?, "listening (https)");
+            let challenges = https.challenges.clone();
+            pcfg.https = Some(proxy::HttpsPolicy {
+                port: l.local_addr()?.port(),
+                redirect: cfg.https.redirect,
+                hsts: cfg.https.hsts,
+                http01: proxy::Http01(Arc::new(move |token| challenges.http01(token))),
+            });
+            Some((l, https.server_config))
+        }
+        None => None,
+    };
 
     tasks.every("housekeeping", Duration::from_secs(60), move || {
         auth.prune();
@@ -170,26 +214,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let app = api::app(state);
-    let mut pcfg = proxy_config(&cfg, fds);
-    let tls = if cfg.https.enabled {
-        let https = crate::tls::manager::start(cfg.clone(), &tasks)
-            .await
-            .context("https")?;
-        let l = TcpListener::bind(cfg.https.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (https.listen)", cfg.https.listen))?;
-        tracing::info!(addr = %l.local_addr()?, "listening (https)");
-        let challenges = https.challenges.clone();
-        pcfg.https = Some(proxy::HttpsPolicy {
-            port: l.local_addr()?.port(),
-            redirect: cfg.https.redirect,
-            hsts: cfg.https.hsts,
-            http01: proxy::Http01(Arc::new(move |token| challenges.http01(token))),
-        });
-        Some((l, https.server_config))
-    } else {
-        None
-    };
     // One listener for the API and every site (and one for HTTPS): the proxy resolves
     // each request and hands API requests (with the peer address) to the axum router.
     proxy::serve(

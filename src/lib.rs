@@ -24,6 +24,8 @@ pub mod control;
 pub mod daemon;
 /// The guests' caching DNS forwarder on the bridge gateway (hickory), per-client rate.
 pub mod dns;
+/// Users' own domains: claims, DNS verification, re-checks, routes and certificates.
+pub mod domains;
 /// The SSH TCP forwarder: one listener per hosting port, caps per port and address.
 pub mod forward;
 /// The create/delete saga, the VM supervisor and the reconciler.

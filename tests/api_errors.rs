@@ -37,14 +37,23 @@ async fn app_under_test() -> App {
     let forwarders =
         roost::forward::Forwarders::new(std::net::Ipv4Addr::LOCALHOST).expect("forwarders");
     let tasks = roost::tasks::Tasks::default();
-    let hostings =
-        roost::hosting::start(cfg.clone(), store.clone(), routes, forwarders, &tasks).await;
+    let hostings = roost::hosting::start(
+        cfg.clone(),
+        store.clone(),
+        routes.clone(),
+        forwarders,
+        &tasks,
+    )
+    .await;
+    let domains = roost::domains::Domains::new(cfg.clone(), store.clone(), routes);
     let state = AppState {
         cfg,
         store,
         auth,
         readiness: Arc::new(ReadinessState::new("disabled")),
         hostings,
+        domains,
+        https: None,
     };
     App {
         router: app(state),

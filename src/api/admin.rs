@@ -42,6 +42,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(users))
         .routes(routes!(audit))
+        .routes(routes!(tls_status))
+        .routes(routes!(tls_renew))
 }
 
 /// Every account.
@@ -90,4 +92,86 @@ async fn audit(
             })
             .collect(),
     ))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CertView {
+    /// `domain` (DOMAIN and `*.DOMAIN`), `file` (the operator's files) or a custom domain.
+    pub slot: String,
+    pub names: Vec<String>,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub expired: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TlsView {
+    /// HTTPS is served.
+    pub enabled: bool,
+    /// Certificates come from ACME (else from the operator's files).
+    pub acme: bool,
+    pub certificates: Vec<CertView>,
+}
+
+fn unix(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// The certificates being served.
+#[utoipa::path(get, path = "/api/v1/admin/tls", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = TlsView), (status = 403, body = ErrorBody)))]
+async fn tls_status(State(st): State<AppState>, _a: AdminUser) -> Json<TlsView> {
+    let now = crate::tls::manager::now();
+    Json(match &st.https {
+        None => TlsView {
+            enabled: false,
+            acme: false,
+            certificates: vec![],
+        },
+        Some(h) => TlsView {
+            enabled: true,
+            acme: h.acme,
+            certificates: h
+                .store
+                .infos()
+                .into_iter()
+                .map(|i| CertView {
+                    expired: i.expired(now),
+                    not_before: unix(i.not_before),
+                    not_after: unix(i.not_after),
+                    slot: i.slot,
+                    names: i.names,
+                    issuer: i.issuer,
+                })
+                .collect(),
+        },
+    })
+}
+
+/// Orders every ACME certificate again now, due or not; the new ones replace the old
+/// without dropping connections.
+#[utoipa::path(post, path = "/api/v1/admin/tls/renew", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 202, description = "renewal started"),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "HTTPS is off, or its certificates are the operator's files", body = ErrorBody),
+    ))]
+async fn tls_renew(
+    State(st): State<AppState>,
+    _a: AdminUser,
+) -> Result<axum::http::StatusCode, ApiError> {
+    match &st.https {
+        Some(h) if h.acme => {
+            h.renew.request();
+            Ok(axum::http::StatusCode::ACCEPTED)
+        }
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "invalid_state",
+            "certificates are not from ACME here (HTTPS is off, or https.cert_file is set)",
+        )),
+    }
 }

@@ -36,6 +36,9 @@ pub struct HostingView {
     /// Only in the answer to the creation that generated a key pair; never stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// The hosting's own domains (in `GET /api/v1/host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<super::domains::DomainView>>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -88,6 +91,7 @@ pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {
         ssh_port: h.ssh_port,
         created_at: rfc3339(h.created_at),
         private_key,
+        domains: None,
     }
 }
 
@@ -146,7 +150,15 @@ async fn get_mine(
         .hostings
         .of_user(user.id)?
         .ok_or_else(|| ApiError::not_found("hosting"))?;
-    Ok(Json(view(&h, None)))
+    let mut v = view(&h, None);
+    v.domains = Some(
+        st.domains
+            .of(h.id)?
+            .iter()
+            .map(|d| super::domains::view(d, &st.cfg.domain))
+            .collect(),
+    );
+    Ok(Json(v))
 }
 
 /// Deletes a hosting (the owner's, or any for an admin); completes in the background.

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod admin;
+mod domains;
 pub mod error;
 mod extract;
 mod health;
@@ -65,6 +66,9 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub readiness: Arc<ReadinessState>,
     pub hostings: crate::hosting::Hostings,
+    pub domains: crate::domains::Domains,
+    /// HTTPS, when it is on.
+    pub https: Option<crate::tls::Https>,
 }
 
 #[derive(OpenApi)]
@@ -99,6 +103,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(admin::router())
         .merge(hostings::router())
         .merge(keys::router())
+        .merge(domains::router())
         .merge(vms::router())
         .layer(DefaultBodyLimit::max(state.cfg.http.max_body_bytes));
     let (router, mut doc) = OpenApiRouter::new()

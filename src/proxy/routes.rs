@@ -73,6 +73,8 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     by_slug: HashMap<String, Arc<Route>>,
+    /// Verified custom domains (normalised names) to the slug they serve.
+    by_domain: Arc<HashMap<String, String>>,
 }
 
 impl RouteTable {
@@ -82,11 +84,19 @@ impl RouteTable {
             .into_iter()
             .map(|r| (r.slug.clone(), Arc::new(r)))
             .collect();
-        RouteTable { by_slug }
+        RouteTable {
+            by_slug,
+            by_domain: Arc::default(),
+        }
     }
 
     pub fn get(&self, slug: &str) -> Option<&Arc<Route>> {
         self.by_slug.get(slug)
+    }
+
+    /// The slug a custom domain serves.
+    pub fn slug_of_domain(&self, name: &str) -> Option<&str> {
+        self.by_domain.get(name).map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -164,8 +174,22 @@ impl Routes {
 
     /// Replaces every route at once and says what changed.
     pub fn replace(&self, routes: Vec<Route>) -> RouteDiff {
-        let new = Arc::new(RouteTable::new(routes));
-        self.swap(|_| new)
+        self.swap(|old| {
+            let mut t = RouteTable::new(routes);
+            t.by_domain = old.by_domain.clone();
+            Arc::new(t)
+        })
+    }
+
+    /// Replaces the custom domains (normalised name → slug) at once.
+    pub fn set_domains(&self, domains: HashMap<String, String>) {
+        let domains = Arc::new(domains);
+        self.swap(|old| {
+            Arc::new(RouteTable {
+                by_slug: old.by_slug.clone(),
+                by_domain: domains,
+            })
+        });
     }
 
     /// Adds or replaces one route.
@@ -173,7 +197,10 @@ impl Routes {
         self.swap(|old| {
             let mut by_slug = old.by_slug.clone();
             by_slug.insert(route.slug.clone(), Arc::new(route));
-            Arc::new(RouteTable { by_slug })
+            Arc::new(RouteTable {
+                by_slug,
+                by_domain: old.by_domain.clone(),
+            })
         })
     }
 
@@ -182,7 +209,10 @@ impl Routes {
         self.swap(|old| {
             let mut by_slug = old.by_slug.clone();
             by_slug.remove(slug);
-            Arc::new(RouteTable { by_slug })
+            Arc::new(RouteTable {
+                by_slug,
+                by_domain: old.by_domain.clone(),
+            })
         })
     }
 
@@ -243,7 +273,10 @@ impl RouteCache {
             .iter()
             .map(|(k, r)| (k.clone(), Arc::new(Route::clone(r))))
             .collect();
-        self.table = Arc::new(RouteTable { by_slug });
+        self.table = Arc::new(RouteTable {
+            by_slug,
+            by_domain: Arc::new(HashMap::clone(&shared.by_domain)),
+        });
         self.seen = version;
     }
 }
@@ -356,6 +389,16 @@ pub fn resolve(
     }
     if method == Method::CONNECT {
         return Resolution::Api;
+    }
+    // A verified custom domain is served whole by its owner's site (host-routed).
+    if let Some(slug) = host
+        .and_then(host_name)
+        .and_then(|n| table.slug_of_domain(&n))
+    {
+        return match table.get(slug) {
+            Some(route) => site(route, raw_path_and_query.to_string(), None),
+            None => Resolution::NoSite,
+        };
     }
     match host_slug(host, domain) {
         Some(Ok(slug)) => {
@@ -497,6 +540,46 @@ mod tests {
             let got = resolve(&t, &Method::GET, path, *host, "example.com");
             assert_eq!(short(&got), *want, "path {path:?} host {host:?}");
         }
+    }
+
+    #[test]
+    fn custom_domains_route_whole_hosts_to_their_site() {
+        let routes = Routes::new(table().by_slug.values().map(|r| Route::clone(r)).collect());
+        routes.set_domains(HashMap::from([
+            ("shop.example.org".to_string(), "alice".to_string()),
+            ("gone.example.org".to_string(), "nobody".to_string()),
+        ]));
+        // Routes changing later keep the domains.
+        routes.upsert(route("carol", RouteStatus::Live));
+        let mut cache = RouteCache::new(routes.clone());
+        let t = cache.table();
+        let get = |host: &str, path: &str| {
+            short(&resolve(&t, &Method::GET, path, Some(host), "example.com"))
+        };
+        assert_eq!(
+            get("shop.example.org", "/api/v1/host"),
+            get("alice.example.com", "/api/v1/host")
+        );
+        assert!(
+            get("SHOP.example.org.:443", "/x").starts_with("proxy alice"),
+            "{}",
+            get("SHOP.example.org.:443", "/x")
+        );
+        assert_eq!(get("gone.example.org", "/"), "nosite");
+        // Not a claimed name: the API, as before.
+        assert_eq!(get("other.example.org", "/api/v1/host"), "api");
+        routes.set_domains(HashMap::new());
+        let t = cache.table();
+        assert_eq!(
+            short(&resolve(
+                &t,
+                &Method::GET,
+                "/api/v1/host",
+                Some("shop.example.org"),
+                "example.com"
+            )),
+            "api"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! upgraded in place, a newer one is refused with a clear message.
 //! This module knows nothing about HTTP, QEMU or the network.
 
+mod domains;
 mod records;
+
+pub use domains::{Domain, DomainState};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -83,6 +86,12 @@ pub enum StoreError {
     NoFreeIp,
     #[error("no free port is left in the SSH port range")]
     NoFreePort,
+    #[error("the domain {0} is already claimed")]
+    DomainTaken(String),
+    #[error("at most {0} domains per hosting")]
+    TooManyDomains(usize),
+    #[error("no such domain")]
+    NoSuchDomain,
 }
 
 macro_rules! from_redb {
@@ -176,6 +185,7 @@ impl Store {
         tx.open_table(IP_RESERVATIONS)?;
         tx.open_table(PORT_RESERVATIONS)?;
         tx.open_table(AUDIT)?;
+        tx.open_table(domains::DOMAINS)?;
         tx.open_table(META)?
             .insert("schema_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -444,6 +454,7 @@ impl Store {
                 .remove((h.user.key(), id.key()))?;
             tx.open_table(IP_RESERVATIONS)?.remove(u32::from(h.ip))?;
             tx.open_table(PORT_RESERVATIONS)?.remove(h.ssh_port)?;
+            domains::remove_all_of(&tx, id)?;
             append_audit(&tx, actor, "hosting.delete", &id.to_string(), &h.slug)?;
         }
         tx.commit()?;

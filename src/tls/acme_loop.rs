@@ -5,8 +5,12 @@
 //! server (Let's Encrypt's rate limits). One wildcard certificate serves every site:
 //! never one certificate per user.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::acme::{Acme, AcmeSettings, Method};
 use super::certs::{self, CertStore};
@@ -68,8 +72,46 @@ pub fn backoff(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Starts the challenge DNS server (when configured) and the renewal task.
-pub async fn start(cfg: Arc<Config>, store: CertStore, challenges: Challenges, tasks: &Tasks) {
+/// Asks the renewal task to order every wanted certificate again now, due or not (an
+/// operator's forced renewal). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RenewNow {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl RenewNow {
+    pub fn request(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> bool {
+        self.flag.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What to hold: `DOMAIN`'s certificate and one per verified custom domain (HTTP-01).
+pub fn wants(domain: &Want, custom: &[String]) -> Vec<Want> {
+    let mut all = vec![domain.clone()];
+    all.extend(custom.iter().map(|n| Want {
+        slot: n.clone(),
+        names: vec![n.clone()],
+        method: Method::Http01,
+    }));
+    all
+}
+
+/// Starts the challenge DNS server (when configured) and the renewal task, which follows
+/// `custom` (the verified custom domains) and `renew` (forced renewals).
+pub async fn start(
+    cfg: Arc<Config>,
+    store: CertStore,
+    challenges: Challenges,
+    mut custom: watch::Receiver<Vec<String>>,
+    renew: RenewNow,
+    tasks: &Tasks,
+) {
     let dns = match cfg.acme.dns_listen {
         Some(listen) => {
             match ChallengeDns::start(listen, cfg.domain.clone(), challenges.clone()).await {
@@ -82,7 +124,7 @@ pub async fn start(cfg: Arc<Config>, store: CertStore, challenges: Challenges, t
         }
         None => None,
     };
-    let want = domain_want(&cfg.domain, dns.is_some());
+    let domain = domain_want(&cfg.domain, dns.is_some());
     let settings = AcmeSettings {
         directory: cfg.acme.directory.clone(),
         email: cfg.acme.email.clone(),
@@ -94,26 +136,61 @@ pub async fn start(cfg: Arc<Config>, store: CertStore, challenges: Challenges, t
         // Held for as long as the task runs.
         let _dns = dns;
         let mut acme: Option<Acme> = None;
-        let mut failures = 0u32;
+        // Per slot: failures in a row and when to try again.
+        let mut failing: HashMap<String, (u32, Instant)> = HashMap::new();
         loop {
-            let wait = match renew_once(&settings, &challenges, &mut acme, &want, &store, &dir).await {
-                Ok(()) => {
-                    failures = 0;
-                    CHECK_EVERY
+            let all = wants(&domain, &custom.borrow_and_update());
+            let forced = renew.take();
+            drop_unwanted(&store, &dir, &all);
+            failing.retain(|slot, _| all.iter().any(|w| &w.slot == slot));
+            for want in &all {
+                if !forced && failing.get(&want.slot).is_some_and(|(_, at)| Instant::now() < *at) {
+                    continue;
                 }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let wait = backoff(failures);
-                    tracing::error!(names = ?want.names, error = %e, retry_in = ?wait, "certificate not obtained");
-                    wait
+                match renew_once(&settings, &challenges, &mut acme, want, &store, &dir, forced).await {
+                    Ok(()) => {
+                        failing.remove(&want.slot);
+                    }
+                    Err(e) => {
+                        let n = failing.get(&want.slot).map_or(1, |(n, _)| n + 1);
+                        let wait = backoff(n);
+                        tracing::error!(names = ?want.names, error = %e, retry_in = ?wait, "certificate not obtained");
+                        failing.insert(want.slot.clone(), (n, Instant::now() + wait));
+                    }
                 }
-            };
+            }
+            let next = failing
+                .values()
+                .map(|(_, at)| at.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(CHECK_EVERY)
+                .min(CHECK_EVERY);
             tokio::select! {
                 _ = stop.requested() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(next) => {}
+                _ = renew.wake.notified() => {}
+                r = custom.changed() => if r.is_err() {
+                    // The domains service is gone (shutdown): keep renewing what we have.
+                    tokio::select! {
+                        _ = stop.requested() => return,
+                        _ = tokio::time::sleep(next) => {}
+                    }
+                },
             }
         }
     });
+}
+
+/// Forgets the certificates of custom domains no longer wanted (removed or suspended).
+fn drop_unwanted(store: &CertStore, dir: &std::path::Path, all: &[Want]) {
+    for info in store.infos() {
+        let ours = info.slot != super::manager::FILE_SLOT && info.slot != DOMAIN_SLOT;
+        if ours && !all.iter().any(|w| w.slot == info.slot) {
+            tracing::info!(slot = %info.slot, "certificate no longer served");
+            store.remove(&info.slot);
+            certs::delete(dir, &info.slot);
+        }
+    }
 }
 
 /// Obtains and installs `want` if it needs it. The error is a readable chain.
@@ -124,8 +201,9 @@ async fn renew_once(
     want: &Want,
     store: &CertStore,
     dir: &std::path::Path,
+    forced: bool,
 ) -> Result<(), String> {
-    if !needs_order(want, store.info(&want.slot).as_ref(), now()) {
+    if !forced && !needs_order(want, store.info(&want.slot).as_ref(), now()) {
         return Ok(());
     }
     let client = match acme {
@@ -180,6 +258,18 @@ mod tests {
             ..held
         };
         assert!(needs_order(&want, Some(&only_apex), 10));
+    }
+
+    #[test]
+    fn custom_domains_get_their_own_http01_certificates() {
+        let all = wants(
+            &domain_want("example.com", true),
+            &["shop.example.org".to_string()],
+        );
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].slot, "shop.example.org");
+        assert_eq!(all[1].names, vec!["shop.example.org"]);
+        assert_eq!(all[1].method, Method::Http01);
     }
 
     #[test]

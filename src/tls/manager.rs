@@ -32,6 +32,10 @@ pub struct Https {
     pub store: CertStore,
     pub challenges: Challenges,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// Forces ACME renewals now (a no-op with the operator's files).
+    pub renew: super::acme_loop::RenewNow,
+    /// Certificates come from ACME (not the operator's files).
+    pub acme: bool,
 }
 
 /// Where the certificate store keeps ACME certificates.
@@ -46,10 +50,16 @@ pub fn now() -> i64 {
 
 /// Sets up HTTPS for `cfg` (which must have it enabled): loads what exists and starts the
 /// tasks that keep it current.
-pub async fn start(cfg: Arc<Config>, tasks: &Tasks) -> Result<Https, TlsError> {
+pub async fn start(
+    cfg: Arc<Config>,
+    custom: tokio::sync::watch::Receiver<Vec<String>>,
+    tasks: &Tasks,
+) -> Result<Https, TlsError> {
     let store = CertStore::new(&cfg.domain);
     let challenges = Challenges::default();
     let server_config = store.server_config()?;
+    let renew = super::acme_loop::RenewNow::default();
+    let acme = cfg.https.cert_file.is_none();
     match (&cfg.https.cert_file, &cfg.https.key_file) {
         (Some(cert), Some(key)) => {
             load_files_into(&store, cert, key);
@@ -74,13 +84,23 @@ pub async fn start(cfg: Arc<Config>, tasks: &Tasks) -> Result<Https, TlsError> {
                 tracing::info!(slot = %l.info.slot, names = ?l.info.names, not_after = l.info.not_after, "certificate loaded");
                 store.install(l);
             }
-            super::acme_loop::start(cfg.clone(), store.clone(), challenges.clone(), tasks).await;
+            super::acme_loop::start(
+                cfg.clone(),
+                store.clone(),
+                challenges.clone(),
+                custom,
+                renew.clone(),
+                tasks,
+            )
+            .await;
         }
     }
     Ok(Https {
         store,
         challenges,
         server_config,
+        renew,
+        acme,
     })
 }
 

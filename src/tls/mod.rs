@@ -13,9 +13,11 @@
 //! - [`manager`]: where the served certificates come from (the operator's files, re-read on
 //!   change, or ACME) and [`acme_loop`], the renewal task with its backoff.
 //!
-//! One crypto provider, `ring`, is chosen explicitly ([`provider`]); nothing here relies on
-//! a process-wide default. Knows nothing of users, hostings or the store; `manager` and
-//! `acme_loop` read `config` and run as named `tasks`.
+//! One crypto provider, `ring`, is chosen explicitly ([`provider`]) for every configuration
+//! roost builds; instant-acme's HTTP client reads rustls's process-wide default, so `acme`
+//! installs ring as that default when none is set; nothing else relies on it. Knows
+//! nothing of users, hostings or the store; `manager` and `acme_loop` read `config` and
+//! run as named `tasks`.
 
 pub mod acme;
 pub mod acme_loop;
