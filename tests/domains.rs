@@ -142,8 +142,10 @@ async fn a_custom_domain_is_routed_only_while_its_txt_record_proves_it() {
     let store = Store::open(dir.path()).expect("store");
     let alice = hosting_for(&store, "alice");
     let mut dns = Dns::new();
-    let mut cfg = Config::default();
-    cfg.domain = "example.com".into();
+    let mut cfg = Config {
+        domain: "example.com".into(),
+        ..Config::default()
+    };
     cfg.domains.resolvers = vec![dns.addr()];
     let routes = Routes::new(Vec::new());
     let domains = Domains::new(Arc::new(cfg), store.clone(), routes.clone());
