@@ -18,7 +18,7 @@ pub struct Finding {
 
 /// Runs every check; `accel` is what `[vm] accel` resolves to on this host, with why.
 pub fn run(cfg: &Config, accel: (crate::vm::Accel, String)) -> Vec<Finding> {
-    vec![
+    let mut all = vec![
         qemu(cfg),
         kvm(accel),
         net_admin(),
@@ -29,7 +29,124 @@ pub fn run(cfg: &Config, accel: (crate::vm::Accel, String)) -> Vec<Finding> {
         ),
         free_disk(cfg),
         image(cfg),
-    ]
+    ];
+    all.extend(https(cfg, crate::tls::manager::now()));
+    all
+}
+
+/// What HTTPS will serve: the certificates on disk (issuer, names, expiry) and what is
+/// missing. Never fatal: plain HTTP and the VMs work without them.
+pub fn https(cfg: &Config, now: i64) -> Vec<Finding> {
+    use crate::tls::{certs, manager};
+    let warn = |name, detail: String| Finding {
+        name,
+        ok: false,
+        fatal: false,
+        detail,
+    };
+    let describe = |i: &crate::tls::CertInfo| {
+        let days = (i.not_after - now).div_euclid(86400);
+        format!(
+            "{} issued by {}; {}",
+            i.names.join(", "),
+            i.issuer,
+            if i.expired(now) {
+                format!("EXPIRED {} days ago", -days)
+            } else {
+                format!("valid for {days} more days")
+            }
+        )
+    };
+    let judge = |name, i: &crate::tls::CertInfo| Finding {
+        name,
+        ok: !i.expired(now),
+        fatal: false,
+        detail: describe(i),
+    };
+    if !cfg.https.enabled {
+        return vec![Finding {
+            name: "https",
+            ok: true,
+            fatal: false,
+            detail: "off ([https] enabled = false): everything is served over plain HTTP".into(),
+        }];
+    }
+    let mut out = Vec::new();
+    if let (Some(cert), Some(key)) = (&cfg.https.cert_file, &cfg.https.key_file) {
+        match certs::load_files(manager::FILE_SLOT, cert, key) {
+            Ok(l) => {
+                let mut f = judge("certificate", &l.info);
+                let missing: Vec<String> = [cfg.domain.clone(), format!("x.{}", cfg.domain)]
+                    .into_iter()
+                    .filter(|n| !l.info.covers(n))
+                    .collect();
+                if !missing.is_empty() {
+                    f.ok = false;
+                    f.detail
+                        .push_str(&format!("; does not cover {}", missing.join(", ")));
+                }
+                out.push(f);
+            }
+            Err(e) => out.push(warn(
+                "certificate",
+                format!(
+                    "{}: HTTPS handshakes will fail until it is fixed",
+                    crate::error_chain(&e)
+                ),
+            )),
+        }
+        return out;
+    }
+    out.push(Finding {
+        name: "acme",
+        ok: true,
+        fatal: false,
+        detail: format!(
+            "certificates from {}{}",
+            cfg.acme.directory,
+            match cfg.acme.dns_listen {
+                Some(a) => format!(
+                    "; DNS-01 answers on {a} (delegate _acme-challenge.{} there with an NS record)",
+                    cfg.domain
+                ),
+                None => format!(
+                    "; acme.dns_listen unset: no *.{} certificate, so <slug>.{} has no HTTPS",
+                    cfg.domain, cfg.domain
+                ),
+            }
+        ),
+    });
+    let (good, bad) = certs::load_dir(&manager::cert_dir(&cfg.state_dir));
+    match good.iter().find(|l| l.info.slot == manager::DOMAIN_SLOT) {
+        Some(l) => out.push(judge("certificate", &l.info)),
+        None => out.push(warn(
+            "certificate",
+            format!(
+                "none yet for {}: roost orders it when it starts (see its log)",
+                cfg.domain
+            ),
+        )),
+    }
+    let custom: Vec<&certs::Loaded> = good
+        .iter()
+        .filter(|l| l.info.slot != manager::DOMAIN_SLOT)
+        .collect();
+    if !custom.is_empty() {
+        let expired = custom.iter().filter(|l| l.info.expired(now)).count();
+        out.push(Finding {
+            name: "custom_certs",
+            ok: expired == 0,
+            fatal: false,
+            detail: format!(
+                "{} custom domain certificates, {expired} expired",
+                custom.len()
+            ),
+        });
+    }
+    for e in bad {
+        out.push(warn("certificate", crate::error_chain(&e)));
+    }
+    out
 }
 
 /// Prints the report; returns whether the host can run VMs.

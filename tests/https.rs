@@ -334,3 +334,73 @@ fn passwords_are_refused_over_plain_http_from_remote_clients() {
         assert_eq!((code, out.as_str()), (0, "401"));
     });
 }
+
+/// `roost check` on the daemon's config: its report.
+fn check_report(site: &Daemon) -> String {
+    let out = Command::new(common::daemon::bin())
+        .arg("--config")
+        .arg(&site.config)
+        .arg("check")
+        .output()
+        .expect("roost check");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_missing_or_expired_certificate_at_start_is_reported_and_plain_http_still_works() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let https = common::daemon::free_port();
+    let roost = Daemon::start_with(&format!(
+        "accel = \"tcg\"\n[https]\nenabled = true\nlisten = \"127.0.0.1:{https}\"\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n",
+        c = certs.path().join("cert.pem").display(),
+        k = certs.path().join("key.pem").display(),
+    ));
+    // Started (Daemon waits for /healthz over plain HTTP); HTTPS has nothing to offer.
+    let (code, _, _) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("example.test:{https}:127.0.0.1"),
+        &format!("https://example.test:{https}/healthz"),
+    ]);
+    assert_ne!(code, 0, "a handshake succeeded without any certificate");
+    let report = check_report(&roost);
+    assert!(
+        report.contains("warn certificate") && report.contains("cert.pem"),
+        "{report}"
+    );
+    // An expired certificate appears on disk: served (and reported), until replaced.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(vec!["example.test".to_string()]).expect("params");
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(100);
+    p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    let cert = p.self_signed(&key).expect("sign");
+    std::fs::write(certs.path().join("key.pem"), key.serialize_pem()).expect("write");
+    std::fs::write(certs.path().join("cert.pem"), cert.pem()).expect("write");
+    let report = check_report(&roost);
+    assert!(report.contains("EXPIRED 10 days ago"), "{report}");
+    common::poll(
+        "the expired certificate picked up",
+        Duration::from_secs(30),
+        || {
+            let (code, _, _) = curl(&[
+                "-k",
+                "--resolve",
+                &format!("example.test:{https}:127.0.0.1"),
+                "-o",
+                "/dev/null",
+                &format!("https://example.test:{https}/healthz"),
+            ]);
+            (code == 0).then_some(())
+        },
+    );
+    // A client that checks dates refuses it (curl: certificate has expired).
+    let (code, _, err) = curl(&[
+        "--cacert",
+        certs.path().join("cert.pem").to_str().expect("utf-8"),
+        "--resolve",
+        &format!("example.test:{https}:127.0.0.1"),
+        &format!("https://example.test:{https}/healthz"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("expired"), "{err}");
+}
