@@ -15,7 +15,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use roost::forward::{ForwardError, ForwardLimits, Forwarders};
-use roost::proxy::{serve_http, ProxyConfig, Route, RouteStatus, Routes};
+use roost::proxy::{ProxyConfig, Route, RouteStatus, Routes};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "example.test";
@@ -168,6 +169,8 @@ fn free_port() -> u16 {
 struct Harness {
     _rt: tokio::runtime::Runtime,
     proxy: SocketAddr,
+    /// The TLS listener, when started with one.
+    tls: Option<SocketAddr>,
     upstream: SocketAddrV4,
     routes: Routes,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -194,6 +197,10 @@ fn route(slug: &str, upstream: SocketAddrV4, status: RouteStatus) -> Route {
 
 impl Harness {
     fn start(cfg: ProxyConfig) -> Harness {
+        Harness::start_with(cfg, None)
+    }
+
+    fn start_with(cfg: ProxyConfig, tls: Option<Arc<rustls::ServerConfig>>) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -226,8 +233,18 @@ impl Harness {
         ]);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(run_upstream(up_l));
-        rt.spawn(serve_http(
-            proxy_l,
+        let tls = tls.map(|c| {
+            let l = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("bind");
+            (l, c)
+        });
+        let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr().expect("addr"));
+        rt.spawn(roost::proxy::serve(
+            roost::proxy::Listeners {
+                plain: proxy_l,
+                tls,
+            },
             api_router(),
             routes.clone(),
             cfg,
@@ -238,6 +255,7 @@ impl Harness {
         Harness {
             _rt: rt,
             proxy,
+            tls: tls_addr,
             upstream,
             routes,
             stop: Some(stop),
@@ -1261,4 +1279,122 @@ fn tunnels_count_against_the_caps_and_close_when_idle() {
             answered(&mut s, "/alice/").then_some(())
         },
     );
+}
+
+/// A proxy with a TLS listener whose certificate (for DOMAIN and its wildcard) is signed by
+/// a test CA, and a client configuration that trusts that CA and offers `alpn`.
+fn tls_harness(alpn: &[&[u8]]) -> (Harness, Arc<rustls::ClientConfig>) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec![DOMAIN.to_string(), format!("*.{DOMAIN}")])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let store = roost::tls::CertStore::new(DOMAIN);
+    store.install(
+        roost::tls::certs::parse(
+            "domain",
+            "test",
+            leaf.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .expect("parse"),
+    );
+    let server = store.server_config().expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).expect("root");
+    let mut client = rustls::ClientConfig::builder_with_provider(roost::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (
+        Harness::start_with(ProxyConfig::new(DOMAIN), Some(server)),
+        Arc::new(client),
+    )
+}
+
+/// A blocking TLS connection to the harness's TLS listener, with SNI `name`.
+fn tls_connect(
+    h: &Harness,
+    client: &Arc<rustls::ClientConfig>,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(h.tls.expect("tls listener")).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn over_tls_the_vm_is_told_https_and_upgrades_are_tunnelled() {
+    let (h, client) = tls_harness(&[b"http/1.1"]);
+    // A plain request: the VM sees proto=https whatever the client claimed.
+    let mut s = tls_connect(&h, &client, &format!("alice.{DOMAIN}"));
+    s.write_all(
+        format!("GET /x HTTP/1.1\r\nHost: alice.{DOMAIN}\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).expect("echo json");
+    assert_eq!(header(&v, "x-forwarded-proto"), vec!["https"], "{text}");
+    assert!(
+        header(&v, "forwarded")[0].ends_with(";proto=https"),
+        "{text}"
+    );
+    // A WebSocket-style upgrade through TLS: 101, then bytes both ways.
+    let mut s = tls_connect(&h, &client, DOMAIN);
+    s.write_all(
+        b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for msg in [&b"hello"[..], &vec![7u8; 100_000][..]] {
+        s.write_all(msg).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg);
+    }
+}
+
+#[test]
+fn tls_clients_get_http2_by_alpn_and_the_handshake_has_a_deadline() {
+    let (h, client) = tls_harness(&[b"h2", b"http/1.1"]);
+    let mut s = tls_connect(&h, &client, DOMAIN);
+    // Completing the handshake: ALPN chose h2, and the server speaks HTTP/2 (its
+    // connection preface starts with a SETTINGS frame).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    let mut frame = [0u8; 9];
+    s.read_exact(&mut frame).expect("settings");
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(frame[3], 0x4, "first frame is SETTINGS");
+    // A client that connects and never says hello is dropped (the header-read deadline,
+    // 10 s by default), not held forever.
+    let mut idle = TcpStream::connect(h.tls.expect("tls")).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the silent client got bytes");
+    assert!(started.elapsed() < Duration::from_secs(25), "held open");
 }
