@@ -25,6 +25,7 @@
 
 mod handler;
 mod limit;
+pub mod serving;
 mod upstreams;
 
 #[cfg(test)]
@@ -43,10 +44,6 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::Resolver;
-use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::addr::Ipv4Net;
 
@@ -58,12 +55,8 @@ use limit::ClientLimiter;
 /// How long one upstream round may take before the guest gets SERVFAIL. Each upstream is
 /// tried once (UDP retransmits inside this window); the guest's own resolver retries.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// A TCP client that sends no query for this long is disconnected.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
-/// How often binding TCP on the port the kernel chose for UDP is retried (port 0 only).
-const BIND_ATTEMPTS: usize = 8;
 
 /// `tracing` directives for the daemon's filter: the hickory crates log every response at
 /// info and some guest-triggered conditions at warn, which would let guests flood the
@@ -88,13 +81,8 @@ pub enum DnsError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot listen for DNS on {proto} {addr}")]
-    Bind {
-        proto: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] serving::BindError),
     #[error("cannot build the upstream resolver")]
     Resolver(#[source] NetError),
 }
@@ -132,10 +120,8 @@ pub struct DnsStats {
 /// The running forwarder. `shutdown` stops it and waits; dropping it stops it too (the
 /// sockets close once the serving tasks have seen the signal).
 pub struct DnsServer {
-    local_addr: SocketAddr,
+    serving: serving::Serving,
     counters: Arc<Counters>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
 }
 
 impl DnsServer {
@@ -146,38 +132,23 @@ impl DnsServer {
             DnsError::InvalidPlan("per_client_qps and per_client_burst must be at least 1"),
         )?;
         let resolver = build_resolver(&plan)?;
-        let (udp, tcp) = bind(plan.listen).await?;
-        let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
-            proto: "udp",
-            addr: plan.listen,
-            source,
-        })?;
-
         let counters = Arc::new(Counters::default());
         let forwarder = Forwarder::new(plan.allow, limiter, resolver, counters.clone());
-        let mut server = Server::new(forwarder);
-        server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(server, stopped));
+        let serving =
+            serving::Serving::start(plan.listen, forwarder, TCP_RESPONSE_BUFFER, "DNS forwarder")
+                .await?;
         tracing::info!(
-            listen = %local_addr,
+            listen = %serving.local_addr(),
             allow = %plan.allow,
             upstreams = ?plan.upstreams,
             "DNS forwarder serving"
         );
-        Ok(DnsServer {
-            local_addr,
-            counters,
-            stop,
-            task,
-        })
+        Ok(DnsServer { serving, counters })
     }
 
     /// The bound address (the chosen port when `listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.serving.local_addr()
     }
 
     /// The counters so far.
@@ -193,35 +164,10 @@ impl DnsServer {
 
     /// Stops serving and waits until both sockets are closed. Queries in flight are dropped.
     pub async fn shutdown(self) {
-        let DnsServer { stop, task, .. } = self;
-        // The serving task may already have ended on its own (and logged why).
-        let _ = stop.send(());
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "DNS forwarder task failed");
-        }
+        self.serving.shutdown().await
     }
 }
 
-/// Runs until `stopped` fires or its sender is dropped, then shuts the server down.
-async fn serve(mut server: Server<Forwarder>, stopped: oneshot::Receiver<()>) {
-    let token = server.shutdown_token().clone();
-    let done = server.block_until_done();
-    tokio::pin!(done);
-    let result = tokio::select! {
-        result = &mut done => result,
-        _ = stopped => {
-            token.cancel();
-            done.await
-        }
-    };
-    match result {
-        Ok(()) => tracing::info!("DNS forwarder stopped"),
-        Err(e) => tracing::error!(error = %e, "DNS forwarder stopped"),
-    }
-}
-
-/// The upstream resolver: the plan's servers only (UDP, TCP after truncation), its cache,
-/// short timeouts, no hosts file, no search list.
 fn build_resolver(plan: &DnsPlan) -> Result<Resolver<TokioRuntimeProvider>, DnsError> {
     if plan.upstreams.is_empty() {
         return Err(DnsError::InvalidPlan("no upstream DNS server"));
@@ -257,46 +203,4 @@ fn build_resolver(plan: &DnsPlan) -> Result<Resolver<TokioRuntimeProvider>, DnsE
         .with_options(opts)
         .build()
         .map_err(DnsError::Resolver)
-}
-
-/// Binds UDP, then TCP on the same port. With port 0 the kernel picks the UDP port, which
-/// may be taken for TCP: then both are tried again.
-async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| DnsError::Bind {
-                proto: "udp",
-                addr: listen,
-                source,
-            })?;
-        let mut tcp_addr = listen;
-        if listen.port() == 0 {
-            let chosen = udp.local_addr().map_err(|source| DnsError::Bind {
-                proto: "udp",
-                addr: listen,
-                source,
-            })?;
-            tcp_addr.set_port(chosen.port());
-        }
-        match TcpListener::bind(tcp_addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e)
-                if listen.port() == 0
-                    && e.kind() == io::ErrorKind::AddrInUse
-                    && attempt < BIND_ATTEMPTS =>
-            {
-                continue
-            }
-            Err(source) => {
-                return Err(DnsError::Bind {
-                    proto: "tcp",
-                    addr: tcp_addr,
-                    source,
-                })
-            }
-        }
-    }
 }

@@ -20,11 +20,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{SOA, TXT};
@@ -32,10 +30,6 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::debug;
 
 /// The label ACME puts in front of a domain for its DNS-01 TXT record (RFC 8555 §8.4).
@@ -47,25 +41,16 @@ pub const TXT_TTL: u32 = 10;
 const NEGATIVE_TTL: u32 = 5;
 /// The largest UDP payload offered to EDNS clients (as in `crate::dns`).
 const MAX_UDP_PAYLOAD: u16 = 1232;
-/// A TCP client that sends no query for this long is disconnected.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 8;
-/// How often binding TCP on the port the kernel chose for UDP is retried (port 0 only).
-const BIND_ATTEMPTS: usize = 8;
 
 /// Errors of the challenge DNS server. Messages are short; causes are in `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ChallengeError {
     #[error("{0:?} is not a domain the challenge DNS server can serve")]
     BadZone(String),
-    #[error("cannot listen for DNS on {proto} {addr}")]
-    Bind {
-        proto: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::dns::serving::BindError),
 }
 
 /// The challenges roost is answering right now. Cheap to clone (an `Arc` inside), shared
@@ -399,9 +384,7 @@ impl RequestHandler for Handler {
 /// to roost once (an NS record pointing at this host), and roost answers its TXT records
 /// itself. `shutdown` stops it and waits; dropping it stops it too.
 pub struct ChallengeDns {
-    local_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    serving: crate::dns::serving::Serving,
 }
 
 impl ChallengeDns {
@@ -413,98 +396,33 @@ impl ChallengeDns {
         challenges: Challenges,
     ) -> Result<ChallengeDns, ChallengeError> {
         let zone = Zone::for_domain(&zone)?;
-        let (udp, tcp) = bind(listen).await?;
-        let local_addr = udp.local_addr().map_err(|source| ChallengeError::Bind {
-            proto: "udp",
-            addr: listen,
-            source,
-        })?;
-        tracing::info!(listen = %local_addr, zone = %zone.apex, "ACME challenge DNS serving");
-        let mut server = Server::new(Handler { zone, challenges });
-        server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(server, stopped));
-        Ok(ChallengeDns {
-            local_addr,
-            stop,
-            task,
-        })
+        let apex = zone.apex.clone();
+        let serving = crate::dns::serving::Serving::start(
+            listen,
+            Handler { zone, challenges },
+            TCP_RESPONSE_BUFFER,
+            "ACME challenge DNS",
+        )
+        .await?;
+        tracing::info!(listen = %serving.local_addr(), zone = %apex, "ACME challenge DNS serving");
+        Ok(ChallengeDns { serving })
     }
 
     /// The bound address (the chosen port when `listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.serving.local_addr()
     }
 
     /// Stops serving and waits until both sockets are closed.
     pub async fn shutdown(self) {
-        let ChallengeDns { stop, task, .. } = self;
-        // The serving task may already have ended on its own (and logged why).
-        let _ = stop.send(());
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "ACME challenge DNS task failed");
-        }
-    }
-}
-
-/// Runs until `stopped` fires or its sender is dropped, then shuts the server down.
-async fn serve(mut server: Server<Handler>, stopped: oneshot::Receiver<()>) {
-    let token = server.shutdown_token().clone();
-    let done = server.block_until_done();
-    tokio::pin!(done);
-    let result = tokio::select! {
-        result = &mut done => result,
-        _ = stopped => {
-            token.cancel();
-            done.await
-        }
-    };
-    match result {
-        Ok(()) => tracing::info!("ACME challenge DNS stopped"),
-        Err(e) => tracing::error!(error = %e, "ACME challenge DNS stopped"),
-    }
-}
-
-/// Binds UDP, then TCP on the same port. With port 0 the kernel picks the UDP port, which
-/// may be taken for TCP: then both are tried again.
-async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), ChallengeError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let udp_err = |source| ChallengeError::Bind {
-            proto: "udp",
-            addr: listen,
-            source,
-        };
-        let udp = UdpSocket::bind(listen).await.map_err(udp_err)?;
-        let mut tcp_addr = listen;
-        if listen.port() == 0 {
-            tcp_addr.set_port(udp.local_addr().map_err(udp_err)?.port());
-        }
-        match TcpListener::bind(tcp_addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e)
-                if listen.port() == 0
-                    && e.kind() == io::ErrorKind::AddrInUse
-                    && attempt < BIND_ATTEMPTS =>
-            {
-                continue
-            }
-            Err(source) => {
-                return Err(ChallengeError::Bind {
-                    proto: "tcp",
-                    addr: tcp_addr,
-                    source,
-                })
-            }
-        }
+        self.serving.shutdown().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
 
     use hickory_proto::op::{Message, Query};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
