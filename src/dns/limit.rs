@@ -1,10 +1,13 @@
 //! Per-client query rate: a token bucket per source address (governor's GCRA, which is
 //! the same thing), pruned so its memory stays bounded.
 //!
-//! Only sources inside the allowed subnet ever reach it (at most a /16, so at most 65,536
-//! keys even unpruned); every `PRUNE_EVERY` checks, keys whose bucket is full again are
-//! dropped, so an idle guest costs nothing.
+//! For the guests' forwarder only sources inside the allowed subnet ever reach it (at most
+//! a /16, so at most 65,536 keys even unpruned); the ACME challenge server keys it by any
+//! address. Every `PRUNE_EVERY` checks, keys whose bucket is full again are dropped, so an
+//! idle client costs nothing and a flood of one-off sources holds at most about
+//! `PRUNE_EVERY` buckets per refill period.
 
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,28 +20,27 @@ use governor::{Quota, RateLimiter};
 /// Checks between two prunes of idle keys.
 const PRUNE_EVERY: u32 = 4096;
 
-type Keyed<C> = RateLimiter<
-    Ipv4Addr,
-    DefaultKeyedStateStore<Ipv4Addr>,
-    C,
-    NoOpMiddleware<<C as Clock>::Instant>,
->;
+type Keyed<K, C> =
+    RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One bucket per client address: `burst` queries at once, refilled at `qps` per second.
-pub(super) struct ClientLimiter<C: Clock = DefaultClock> {
-    buckets: Keyed<C>,
+pub(crate) struct ClientLimiter<K = Ipv4Addr, C: Clock = DefaultClock>
+where
+    K: Hash + Eq + Clone,
+{
+    buckets: Keyed<K, C>,
     checks: AtomicU32,
 }
 
-impl ClientLimiter {
+impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     /// `None` when `qps` or `burst` is 0.
-    pub(super) fn new(qps: u32, burst: u32) -> Option<Self> {
+    pub(crate) fn new(qps: u32, burst: u32) -> Option<Self> {
         Self::with_clock(qps, burst, &DefaultClock::default())
     }
 }
 
-impl<C: Clock> ClientLimiter<C> {
-    pub(super) fn with_clock(qps: u32, burst: u32, clock: &C) -> Option<Self> {
+impl<K: Hash + Eq + Clone, C: Clock> ClientLimiter<K, C> {
+    pub(crate) fn with_clock(qps: u32, burst: u32, clock: &C) -> Option<Self> {
         let quota = Quota::per_second(NonZeroU32::new(qps)?).allow_burst(NonZeroU32::new(burst)?);
         Some(ClientLimiter {
             buckets: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock),
@@ -47,7 +49,7 @@ impl<C: Clock> ClientLimiter<C> {
     }
 
     /// Takes a token from `client`'s bucket; false when it is empty.
-    pub(super) fn check(&self, client: Ipv4Addr) -> bool {
+    pub(crate) fn check(&self, client: K) -> bool {
         let n = self.checks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if n.is_multiple_of(PRUNE_EVERY) {
             self.prune();
@@ -75,9 +77,9 @@ mod tests {
 
     #[test]
     fn zero_rate_or_burst_is_refused() {
-        assert!(ClientLimiter::new(0, 5).is_none());
-        assert!(ClientLimiter::new(5, 0).is_none());
-        assert!(ClientLimiter::new(1, 1).is_some());
+        assert!(ClientLimiter::<Ipv4Addr>::new(0, 5).is_none());
+        assert!(ClientLimiter::<Ipv4Addr>::new(5, 0).is_none());
+        assert!(ClientLimiter::<Ipv4Addr>::new(1, 1).is_some());
     }
 
     #[test]

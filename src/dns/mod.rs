@@ -24,7 +24,7 @@
 //!   cannot answer from the host's private names or loop into itself.
 
 mod handler;
-mod limit;
+pub(crate) mod limit;
 pub mod serving;
 mod upstreams;
 

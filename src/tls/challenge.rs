@@ -51,6 +51,8 @@ pub enum ChallengeError {
     BadZone(String),
     #[error(transparent)]
     Bind(#[from] crate::dns::serving::BindError),
+    #[error("the per-client rate limit must be at least 1")]
+    RateLimit,
 }
 
 /// The challenges roost is answering right now. Cheap to clone (an `Arc` inside), shared
@@ -315,7 +317,14 @@ impl Zone {
 struct Handler {
     zone: Zone,
     challenges: Challenges,
+    /// Queries per client address: an ACME validator asks a handful of times per order;
+    /// a flood from one address is answered REFUSED without any work.
+    limiter: crate::dns::limit::ClientLimiter<std::net::IpAddr>,
 }
+
+/// Queries one client address may send per second, and the burst above it.
+const CLIENT_QPS: u32 = 20;
+const CLIENT_BURST: u32 = 100;
 
 impl Handler {
     async fn handle<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
@@ -324,18 +333,22 @@ impl Handler {
             edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             edns
         });
-        let info = request.request_info().ok();
-        let question = info.as_ref().map(|info| Question {
-            name: info.query.original().name(),
-            qtype: info.query.query_type(),
-            qclass: info.query.query_class(),
-        });
-        let reply = self.zone.answer(
-            request.metadata.op_code,
-            request.edns.as_ref().map(|e| e.version()),
-            question,
-            &self.challenges,
-        );
+        let reply = if self.limiter.check(request.src().ip().to_canonical()) {
+            let info = request.request_info().ok();
+            let question = info.as_ref().map(|info| Question {
+                name: info.query.original().name(),
+                qtype: info.query.query_type(),
+                qclass: info.query.query_class(),
+            });
+            self.zone.answer(
+                request.metadata.op_code,
+                request.edns.as_ref().map(|e| e.version()),
+                question,
+                &self.challenges,
+            )
+        } else {
+            Reply::bare(ResponseCode::Refused)
+        };
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = reply.authoritative;
@@ -399,7 +412,12 @@ impl ChallengeDns {
         let apex = zone.apex.clone();
         let serving = crate::dns::serving::Serving::start(
             listen,
-            Handler { zone, challenges },
+            Handler {
+                zone,
+                challenges,
+                limiter: crate::dns::limit::ClientLimiter::new(CLIENT_QPS, CLIENT_BURST)
+                    .ok_or(ChallengeError::RateLimit)?,
+            },
             TCP_RESPONSE_BUFFER,
             "ACME challenge DNS",
         )
@@ -672,5 +690,53 @@ mod tests {
         dns.shutdown().await;
         // The sockets are closed: the port can be bound again.
         UdpSocket::bind(addr).await.expect("UDP port released");
+    }
+
+    #[tokio::test]
+    async fn a_flood_from_one_address_is_refused_without_work() {
+        let c = Challenges::new();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let dns = ChallengeDns::start(listen, "example.com".into(), c.clone())
+            .await
+            .expect("start");
+        let addr = dns.local_addr();
+        let _a = c.answer_txt(APEX, "value");
+        // 400 queries from one socket as fast as it sends, then every answer collected.
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let started = std::time::Instant::now();
+        const SENT: u16 = 400;
+        for id in 0..SENT {
+            let mut q = query(APEX, RecordType::TXT);
+            q.metadata.id = id;
+            sock.send_to(&q.to_vec().expect("encode"), addr)
+                .await
+                .expect("send");
+        }
+        let (mut answered, mut refused) = (0u32, 0u32);
+        let mut buf = vec![0u8; 4096];
+        while answered + refused < u32::from(SENT) {
+            let got = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await;
+            let Ok(Ok((n, _))) = got else { break };
+            let m = Message::from_vec(&buf[..n]).expect("decode");
+            match m.metadata.response_code {
+                ResponseCode::NoError if !m.answers.is_empty() => answered += 1,
+                ResponseCode::Refused if m.answers.is_empty() => refused += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        // At most the burst plus what refilled meanwhile was answered; the rest refused.
+        let allowed = f64::from(CLIENT_BURST) + f64::from(CLIENT_QPS) * elapsed + 1.0;
+        assert!(
+            f64::from(answered) <= allowed,
+            "{answered} answered in {elapsed:.2}s"
+        );
+        assert!(
+            refused > 0,
+            "nothing refused ({answered} answered in {elapsed:.2}s)"
+        );
+        dns.shutdown().await;
     }
 }
