@@ -170,6 +170,12 @@ async fn a_custom_domain_is_routed_only_while_its_txt_record_proves_it() {
         domains.claim(alice.user, alice.id, "shop.example.org", "alice"),
         Err(DomainError::Taken(_))
     ));
+    // Another user cannot take it while it is claimed, in any spelling.
+    let bob = hosting_for(&store, "bob");
+    assert!(matches!(
+        domains.claim(bob.user, bob.id, "SHOP.example.org.", "bob"),
+        Err(DomainError::Taken(_))
+    ));
 
     // No record, then a wrong one: refused with what DNS had, and nothing routed.
     dns.serve(&[]);
@@ -229,7 +235,6 @@ async fn a_custom_domain_is_routed_only_while_its_txt_record_proves_it() {
         domains.remove(alice.id, "shop.example.org", "alice"),
         Err(DomainError::NotFound)
     ));
-    let bob = hosting_for(&store, "bob");
     domains
         .claim(bob.user, bob.id, "shop.example.org", "bob")
         .expect("free again");
