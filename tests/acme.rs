@@ -9,32 +9,27 @@
 //!                      `Challenges::http01`
 //! ```
 //! unbound stands in for the operator's delegation (`_acme-challenge.DOMAIN NS roost`): pebble
-//! really asks a resolver, which really asks ChallengeDns.
+//! really asks a resolver, which really asks ChallengeDns. The three services are
+//! tests/common/pebble.rs's (shared with tests/https_acme.rs).
 //! Privileged: runs only with ROOST_PRIVILEGED_TESTS=1 (scripts/test.sh sets it).
 
 mod common;
 
 use std::convert::Infallible;
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
 use roost::tls::acme::{Acme, AcmeError, AcmeSettings, Issued, Method, ACCOUNT_FILE};
 use roost::tls::challenge::{ChallengeDns, Challenges};
 use rustls::client::danger::ServerCertVerifier;
@@ -42,21 +37,12 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::RootCertStore;
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::Reaped;
+use common::pebble::{self, Procs, PEBBLE, STARTUP};
 
 const ZONE: &str = "example.test";
-const PEBBLE: &str = "127.0.0.1:14000";
-const PEBBLE_MANAGEMENT: &str = "127.0.0.1:15000";
 /// Where pebble validates HTTP-01 (its `httpPort`), and where this test answers.
 const HTTP01: &str = "127.0.0.1:5002";
-const CHALLTESTSRV_DNS: &str = "127.0.0.1:8053";
-const CHALLTESTSRV_MANAGEMENT: &str = "127.0.0.1:8055";
-const RESOLVER: &str = "127.0.0.1:5053";
-/// How long any one service may take to come up.
-const STARTUP: Duration = Duration::from_secs(20);
 
 #[test]
 fn certificates_from_pebble_by_dns01_through_challenge_dns_and_by_http01() {
@@ -74,39 +60,10 @@ fn run_in_netns() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let mut procs = Procs {
-        dir: dir.to_owned(),
-        children: Vec::new(),
-    };
+    let mut procs = Procs::new(dir);
 
-    procs.spawn(
-        "challtestsrv",
-        "pebble-challtestsrv",
-        &[
-            "-dns01",
-            CHALLTESTSRV_DNS,
-            "-management",
-            CHALLTESTSRV_MANAGEMENT,
-            "-defaultIPv4",
-            "",
-            "-defaultIPv6",
-            "",
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ],
-        &[],
-    );
-    wait_tcp(CHALLTESTSRV_MANAGEMENT);
-    let added = reqwest::blocking::Client::new()
-        .post(format!("http://{CHALLTESTSRV_MANAGEMENT}/add-a"))
-        .json(&json!({"host": "shop.example.org.", "addresses": ["127.0.0.1"]}))
-        .send()
-        .expect("challtestsrv add-a");
-    assert!(added.status().is_success(), "add-a: {}", added.status());
+    procs.challtestsrv();
+    pebble::add_a("shop.example.org", Ipv4Addr::LOCALHOST);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -134,81 +91,29 @@ fn run_in_netns() {
     // A name server that never answers, for an order that cannot finish in time.
     let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind silent");
     let silent_addr = silent.local_addr().expect("silent addr");
-    let unbound_conf = dir.join("unbound.conf");
-    fs::write(
-        &unbound_conf,
-        unbound_config(dir, dns.local_addr(), silent_addr),
-    )
-    .expect("unbound.conf");
-    procs.spawn(
-        "unbound",
-        "unbound",
-        &["-d", "-c", unbound_conf.to_str().expect("utf-8 path")],
-        &[],
-    );
+    procs.unbound(&[(ZONE, dns.local_addr()), ("silent.test", silent_addr)]);
     // Both paths of the resolver work: the delegation (the SOA comes from ChallengeDns; no
     // TXT is asked, so no negative answer is cached) and the rest of the "internet".
     common::poll("unbound answering", STARTUP, || {
-        let soa = resolve("_acme-challenge.example.test.", RecordType::SOA)?;
-        let a = resolve("shop.example.org.", RecordType::A)?;
+        let soa = pebble::resolve("_acme-challenge.example.test.", RecordType::SOA)?;
         let soa_ok = soa.metadata.response_code == ResponseCode::NoError && !soa.answers.is_empty();
-        let a_ok = a
-            .answers
-            .iter()
-            .any(|r| matches!(&r.data, RData::A(a) if a.0 == Ipv4Addr::LOCALHOST));
+        let a_ok = pebble::resolves_to("shop.example.org.", Ipv4Addr::LOCALHOST);
         (soa_ok && a_ok).then_some(())
     });
 
-    let ca = TestCa::new();
-    let pebble_ca = dir.join("pebble-ca.pem");
-    fs::write(&pebble_ca, &ca.cert_pem).expect("CA pem");
-    let (cert_pem, key_pem) = ca.leaf(&["localhost", "127.0.0.1"]);
-    fs::write(dir.join("pebble.pem"), cert_pem).expect("pebble cert");
-    fs::write(dir.join("pebble.key"), key_pem).expect("pebble key");
-    let config = json!({"pebble": {
-        "listenAddress": PEBBLE,
-        "managementListenAddress": PEBBLE_MANAGEMENT,
-        "certificate": dir.join("pebble.pem"),
-        "privateKey": dir.join("pebble.key"),
-        "httpPort": 5002,
-        "tlsPort": 5001,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false
-    }});
-    let pebble_conf = dir.join("pebble.json");
-    fs::write(&pebble_conf, config.to_string()).expect("pebble.json");
-    procs.spawn(
-        "pebble",
-        "pebble",
-        &[
-            "-config",
-            pebble_conf.to_str().expect("utf-8 path"),
-            "-dnsserver",
-            RESOLVER,
-        ],
-        &[
-            ("PEBBLE_VA_NOSLEEP", "1"),
-            // instant-acme retries a rejected nonce only 3 times; no random rejections.
-            ("PEBBLE_WFE_NONCEREJECT", "0"),
-            // Every order gets fresh authorizations, so each one is really validated.
-            ("PEBBLE_AUTHZREUSE", "0"),
-        ],
-    );
-    wait_tcp(PEBBLE);
-    wait_tcp(PEBBLE_MANAGEMENT);
+    let pebble = procs.pebble(5002);
     eprintln!("services up after {:?}", started.elapsed());
 
     let account_dir = dir.join("acme");
     let settings = AcmeSettings {
         directory: format!("https://{PEBBLE}/dir"),
         email: "hostmaster@example.test".into(),
-        ca_roots: Some(pebble_ca.clone()),
+        ca_roots: Some(pebble.ca_file.clone()),
         dir: account_dir.clone(),
     };
 
+    let pebble_root = pebble.root();
     rt.block_on(async {
-        let pebble_root = https_get(PEBBLE_MANAGEMENT, "/roots/0", &ca.cert_pem).await;
-
         let acme = Acme::load_or_register(settings.clone(), challenges.clone())
             .await
             .expect("register");
@@ -408,82 +313,6 @@ fn verify(issued: &Issued, root_pem: &str, hosts: &[&str]) {
         .expect("the key is the certificate's");
 }
 
-/// A CA made for pebble's own TLS listener.
-struct TestCa {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "roost test CA for pebble");
-        let key = KeyPair::generate().expect("CA key");
-        let cert_pem = params.self_signed(&key).expect("CA cert").pem();
-        TestCa {
-            cert_pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for `sans`, and its key.
-    fn leaf(&self, sans: &[&str]) -> (String, String) {
-        let mut params = CertificateParams::new(names(sans)).expect("params");
-        params.distinguished_name.push(DnType::CommonName, "pebble");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// unbound as the CA's resolver: `_acme-challenge.example.test` is a stub zone served by
-/// ChallengeDns (the operator's NS delegation), `_acme-challenge.silent.test` to a server
-/// that never answers, everything else goes to challtestsrv.
-/// Tiny negative TTLs so a "nothing yet" is never kept across orders.
-fn unbound_config(dir: &Path, challenge_dns: SocketAddr, silent: SocketAddr) -> String {
-    let (cip, cport) = (challenge_dns.ip(), challenge_dns.port());
-    let (sip, sport) = (silent.ip(), silent.port());
-    let (fip, fport) = CHALLTESTSRV_DNS.split_once(':').expect("addr");
-    let (rip, rport) = RESOLVER.split_once(':').expect("addr");
-    format!(
-        r#"server:
-    interface: {rip}
-    port: {rport}
-    do-ip6: no
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    username: ""
-    chroot: ""
-    directory: "{dir}"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    num-threads: 1
-    module-config: "iterator"
-    qname-minimisation: no
-    cache-max-negative-ttl: 1
-    local-zone: "test." nodefault
-remote-control:
-    control-enable: no
-stub-zone:
-    name: "_acme-challenge.{ZONE}"
-    stub-addr: {cip}@{cport}
-stub-zone:
-    name: "_acme-challenge.silent.test"
-    stub-addr: {sip}@{sport}
-forward-zone:
-    name: "."
-    forward-addr: {fip}@{fport}
-"#,
-        dir = dir.display()
-    )
-}
-
 /// Serves `GET /.well-known/acme-challenge/<token>` from `challenges`; 404 otherwise.
 async fn serve_http01(listener: tokio::net::TcpListener, challenges: Challenges) {
     loop {
@@ -511,115 +340,5 @@ async fn serve_http01(listener: tokio::net::TcpListener, challenges: Challenges)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-    }
-}
-
-/// `GET https://<addr><path>` trusting only `ca_pem`; the body.
-async fn https_get(addr: &str, path: &str, ca_pem: &str) -> String {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA"))
-        .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(roost::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let ip: std::net::IpAddr = addr
-        .split(':')
-        .next()
-        .and_then(|h| h.parse().ok())
-        .expect("ip");
-    let mut tls = connector
-        .connect(ServerName::IpAddress(ip.into()), tcp)
-        .await
-        .expect("TLS");
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    // The server may close without close_notify: what was read is the response.
-    let _ = tls.read_to_end(&mut raw).await;
-    let raw = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-/// One query to the resolver over UDP; `None` if it does not answer within a second.
-fn resolve(name: &str, qtype: RecordType) -> Option<Message> {
-    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    let mut query = Message::query();
-    query.metadata.recursion_desired = true;
-    query.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-    sock.send_to(&query.to_vec().expect("encode"), RESOLVER)
-        .ok()?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).ok()?;
-        let answer = Message::from_vec(&buf[..n]).ok()?;
-        if answer.metadata.id == query.metadata.id {
-            return Some(answer);
-        }
-    }
-}
-
-fn wait_tcp(addr: &str) {
-    common::poll(addr, STARTUP, || TcpStream::connect(addr).ok().map(drop));
-}
-
-/// The services of the test, each logging to `<name>.log`; all killed when dropped, and
-/// their logs' tails printed when the test failed.
-struct Procs {
-    dir: PathBuf,
-    children: Vec<(String, Reaped)>,
-}
-
-impl Procs {
-    fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) {
-        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe. The child is killed when this thread (the
-        // test's, in the namespace) ends, even if the test process itself is killed.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(io::Error::from)
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e} (is it installed?)"));
-        self.children.push((name.to_owned(), Reaped(child)));
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (name, _) in &self.children {
-            let mut log = String::new();
-            if let Ok(mut f) = File::open(self.dir.join(format!("{name}.log"))) {
-                let _ = f.read_to_string(&mut log);
-            }
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- {name}.log (last lines) ---");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
     }
 }
