@@ -370,13 +370,13 @@ fn claims_that_fail(st: &Stage) {
 /// installed while the download's connection stays open, new connections get it (another
 /// serial number), and the download completes whole.
 fn renewal_during_a_download(st: &Stage) {
-    // The file, in the guest's web root; sparse, so it costs nothing. With sudo: the web
-    // root becomes alice's only in cloud-init's last stage, which may run after the guest
-    // answers on :80 and :22 (`running`).
+    // The file, in the guest's web root; sparse, so it costs nothing. Without sudo, right
+    // after `running`: the owner can write the site as soon as SSH answers (the web root
+    // is group-writable for them from cloud-init's first stage), and edit the default page.
     let out = ssh(
         st,
         &format!(
-            "sudo truncate -s {BIG_BYTES} /var/www/html/big.bin && stat -c %s /var/www/html/big.bin"
+            "truncate -s {BIG_BYTES} /var/www/html/big.bin && cp /var/www/html/index.html /tmp/page && echo edited >> /var/www/html/index.html && cp /tmp/page /var/www/html/index.html && stat -c %s /var/www/html/big.bin"
         ),
     );
     assert!(

@@ -58,6 +58,7 @@ fn user_data_has_the_expected_structure_and_values() {
             "preserve_hostname",
             "manage_etc_hosts",
             "users",
+            "bootcmd",
             "ssh_pwauth",
             "disable_root",
             "write_files",
@@ -76,7 +77,10 @@ fn user_data_has_the_expected_structure_and_values() {
     assert_eq!(u["ssh_authorized_keys"], Value::Sequence(vec![KEY.into()]));
     let wf = &ud["write_files"][0];
     assert_eq!(wf["path"], Value::from("/var/www/html/index.html"));
-    assert_eq!(wf["permissions"], Value::from("0644"));
+    // Group-writable for the owner (in www-data) from the first stage on.
+    assert_eq!(wf["permissions"], Value::from("0664"));
+    assert_eq!(wf["owner"], Value::from("root:www-data"));
+    assert_eq!(u["groups"], Value::Sequence(vec!["www-data".into()]));
     let page = wf["content"].as_str().expect("page");
     assert!(page.contains("<h1>alice</h1>"), "{page}");
     assert!(page.contains("ssh -p 2201 alice@roost.example"), "{page}");
@@ -193,7 +197,7 @@ fn hostile_key_comment_stays_data() {
         Value::Sequence(vec![key.into()])
     );
     assert_eq!(ud["runcmd"].as_sequence().map(Vec::len), Some(2));
-    assert_eq!(keys_of(&ud).len(), 8);
+    assert_eq!(keys_of(&ud).len(), 9);
 }
 
 /// Sets one field of a [`SeedInput`].
