@@ -2,46 +2,56 @@
 # Benchmarks roost's HTTP proxy against nginx proxy_pass (keepalive upstream, 2 workers) and
 # the SSH forwarder against a direct connection, in one run, on loopback: real SSH sessions
 # (OpenSSH client and server, two ciphers) and raw TCP (splice and copy forwarders).
+# The `https` part measures roost's proxy with its TLS listener against nginx terminating TLS
+# (the same ECDSA P-256 certificate, made here by openssl for bench.test and *.bench.test),
+# both proxying to the `http` part's upstream: requests on keep-alive connections, and a
+# new connection with a full handshake per request (`openssl s_time -new`).
 # The `transparent` part measures, in network namespaces of its own (a client, the host with
 # its bridge, a guest behind it), direct routed sessions against the forwarder connecting
 # from the host's address and from the client's own (`ForwardLimits::client_mark`).
-# Prints markdown tables. Bounded (on a busy 2-core machine: http about 2 minutes, ssh and
-# transparent 3 to 7 each; every session has a timeout) and cleans up every process and
-# namespace it creates, also when it fails or is interrupted.
+# Prints markdown tables. Bounded (on a busy 2-core machine: http about 2 minutes, https 2
+# plus its build, ssh and transparent 3 to 7 each; every session has a timeout) and cleans
+# up every process and namespace it creates, also when it fails or is interrupted.
 #
-#   scripts/bench-proxy.sh [ROUNDS] [all|http|ssh|transparent]
-#       ROUNDS of 10 s wrk runs per proxy (default 2); the second argument picks the parts.
+#   scripts/bench-proxy.sh [ROUNDS] [all|http|https|ssh|transparent]
+#       ROUNDS of 10 s wrk (and s_time) runs per proxy (default 2); the second argument picks
+#       the parts.
 #       SSH_RUNS (default 5): SSH sessions per path and cipher; the median is reported.
-#       The binary is looked up in ${CARGO_TARGET_DIR:-$ROOT/target}.
+#       TLS_CLIENTS (default 2 per CPU): parallel `openssl s_time` clients of the handshake rows.
+#       The binaries are built into ${CARGO_TARGET_DIR:-$ROOT/target}.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS="${1:-2}"
 PARTS="${2:-all}"
 case "$PARTS" in
-    all | http | ssh | transparent) ;;
-    *) die "unknown part '$PARTS' (all, http, ssh or transparent)" ;;
+    all | http | https | ssh | transparent) ;;
+    *) die "unknown part '$PARTS' (all, http, https, ssh or transparent)" ;;
 esac
 want() { [ "$PARTS" = all ] || [ "$PARTS" = "$1" ]; }
 BYTES=$((1 << 30))
-P_UP=18081 P_NGX=18082 P_ROOST=18083 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
+P_UP=18081 P_NGX=18082 P_ROOST=18083 P_NGX_TLS=18084 P_ROOST_TLS=18085 P_SINK=18091 P_SPLICE=18092 P_COPY=18093
 P_SSHD=18094 P_SSHFWD=18095
 
 had_nginx=0
 pkgs=()
-if want http; then
+if want http || want https; then
     dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" && had_nginx=1
     pkgs+=(wrk nginx-light)
 fi
+# The https part's openssl comes with ca-certificates (in the runtime set), its unshare with
+# util-linux (essential): neither is listed, so that installing never upgrades them.
 # libwrap0: a shared library of the unpacked sshd below that openssh-client does not bring.
 if want ssh || want transparent; then pkgs+=(libwrap0); fi
 apt_install "${pkgs[@]}"
 # Debian starts nginx.service on :80 when it installs it, where roost listens: the bench only
 # needs the binary, so a service this script brought in is stopped and disabled again.
-if want http && [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
+if { want http || want https; } && [ "$had_nginx" = 0 ] && command -v systemctl >/dev/null; then
     systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 busy=()
-want http && busy+=("$P_UP" "$P_NGX" "$P_ROOST")
+{ want http || want https; } && busy+=("$P_UP")
+want http && busy+=("$P_NGX" "$P_ROOST")
+want https && busy+=("$P_NGX_TLS" "$P_ROOST_TLS")
 want ssh && busy+=("$P_SINK" "$P_SPLICE" "$P_COPY" "$P_SSHD" "$P_SSHFWD")
 for p in "${busy[@]}"; do
     ss -Hltn "sport = :$p" | grep -q . && die "port $p is busy"
@@ -100,6 +110,106 @@ wait_port() { # port [netns]
     die "nothing listens on port $1${2:+ in $2}"
 }
 
+# roost's proxy with its TLS listener: `proxy_bench` has no TLS mode, so a small crate made
+# here puts together what `roost serve` does with `[https] cert_file`/`key_file`
+# (tls::manager::start: a CertStore for DOMAIN with the files in its `file` slot, the
+# store's rustls configuration; daemon::serve: proxy::serve with both listeners and the
+# default HttpsPolicy) and proxy_bench's route "bench". It is built against this tree with
+# its Cargo.lock and release profile, into the same target directory.
+if want https; then
+    log "cargo build --release roost-https-bench (roost's proxy with its TLS listener)"
+    mkdir -p "$WORK/https-bench/src"
+    cp "$ROOT/Cargo.lock" "$WORK/https-bench/"
+    {
+        cat <<TOML
+[package]
+name = "roost-https-bench"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+roost = { path = "$ROOT" }
+anyhow = "1"
+axum = "0.8"
+tokio = { version = "1", features = ["full"] }
+tracing-subscriber = { version = "0.3", features = ["env-filter", "fmt"] }
+
+[workspace]
+
+TOML
+        awk '/^\[/{p=($0=="[profile.release]")} p' "$ROOT/Cargo.toml"
+    } > "$WORK/https-bench/Cargo.toml"
+    cat > "$WORK/https-bench/src/main.rs" <<'RUST'
+//! roost-https-bench LISTEN UPSTREAM CERT KEY: roost's proxy with its TLS listener on
+//! LISTEN (and a plain one on an ephemeral loopback port), route "bench" -> UPSTREAM.
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use roost::proxy::{Http01, HttpsPolicy, Listeners, ProxyConfig, Route, RouteStatus, Routes};
+use roost::tls::certs::load_files;
+use roost::tls::manager::FILE_SLOT;
+use roost::tls::CertStore;
+
+const DOMAIN: &str = "bench.test";
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, upstream, cert, key] = &args[..] else {
+        bail!("usage: roost-https-bench LISTEN UPSTREAM CERT KEY");
+    };
+    let listen: SocketAddr = listen.parse().context("LISTEN")?;
+    let upstream: SocketAddrV4 = upstream.parse().context("UPSTREAM")?;
+    let store = CertStore::new(DOMAIN);
+    store.install(load_files(FILE_SLOT, cert.as_ref(), key.as_ref())?);
+    let server_config = store.server_config()?;
+    let defaults = roost::config::HttpsConfig::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let tls = tokio::net::TcpListener::bind(listen).await?;
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let routes = Routes::new(vec![Route {
+            generation: 0,
+            slug: "bench".into(),
+            hosting_id: "bench".into(),
+            upstream: Some(upstream),
+            ssh: None,
+            status: RouteStatus::Live,
+        }]);
+        let mut cfg = ProxyConfig::new(DOMAIN);
+        cfg.https = Some(HttpsPolicy {
+            port: listen.port(),
+            redirect: defaults.redirect,
+            hsts: defaults.hsts,
+            http01: Http01(Arc::new(|_| None)),
+        });
+        let listeners = Listeners {
+            plain,
+            tls: Some((tls, server_config)),
+        };
+        let api = axum::Router::new();
+        roost::proxy::serve(listeners, api, routes, cfg, std::future::pending()).await;
+        anyhow::Ok(())
+    })
+}
+RUST
+    # Offline: the build above fetched every crate of this Cargo.lock.
+    (cd "$WORK/https-bench" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -q --release --offline)
+    HTTPS_BIN="$TARGET_DIR/release/roost-https-bench"
+    [ -x "$HTTPS_BIN" ] || die "no $HTTPS_BIN after the build"
+fi
+
 # A 612-byte static page, as nginx's default index.
 head -c 612 /dev/zero | tr '\0' 'x' > "$WORK/index.html"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -127,23 +237,129 @@ CONF
     PIDS+=($!)
 }
 
-if want http; then
-# The upstream: one nginx serving the page (the VM's nginx in production).
-nginx_conf up 1 "server { listen 127.0.0.1:$P_UP; root $WORK; location /bench/ { alias $WORK/; } location / { } }"
-# nginx as the reverse proxy, same worker count as roost's workers (2), sending the VM the
-# same forwarding headers roost sends.
-nginx_conf ngx 2 "upstream vm { server 127.0.0.1:$P_UP; keepalive 64; }
-    server { listen 127.0.0.1:$P_NGX;
-      location /bench/ { proxy_pass http://vm/; proxy_http_version 1.1;
+# nginx as the reverse proxy, sending the VM the same forwarding headers roost sends.
+NGX_UPSTREAM="upstream vm { server 127.0.0.1:$P_UP; keepalive 64; }"
+NGX_LOCATION="location /bench/ { proxy_pass http://vm/; proxy_http_version 1.1;
         proxy_set_header Connection \"\"; proxy_set_header Host \$host;
         proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto \$scheme;
         proxy_set_header X-Forwarded-Prefix /bench; proxy_set_header X-Real-IP \$remote_addr;
         proxy_set_header X-Forwarded-Host \$host;
-        proxy_set_header Forwarded \"for=\$remote_addr;host=\\\"\$host\\\";proto=\$scheme\"; } }"
+        proxy_set_header Forwarded \"for=\$remote_addr;host=\\\"\$host\\\";proto=\$scheme\"; }"
+if want http || want https; then
+# The upstream: one nginx serving the page (the VM's nginx in production).
+nginx_conf up 1 "server { listen 127.0.0.1:$P_UP; root $WORK; location /bench/ { alias $WORK/; } location / { } }"
+wait_port $P_UP
+fi
+if want http; then
+# Same worker count as roost's workers (2).
+nginx_conf ngx 2 "$NGX_UPSTREAM
+    server { listen 127.0.0.1:$P_NGX;
+      $NGX_LOCATION }"
 "$BIN" http "127.0.0.1:$P_ROOST" "127.0.0.1:$P_UP" & PIDS+=($!)
-for p in $P_UP $P_NGX $P_ROOST; do wait_port $p; done
+for p in $P_NGX $P_ROOST; do wait_port $p; done
 curl -fsS "http://127.0.0.1:$P_ROOST/bench/index.html" | cmp -s - "$WORK/index.html" || die "roost proxy does not serve the page"
 curl -fsS "http://127.0.0.1:$P_NGX/bench/index.html" | cmp -s - "$WORK/index.html" || die "nginx proxy does not serve the page"
+fi
+
+# The https part: a test CA and one leaf for bench.test and *.bench.test, ECDSA P-256 keys
+# (PKCS#8), served by both proxies from the same two files.
+TLS="$WORK/tls"
+# Runs a command for which bench.test is 127.0.0.1 (wrk then sends it as SNI and Host): in
+# a mount namespace of its own where $WORK/hosts is bound over /etc/hosts, which stays as
+# it is for everything else.
+resolving() {
+    # shellcheck disable=SC2016 # expanded by that sh
+    unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' \
+        "$WORK/hosts" "$@"
+}
+# The TLS version, cipher suite and key-exchange group a handshake with port $1 settles on.
+tls_params() {
+    timeout 20 openssl s_client -connect "127.0.0.1:$1" -servername bench.test </dev/null 2>/dev/null |
+        awk '/^New, /{gsub(",", ""); v=$2; c=$NF} /^Server Temp Key:/{gsub(",", ""); k=$4} END{print v, c, k}'
+}
+# Session tickets sent by port $1 in one TLS 1.3 handshake (and its HTTP/1.0 request).
+tls_tickets() {
+    printf 'GET /bench/index.html HTTP/1.0\r\n\r\n' |
+        timeout 20 openssl s_client -msg -ign_eof -connect "127.0.0.1:$1" -servername bench.test 2>/dev/null |
+        grep -c 'NewSessionTicket' || true
+}
+# "yes" when port $1 resumes the session of an earlier handshake (with its ticket), else "no".
+tls_resumes() {
+    local out
+    printf 'GET /bench/index.html HTTP/1.0\r\n\r\n' |
+        timeout 20 openssl s_client -ign_eof -sess_out "$TLS/session.$1" -connect "127.0.0.1:$1" \
+            -servername bench.test >/dev/null 2>&1 || true
+    out=$(timeout 20 openssl s_client -sess_in "$TLS/session.$1" -connect "127.0.0.1:$1" \
+        -servername bench.test </dev/null 2>/dev/null) || true
+    if grep -q '^Reused,' <<<"$out"; then echo yes; else echo no; fi
+}
+if want https; then
+    mkdir -p "$TLS"
+    cat > "$TLS/x509.cnf" <<'CNF'
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:bench.test, DNS:*.bench.test
+authorityKeyIdentifier = keyid
+CNF
+    for k in ca key; do
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS/$k.pem"
+    done
+    openssl req -x509 -new -key "$TLS/ca.pem" -subj "/CN=roost bench CA" -days 2 -sha256 \
+        -config "$TLS/x509.cnf" -extensions ca -out "$TLS/ca.crt"
+    openssl req -new -key "$TLS/key.pem" -subj "/CN=bench.test" -config "$TLS/x509.cnf" \
+        -out "$TLS/leaf.csr"
+    openssl x509 -req -in "$TLS/leaf.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.pem" \
+        -CAserial "$TLS/ca.srl" -CAcreateserial -days 2 -sha256 \
+        -extfile "$TLS/x509.cnf" -extensions leaf -out "$TLS/cert.pem" 2>/dev/null
+    openssl verify -CAfile "$TLS/ca.crt" "$TLS/cert.pem" >/dev/null || die "the benchmark's certificate does not verify"
+    echo "127.0.0.1 localhost bench.test" > "$WORK/hosts"
+    # nginx terminating TLS: one worker per CPU (as roost's proxy has), TLS 1.2 and 1.3, the
+    # key-exchange groups of roost's rustls (ring) in its order; no session cache and no
+    # ticket keys, so it resumes nothing (OpenSSL still sends TLS 1.3 tickets). Keep-alive
+    # and upstream as in the http part; server_name gives \$host a value for s_time's
+    # requests, which have no Host header.
+    nginx_conf ngxs "$(nproc)" "$NGX_UPSTREAM
+    server { listen 127.0.0.1:$P_NGX_TLS ssl; server_name bench.test;
+      ssl_certificate $TLS/cert.pem; ssl_certificate_key $TLS/key.pem;
+      ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1;
+      ssl_session_cache off; ssl_session_tickets off;
+      $NGX_LOCATION }"
+    PID_NGX_TLS=$!
+    "$HTTPS_BIN" "127.0.0.1:$P_ROOST_TLS" "127.0.0.1:$P_UP" "$TLS/cert.pem" "$TLS/key.pem" & PIDS+=($!)
+    PID_ROOST_TLS=$!
+    for p in $P_NGX_TLS $P_ROOST_TLS; do wait_port $p; done
+    for p in $P_ROOST_TLS $P_NGX_TLS; do
+        # What wrk asks (SNI and Host bench.test, HTTP/1.1), the certificate verified.
+        curl -fsS --http1.1 --cacert "$TLS/ca.crt" --resolve "bench.test:$p:127.0.0.1" \
+            "https://bench.test:$p/bench/index.html" | cmp -s - "$WORK/index.html" ||
+            die "HTTPS on port $p does not serve the page"
+        # What s_time asks (no SNI, HTTP/1.0 without Host).
+        out=$(printf 'GET /bench/index.html HTTP/1.0\r\n\r\n' |
+            timeout 20 openssl s_client -quiet -connect "127.0.0.1:$p" 2>/dev/null) || true
+        [[ "$out" == "HTTP/1."[01]" 200 "* && "$out" == *"$(<"$WORK/index.html")" ]] ||
+            die "HTTPS on port $p does not serve the page to s_time's request: ${out:0:200}"
+    done
+    # A site's own name, under the wildcard (host-routed by roost).
+    curl -fsS --cacert "$TLS/ca.crt" --resolve "bench.bench.test:$P_ROOST_TLS:127.0.0.1" \
+        "https://bench.bench.test:$P_ROOST_TLS/index.html" | cmp -s - "$WORK/index.html" ||
+        die "roost does not serve bench.bench.test over HTTPS"
+    TLS_ROOST=$(tls_params $P_ROOST_TLS)
+    TLS_NGX=$(tls_params $P_NGX_TLS)
+    [ "$TLS_ROOST" = "$TLS_NGX" ] || die "the handshakes differ: roost $TLS_ROOST, nginx $TLS_NGX"
+    TICKETS_ROOST=$(tls_tickets $P_ROOST_TLS)
+    TICKETS_NGX=$(tls_tickets $P_NGX_TLS)
+    RESUMES_ROOST=$(tls_resumes $P_ROOST_TLS)
+    RESUMES_NGX=$(tls_resumes $P_NGX_TLS)
+    log "https: both $TLS_ROOST; tickets per handshake / resumes: roost $TICKETS_ROOST / $RESUMES_ROOST, nginx $TICKETS_NGX / $RESUMES_NGX"
 fi
 if want ssh; then
 "$BIN" sink "127.0.0.1:$P_SINK" & PIDS+=($!)
@@ -265,25 +481,64 @@ NFT
     for p in $T_FWD $T_TFWD $T_FWD_TCP $T_TFWD_TCP; do wait_port "$p" "$NS_HOST"; done
 fi
 
-# wrk → "requests/s p99_ms"
+# wrk → "requests/s p99_ms requests" (https URLs name bench.test, see `resolving`)
 bench_http() {
-    local out rps p99
-    out=$(wrk -t2 -c50 -d10s --latency "$1")
+    local out rps p99 n
+    case "$1" in
+        https://*) out=$(resolving wrk -t2 -c50 -d10s --latency "$1") ;;
+        *) out=$(wrk -t2 -c50 -d10s --latency "$1") ;;
+    esac
     rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
     p99=$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
-    echo "$rps $p99"
+    n=$(awk '/ requests in /{print $1}' <<<"$out")
+    echo "$rps $p99 $n"
 }
+
+# TLS_CLIENTS parallel `openssl s_time -new` clients on port $1 for 10 s: each connection is
+# a full handshake (the client never offers a session to resume), one HTTP/1.0 GET of the
+# page and the server's close → "handshakes/s handshakes"
+bench_tls_new() {
+    local t0 t1 i pids=()
+    rm -f "$WORK"/s_time.*
+    t0=$(date +%s.%N)
+    for i in $(seq "$TLS_CLIENTS"); do
+        timeout 60 openssl s_time -connect "127.0.0.1:$1" -new -time 10 -www /bench/index.html \
+            >"$WORK/s_time.$i" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || die "openssl s_time to port $1 failed"; done
+    t1=$(date +%s.%N)
+    # Every client must have run to its end, each connection having read at least the page.
+    cat "$WORK"/s_time.* | awk -v t0="$t0" -v t1="$t1" -v clients="$TLS_CLIENTS" '
+        /connections in .* real seconds/ {n += $1; runs++; if ($(NF-4) < 612) short = 1}
+        END {if (runs != clients || short || !n) exit 1; printf "%.0f %d\n", n / (t1 - t0), n}' ||
+        die "openssl s_time to port $1: $(grep -ah 'connections in\|rror' "$WORK"/s_time.* | head -n 4)"
+}
+
+# CPU time (user and system, in clock ticks) a process and its children (nginx's workers)
+# have used so far.
+cpu_ticks() {
+    local t=0 p kids
+    mapfile -t kids < <(pgrep -P "$1")
+    for p in "$1" "${kids[@]}"; do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
+sum() { awk -v a="$1" -v b="$2" 'BEGIN{print a+b}'; }
+# Microseconds of CPU per item: ticks items
+per_item() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t * 1e6 / hz / n}'; }
 
 declare -A RPS P99
 for name in direct roost nginx; do RPS[$name]=0; P99[$name]=0; done
 if want http; then
 log "wrk: direct baseline"
-read -r "RPS[direct]" "P99[direct]" < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
+read -r "RPS[direct]" "P99[direct]" _ < <(bench_http "http://127.0.0.1:$P_UP/bench/index.html")
 for r in $(seq "$ROUNDS"); do
     for name in roost nginx; do
         port=$P_ROOST; [ $name = nginx ] && port=$P_NGX
         log "wrk round $r: $name"
-        read -r rps p99 < <(bench_http "http://127.0.0.1:$port/bench/index.html")
+        read -r rps p99 _ < <(bench_http "http://127.0.0.1:$port/bench/index.html")
         echo "  $name round $r: $rps req/s, p99 $p99 ms" >&2
         RPS[$name]=$(awk -v a="${RPS[$name]}" -v b="$rps" 'BEGIN{print a+b}')
         P99[$name]=$(awk -v a="${P99[$name]}" -v b="$p99" 'BEGIN{print a+b}')
@@ -292,6 +547,50 @@ done
 for name in roost nginx; do
     RPS[$name]=$(awk -v a="${RPS[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.0f", a/n}')
     P99[$name]=$(awk -v a="${P99[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.2f", a/n}')
+done
+fi
+
+# HTTPS: per round, keep-alive then new connections, roost and nginx alternating; each
+# with the CPU time the proxy's own processes used per request.
+declare -A K_RPS K_P99 K_CPU N_HPS N_CPU
+for name in roost nginx; do K_RPS[$name]=0; K_P99[$name]=0; K_CPU[$name]=0; N_HPS[$name]=0; N_CPU[$name]=0; done
+TLS_CLIENTS=${TLS_CLIENTS:-$((2 * $(nproc)))}
+if want https; then
+for r in $(seq "$ROUNDS"); do
+    for name in roost nginx; do
+        port=$P_ROOST_TLS pid=$PID_ROOST_TLS
+        [ $name = nginx ] && port=$P_NGX_TLS pid=$PID_NGX_TLS
+        log "https round $r: $name, keep-alive (wrk)"
+        c0=$(cpu_ticks "$pid")
+        n=
+        read -r rps p99 n < <(bench_http "https://bench.test:$port/bench/index.html") || true
+        [ -n "$n" ] || die "wrk over HTTPS to $name failed"
+        cpu=$(per_item $(($(cpu_ticks "$pid") - c0)) "$n")
+        echo "  $name round $r: $rps req/s, p99 $p99 ms, $cpu µs CPU/request" >&2
+        K_RPS[$name]=$(sum "${K_RPS[$name]}" "$rps")
+        K_P99[$name]=$(sum "${K_P99[$name]}" "$p99")
+        K_CPU[$name]=$(sum "${K_CPU[$name]}" "$cpu")
+    done
+    for name in roost nginx; do
+        port=$P_ROOST_TLS pid=$PID_ROOST_TLS
+        [ $name = nginx ] && port=$P_NGX_TLS pid=$PID_NGX_TLS
+        log "https round $r: $name, a new connection per request ($TLS_CLIENTS × openssl s_time -new)"
+        c0=$(cpu_ticks "$pid")
+        n=
+        read -r hps n < <(bench_tls_new "$port") || true
+        [ -n "$n" ] || die "openssl s_time to $name failed"
+        cpu=$(per_item $(($(cpu_ticks "$pid") - c0)) "$n")
+        echo "  $name round $r: $hps handshakes/s, $cpu µs CPU/handshake" >&2
+        N_HPS[$name]=$(sum "${N_HPS[$name]}" "$hps")
+        N_CPU[$name]=$(sum "${N_CPU[$name]}" "$cpu")
+    done
+done
+for name in roost nginx; do
+    K_RPS[$name]=$(awk -v a="${K_RPS[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.0f", a/n}')
+    K_P99[$name]=$(awk -v a="${K_P99[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.2f", a/n}')
+    K_CPU[$name]=$(awk -v a="${K_CPU[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.1f", a/n}')
+    N_HPS[$name]=$(awk -v a="${N_HPS[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.0f", a/n}')
+    N_CPU[$name]=$(awk -v a="${N_CPU[$name]}" -v n="$ROUNDS" 'BEGIN{printf "%.1f", a/n}')
 done
 fi
 
@@ -399,6 +698,25 @@ echo "|---|---:|---:|---:|"
 echo "| roost proxy | ${RPS[roost]} | ${P99[roost]} | $(ratio "${RPS[roost]}" "${RPS[nginx]}") |"
 echo "| nginx proxy_pass keepalive, 2 workers | ${RPS[nginx]} | ${P99[nginx]} | 1.00 |"
 echo "| direct to upstream (reference) | ${RPS[direct]} | ${P99[direct]} | $(ratio "${RPS[direct]}" "${RPS[nginx]}") |"
+echo
+fi
+if want https; then
+RUSTLS=$(awk '$0=="name = \"rustls\"" {getline; gsub(/"/, "", $3); print $3; exit}' "$ROOT/Cargo.lock")
+echo "HTTPS: both $TLS_ROOST, ECDSA P-256 leaf; roost: rustls $RUSTLS (ring), $(nproc) workers;" \
+    "$(nginx -v 2>&1 | sed 's/.*version: //') with $(openssl version | cut -d' ' -f1-2), $(nproc) workers." \
+    "Session tickets sent per handshake / a session resumed: roost $TICKETS_ROOST / $RESUMES_ROOST," \
+    "nginx $TICKETS_NGX / $RESUMES_NGX (ssl_session_cache off, ssl_session_tickets off)." \
+    "No client here resumes: wrk keeps its 50 connections, s_time -new offers no session."
+echo
+echo "| HTTPS, keep-alive (wrk -t2 -c50 -d10s, HTTP/1.1, 612 B page, mean of $ROUNDS) | requests/s | p99 ms | proxy CPU µs/request | vs nginx |"
+echo "|---|---:|---:|---:|---:|"
+echo "| roost proxy | ${K_RPS[roost]} | ${K_P99[roost]} | ${K_CPU[roost]} | $(ratio "${K_RPS[roost]}" "${K_RPS[nginx]}") |"
+echo "| nginx ssl + proxy_pass keepalive, $(nproc) workers | ${K_RPS[nginx]} | ${K_P99[nginx]} | ${K_CPU[nginx]} | 1.00 |"
+echo
+echo "| HTTPS, a new connection and full handshake per request ($TLS_CLIENTS × openssl s_time -new, 10 s, mean of $ROUNDS) | handshakes/s | proxy CPU µs/handshake | vs nginx |"
+echo "|---|---:|---:|---:|"
+echo "| roost proxy | ${N_HPS[roost]} | ${N_CPU[roost]} | $(ratio "${N_HPS[roost]}" "${N_HPS[nginx]}") |"
+echo "| nginx ssl + proxy_pass keepalive, $(nproc) workers | ${N_HPS[nginx]} | ${N_CPU[nginx]} | 1.00 |"
 echo
 fi
 if want ssh; then
