@@ -94,9 +94,11 @@ fn init_logging(cfg: &Config, level: Option<&str>) {
     // netlink-packet-route warns on every link dump about kernel attributes newer than it
     // knows; that is noise, not a problem of this host.
     // The DNS crates log every response at info level; guests send those queries, so they
-    // must not reach the journal (roost's own dns module logs refusals at debug).
+    // must not reach the journal (roost's own dns module logs refusals at debug); rustls
+    // warns per handshake about what clients send.
     let filter = std::iter::once("netlink_packet_route=error")
         .chain(roost::dns::QUIET_LOGS)
+        .chain(roost::tls::QUIET_LOGS)
         .fold(filter, |f, d| match d.parse() {
             Ok(d) => f.add_directive(d),
             Err(_) => f,

@@ -1353,8 +1353,11 @@ fn over_tls_the_vm_is_told_https_and_upgrades_are_tunnelled() {
         header(&v, "forwarded")[0].ends_with(";proto=https"),
         "{text}"
     );
+    // A returning client resumes its session (a ticket from the first connection) instead
+    // of a full handshake.
+    assert_eq!(s.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
     // A WebSocket-style upgrade through TLS: 101, then bytes both ways.
-    let mut s = tls_connect(&h, &client, DOMAIN);
+    let mut s = tls_connect(&h, &client, &format!("alice.{DOMAIN}"));
     s.write_all(
         b"GET /alice/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
@@ -1367,6 +1370,10 @@ fn over_tls_the_vm_is_told_https_and_upgrades_are_tunnelled() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(
+        s.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
     for msg in [&b"hello"[..], &vec![7u8; 100_000][..]] {
         s.write_all(msg).expect("write");
         let mut back = vec![0u8; msg.len()];

@@ -31,6 +31,11 @@ pub use manager::Https;
 
 use std::sync::Arc;
 
+/// `tracing` directives for the daemon's filter: rustls warns once per handshake about
+/// client-chosen input (an IP address sent as SNI, for one), which would let anonymous
+/// clients flood the journal. roost logs handshake failures itself, at debug.
+pub const QUIET_LOGS: [&str; 1] = ["rustls=error"];
+
 /// The crypto provider of every TLS config roost builds.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
