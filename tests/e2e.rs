@@ -5,48 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::daemon::{Daemon, HOSTING_DOMAIN as DOMAIN, HOSTING_HTTP as HTTP};
+use common::guest::{login, qemus_under, roost_taps, ssh};
 use common::{curl, http};
 use serde_json::{json, Value};
-
-fn login(user: &str, pw: &str) -> String {
-    let (s, v) = http(
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(&json!({"username": user, "password": pw})),
-    );
-    assert_eq!(s, 200, "{v}");
-    v["access_token"].as_str().expect("token").to_owned()
-}
-
-fn ssh(port: u16, user: &str, key: &Path, cmd: &str) -> Output {
-    Command::new("ssh")
-        .args(["-p", &port.to_string(), "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("ssh")
-}
 
 fn wait_state(token: &str, want: &str, within: Duration) -> Value {
     common::poll(&format!("hosting state {want}"), within, || {
@@ -62,30 +27,6 @@ fn admin_vm(admin: &str, id: &str) -> Value {
     let (s, v) = http("GET", &format!("/api/v1/admin/vms/{id}"), Some(admin), None);
     assert_eq!(s, 200, "{v}");
     v
-}
-
-fn roost_taps() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("rt"))
-        .collect()
-}
-
-fn qemus_under(dir: &Path) -> usize {
-    let out = Command::new("pgrep")
-        .args(["-af", "qemu-system"])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&dir.display().to_string()))
-        .count()
 }
 
 /// What the phases of [`hosting_end_to_end`] share: one daemon and two users, alice (who

@@ -30,6 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, HOSTING_DOMAIN as DOMAIN, HOSTING_HTTP as HTTP};
+use common::guest::{login, qemus_under, roost_taps};
 use common::pebble::{self, Procs, CHALLTESTSRV_DNS, PEBBLE};
 use common::{http, Reaped};
 use serde_json::{json, Value};
@@ -520,17 +521,6 @@ fn release_the_domain(st: &Stage) {
     assert!(slot(&certificates(&st.admin), "domain").is_some());
 }
 
-fn login(user: &str, pw: &str) -> String {
-    let (s, v) = http(
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(&json!({"username": user, "password": pw})),
-    );
-    assert_eq!(s, 200, "{v}");
-    v["access_token"].as_str().expect("token").to_owned()
-}
-
 /// The certificates `GET /api/v1/admin/tls` lists.
 fn certificates(admin: &str) -> Vec<Value> {
     let (s, v) = http("GET", "/api/v1/admin/tls", Some(admin), None);
@@ -669,50 +659,5 @@ fn served_serial(host: &str) -> String {
 }
 
 fn ssh(st: &Stage, cmd: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args(["-p", &st.ssh_port.to_string(), "-i"])
-        .arg(&st.alice_key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg("alice@127.0.0.1")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("ssh")
-}
-
-fn qemus_under(dir: &Path) -> usize {
-    let out = Command::new("pgrep")
-        .args(["-af", "qemu-system"])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&dir.display().to_string()))
-        .count()
-}
-
-fn roost_taps() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("rt"))
-        .collect()
+    common::guest::ssh(st.ssh_port, "alice", &st.alice_key, cmd)
 }

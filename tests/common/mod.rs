@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod guest;
 pub mod pebble;
 
 use std::time::{Duration, Instant};
