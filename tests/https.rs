@@ -302,37 +302,39 @@ fn passwords_are_refused_over_plain_http_from_remote_clients() {
         // usual (wrong credentials: 401).
         let resolve = format!("example.test:{}:127.0.0.1", site.https);
         let ca = site.certs.path().join("ca.pem");
-        let (code, out, err) = curl(&[
-            "--interface",
-            REMOTE,
-            "--resolve",
-            &resolve,
-            "--cacert",
-            ca.to_str().expect("utf-8"),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"username":"nobody","password":"wrong-password"}"#,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+        let (code, out, err) = wrong_login(
+            &[
+                "--interface",
+                REMOTE,
+                "--resolve",
+                &resolve,
+                "--cacert",
+                ca.to_str().expect("utf-8"),
+            ],
             &format!("https://example.test:{}/api/v1/auth/login", site.https),
-        ]);
+        );
         assert_eq!((code, out.as_str()), (0, "401"), "{err}");
-        let (code, out, _) = curl(&[
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"username":"nobody","password":"wrong-password"}"#,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &site.roost.url("/api/v1/auth/login"),
-        ]);
+        let (code, out, _) = wrong_login(&[], &site.roost.url("/api/v1/auth/login"));
         assert_eq!((code, out.as_str()), (0, "401"));
     });
+}
+
+/// A login with a wrong password POSTed to `url` with `curl` and `args`: (exit code,
+/// HTTP status, stderr).
+fn wrong_login(args: &[&str], url: &str) -> (i32, String, String) {
+    let mut all = args.to_vec();
+    all.extend([
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"username":"nobody","password":"wrong-password"}"#,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    curl(&all)
 }
 
 /// `roost check` on the daemon's config: its report.
