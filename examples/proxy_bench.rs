@@ -2,6 +2,10 @@
 //!
 //! ```text
 //! proxy_bench http    LISTEN UPSTREAM           # serve_http, route "bench" -> UPSTREAM
+//! proxy_bench https   LISTEN UPSTREAM CERT KEY  # the same behind roost's TLS listener, set
+//!                                               # up as `roost serve` does with [https]
+//!                                               # cert_file/key_file (a plain listener on
+//!                                               # an ephemeral loopback port beside it)
 //! proxy_bench forward PORT TARGET splice|copy [BIND [transparent]]
 //!                                               # one SSH forwarder port on BIND (default
 //!                                               # 127.0.0.1); `transparent`: connect from
@@ -19,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use roost::forward::{ForwardLimits, Forwarders};
 use roost::net::egress::{ensure_client_routing, CLIENT_MARK};
-use roost::proxy::{serve_http, ProxyConfig, Route, RouteStatus, Routes};
+use roost::proxy::{
+    serve_http, Http01, HttpsPolicy, Listeners, ProxyConfig, Route, RouteStatus, Routes,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> anyhow::Result<()> {
@@ -41,26 +47,65 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// The one route every proxy part serves: "bench" -> `upstream`.
+fn bench_routes(upstream: SocketAddrV4) -> Routes {
+    Routes::new(vec![Route {
+        generation: 0,
+        slug: "bench".into(),
+        hosting_id: "bench".into(),
+        upstream: Some(upstream),
+        ssh: None,
+        status: RouteStatus::Live,
+    }])
+}
+
 async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let arg = |i: usize| args.get(i).cloned().context("missing argument");
     match arg(0)?.as_str() {
         "http" => {
             let listen: SocketAddr = arg(1)?.parse()?;
             let upstream: SocketAddrV4 = arg(2)?.parse()?;
-            let routes = Routes::new(vec![Route {
-                generation: 0,
-                slug: "bench".into(),
-                hosting_id: "bench".into(),
-                upstream: Some(upstream),
-                ssh: None,
-                status: RouteStatus::Live,
-            }]);
             let l = tokio::net::TcpListener::bind(listen).await?;
             serve_http(
                 l,
                 axum::Router::new(),
-                routes,
+                bench_routes(upstream),
                 ProxyConfig::new("bench.test"),
+                std::future::pending(),
+            )
+            .await;
+        }
+        "https" => {
+            let listen: SocketAddr = arg(1)?.parse()?;
+            let upstream: SocketAddrV4 = arg(2)?.parse()?;
+            let (cert, key) = (arg(3)?, arg(4)?);
+            // What tls::manager::start does with the operator's files.
+            let store = roost::tls::CertStore::new("bench.test");
+            store.install(roost::tls::certs::load_files(
+                roost::tls::manager::FILE_SLOT,
+                cert.as_ref(),
+                key.as_ref(),
+            )?);
+            let defaults = roost::config::HttpsConfig::default();
+            let mut cfg = ProxyConfig::new("bench.test");
+            cfg.https = Some(HttpsPolicy {
+                port: listen.port(),
+                redirect: defaults.redirect,
+                hsts: defaults.hsts,
+                http01: Http01(std::sync::Arc::new(|_| None)),
+            });
+            let listeners = Listeners {
+                plain: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+                tls: Some((
+                    tokio::net::TcpListener::bind(listen).await?,
+                    store.server_config()?,
+                )),
+            };
+            roost::proxy::serve(
+                listeners,
+                axum::Router::new(),
+                bench_routes(upstream),
+                cfg,
                 std::future::pending(),
             )
             .await;

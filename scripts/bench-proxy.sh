@@ -110,106 +110,6 @@ wait_port() { # port [netns]
     die "nothing listens on port $1${2:+ in $2}"
 }
 
-# roost's proxy with its TLS listener: `proxy_bench` has no TLS mode, so a small crate made
-# here puts together what `roost serve` does with `[https] cert_file`/`key_file`
-# (tls::manager::start: a CertStore for DOMAIN with the files in its `file` slot, the
-# store's rustls configuration; daemon::serve: proxy::serve with both listeners and the
-# default HttpsPolicy) and proxy_bench's route "bench". It is built against this tree with
-# its Cargo.lock and release profile, into the same target directory.
-if want https; then
-    log "cargo build --release roost-https-bench (roost's proxy with its TLS listener)"
-    mkdir -p "$WORK/https-bench/src"
-    cp "$ROOT/Cargo.lock" "$WORK/https-bench/"
-    {
-        cat <<TOML
-[package]
-name = "roost-https-bench"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-roost = { path = "$ROOT" }
-anyhow = "1"
-axum = "0.8"
-tokio = { version = "1", features = ["full"] }
-tracing-subscriber = { version = "0.3", features = ["env-filter", "fmt"] }
-
-[workspace]
-
-TOML
-        awk '/^\[/{p=($0=="[profile.release]")} p' "$ROOT/Cargo.toml"
-    } > "$WORK/https-bench/Cargo.toml"
-    cat > "$WORK/https-bench/src/main.rs" <<'RUST'
-//! roost-https-bench LISTEN UPSTREAM CERT KEY: roost's proxy with its TLS listener on
-//! LISTEN (and a plain one on an ephemeral loopback port), route "bench" -> UPSTREAM.
-use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::Arc;
-
-use anyhow::{bail, Context};
-use roost::proxy::{Http01, HttpsPolicy, Listeners, ProxyConfig, Route, RouteStatus, Routes};
-use roost::tls::certs::load_files;
-use roost::tls::manager::FILE_SLOT;
-use roost::tls::CertStore;
-
-const DOMAIN: &str = "bench.test";
-
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, upstream, cert, key] = &args[..] else {
-        bail!("usage: roost-https-bench LISTEN UPSTREAM CERT KEY");
-    };
-    let listen: SocketAddr = listen.parse().context("LISTEN")?;
-    let upstream: SocketAddrV4 = upstream.parse().context("UPSTREAM")?;
-    let store = CertStore::new(DOMAIN);
-    store.install(load_files(FILE_SLOT, cert.as_ref(), key.as_ref())?);
-    let server_config = store.server_config()?;
-    let defaults = roost::config::HttpsConfig::default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let tls = tokio::net::TcpListener::bind(listen).await?;
-        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let routes = Routes::new(vec![Route {
-            generation: 0,
-            slug: "bench".into(),
-            hosting_id: "bench".into(),
-            upstream: Some(upstream),
-            ssh: None,
-            status: RouteStatus::Live,
-        }]);
-        let mut cfg = ProxyConfig::new(DOMAIN);
-        cfg.https = Some(HttpsPolicy {
-            port: listen.port(),
-            redirect: defaults.redirect,
-            hsts: defaults.hsts,
-            http01: Http01(Arc::new(|_| None)),
-        });
-        let listeners = Listeners {
-            plain,
-            tls: Some((tls, server_config)),
-        };
-        let api = axum::Router::new();
-        roost::proxy::serve(listeners, api, routes, cfg, std::future::pending()).await;
-        anyhow::Ok(())
-    })
-}
-RUST
-    # Offline: the build above fetched every crate of this Cargo.lock.
-    (cd "$WORK/https-bench" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -q --release --offline)
-    HTTPS_BIN="$TARGET_DIR/release/roost-https-bench"
-    [ -x "$HTTPS_BIN" ] || die "no $HTTPS_BIN after the build"
-fi
-
 # A 612-byte static page, as nginx's default index.
 head -c 612 /dev/zero | tr '\0' 'x' > "$WORK/index.html"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -334,7 +234,7 @@ CNF
       ssl_session_cache off; ssl_session_tickets off;
       $NGX_LOCATION }"
     PID_NGX_TLS=$!
-    "$HTTPS_BIN" "127.0.0.1:$P_ROOST_TLS" "127.0.0.1:$P_UP" "$TLS/cert.pem" "$TLS/key.pem" & PIDS+=($!)
+    "$BIN" https "127.0.0.1:$P_ROOST_TLS" "127.0.0.1:$P_UP" "$TLS/cert.pem" "$TLS/key.pem" & PIDS+=($!)
     PID_ROOST_TLS=$!
     for p in $P_NGX_TLS $P_ROOST_TLS; do wait_port $p; done
     for p in $P_ROOST_TLS $P_NGX_TLS; do
