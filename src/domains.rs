@@ -201,7 +201,7 @@ impl Domains {
         hosting: HostingId,
         input: &str,
         actor: &str,
-    ) -> Result<(Domain, Instructions), DomainError> {
+    ) -> Result<Domain, DomainError> {
         let name = claimable(input, &self.cfg.domain)?;
         let d = Domain {
             name: name.clone(),
@@ -222,8 +222,7 @@ impl Domains {
             Err(StoreError::TooManyDomains(n)) => return Err(DomainError::TooMany(n)),
             Err(e) => return Err(e.into()),
         }
-        let i = instructions(&d, &self.cfg.domain);
-        Ok((d, i))
+        Ok(d)
     }
 
     /// The domains of `hosting`.

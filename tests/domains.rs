@@ -153,11 +153,12 @@ async fn a_custom_domain_is_routed_only_while_its_txt_record_proves_it() {
     let routed = |name: &str| routes.snapshot().slug_of_domain(name).map(str::to_owned);
 
     // Claims: normalised; the service's own names and a second claim refused.
-    let (d, how) = domains
+    let d = domains
         .claim(alice.user, alice.id, "Shop.Example.ORG.", "alice")
         .expect("claim");
     assert_eq!(d.name, "shop.example.org");
     assert_eq!(d.state, DomainState::Pending);
+    let how = roost::domains::instructions(&d, "example.com");
     assert_eq!(how.txt_name, "_roost-challenge.shop.example.org");
     assert_eq!(how.target, "example.com");
     for own in ["example.com", "alice.example.com"] {

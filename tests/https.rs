@@ -206,13 +206,7 @@ fn in_netns_with_remote<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
 
 /// `curl` from [`REMOTE`] to the daemon's plain listener: (status, Location).
 fn plain_from_remote(site: &Site, method: &str, path: &str) -> (String, String) {
-    let port = site
-        .roost
-        .url("")
-        .rsplit(':')
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let port = site.roost.port;
     let resolve = format!("example.test:{port}:127.0.0.1");
     let url = format!("http://example.test:{port}{path}");
     let (code, out, err) = curl(&[
@@ -278,13 +272,7 @@ fn passwords_are_refused_over_plain_http_from_remote_clients() {
             assert_eq!(status, "403", "{path} over plain HTTP from a remote client");
         }
         // The body says what to do.
-        let port = site
-            .roost
-            .url("")
-            .rsplit(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
+        let port = site.roost.port;
         let (_, body, _) = curl(&[
             "--interface",
             REMOTE,

@@ -83,7 +83,7 @@ async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<(StatusCode, Json<DomainView>), ApiError> {
     let h = my_hosting(&st, &user)?;
-    let (d, _) = st.domains.claim(user.id, h.id, &req.name, &user.username)?;
+    let d = st.domains.claim(user.id, h.id, &req.name, &user.username)?;
     Ok((StatusCode::CREATED, Json(view(&d, &st.cfg.domain))))
 }
 

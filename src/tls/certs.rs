@@ -208,11 +208,6 @@ impl CertStore {
         idx.find(host).map(|l| l.key.clone())
     }
 
-    /// True when some slot covers `host`.
-    pub fn covers(&self, host: &str) -> bool {
-        self.lookup(host).is_some()
-    }
-
     /// A rustls server configuration that picks certificates from this store by SNI and
     /// offers HTTP/2 and HTTP/1.1 (ALPN).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -389,15 +384,15 @@ mod tests {
         let (c, k) = self_signed(&["shop.example.org"], now() - 60, 90);
         store
             .install(parse("shop.example.org", "test", c.as_bytes(), k.as_bytes()).expect("parse"));
-        assert!(store.covers("example.com"));
-        assert!(store.covers("alice.example.com"));
-        assert!(!store.covers("a.b.example.com"));
-        assert!(store.covers("shop.example.org"));
-        assert!(!store.covers("example.org"));
+        assert!(store.lookup("example.com").is_some());
+        assert!(store.lookup("alice.example.com").is_some());
+        assert!(store.lookup("a.b.example.com").is_none());
+        assert!(store.lookup("shop.example.org").is_some());
+        assert!(store.lookup("example.org").is_none());
         let info = store.info("domain").expect("slot");
         assert_eq!(info.names, vec!["example.com", "*.example.com"]);
         store.remove("shop.example.org");
-        assert!(!store.covers("shop.example.org"));
+        assert!(store.lookup("shop.example.org").is_none());
     }
 
     #[test]
