@@ -45,13 +45,15 @@ pub fn https(cfg: &Config, now: i64) -> Vec<Finding> {
         detail,
     };
     let describe = |i: &crate::tls::CertInfo| {
-        let days = (i.not_after - now).div_euclid(86400);
+        // Whole days elapsed, counted away from now in both directions:
+        // ten days and a second ago is "10 days ago", not 11.
+        let days = (i.not_after - now).abs() / 86400;
         format!(
             "{} issued by {}; {}",
             i.names.join(", "),
             i.issuer,
             if i.expired(now) {
-                format!("EXPIRED {} days ago", -days)
+                format!("EXPIRED {days} days ago")
             } else {
                 format!("valid for {days} more days")
             }
