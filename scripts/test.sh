@@ -5,12 +5,17 @@
 source "$(dirname "$0")/lib.sh"
 # pebble (with pebble-challtestsrv) and unbound: the ACME tests' certificate authority
 # and the resolver that stands in for the operator's delegation of _acme-challenge.
-install_runtime_deps shellcheck python3 dnsmasq-base pebble unbound
+# prometheus: its promtool checks the /metrics body (tests/metrics.rs).
+# chromium and chromium-driver: tests/browser.rs drives the dashboard in a real browser.
+install_runtime_deps shellcheck python3 dnsmasq-base pebble unbound prometheus chromium chromium-driver
 # The tests run their own unbound in a namespace; the packaged service must not take the
-# host's port 53 (its install may have started it).
-if command -v systemctl >/dev/null && systemctl is-enabled unbound >/dev/null 2>&1; then
-    systemctl disable --now unbound >/dev/null 2>&1 || true
-fi
+# host's port 53 (its install may have started it). Nor may a Prometheus server run: only
+# its promtool is wanted.
+for service in unbound prometheus; do
+    if command -v systemctl >/dev/null && systemctl is-enabled "$service" >/dev/null 2>&1; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+    fi
+done
 install_rust
 build_image
 cd "$ROOT" || exit 1
@@ -22,6 +27,8 @@ netns_before=$(ip netns list | wc -l)
 
 log "shellcheck"
 shellcheck -S warning scripts/*.sh tests/*.sh
+log "vendored browser code matches its checksums"
+scripts/vendor-web.sh --check
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy"

@@ -54,6 +54,107 @@ pub struct Config {
     pub https: HttpsConfig,
     pub acme: AcmeConfig,
     pub domains: DomainsConfig,
+    pub console: ConsoleConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A separate listener serving `GET /metrics` without authentication, for a Prometheus
+    /// on the host: keep it on loopback or behind a firewall. Empty (`""`): none. The API's
+    /// own `/metrics` (administrators only) is always there.
+    #[serde(deserialize_with = "empty_or_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsConfig {
+    fn validate(&self, http: &HttpConfig, https: &HttpsConfig) -> Result<(), ConfigError> {
+        let taken = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        let clash = self
+            .listen
+            .is_some_and(|l| taken(l, http.listen) || (https.enabled && taken(l, https.listen)));
+        check(
+            !clash,
+            "metrics.listen",
+            "an address other than http.listen and https.listen, such as \"127.0.0.1:9464\"",
+            self.listen,
+        )
+    }
+}
+
+/// An address, or `""` for none.
+fn empty_or_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an address such as \"127.0.0.1:9464\", or \"\" for none; got {s:?}"
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// The dashboard's host name. Empty: `console.DOMAIN`. It takes precedence over a
+    /// site of the same name, and should not share an origin with any user's site.
+    pub host: String,
+    /// How long a browser session lasts after logging in.
+    pub session_ttl_secs: u64,
+    /// Bytes of each VM's serial output a new console viewer is shown first.
+    pub scrollback_bytes: usize,
+    /// Console viewers of one VM at once.
+    pub max_viewers: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            host: String::new(),
+            session_ttl_secs: 12 * 3600,
+            scrollback_bytes: 64 * 1024,
+            max_viewers: 16,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.host.is_empty()
+                || (valid_domain(&self.host) && self.host.parse::<std::net::IpAddr>().is_err()),
+            "console.host",
+            "a DNS name such as \"console.example.com\", or empty for console.DOMAIN",
+            &self.host,
+        )?;
+        check(
+            (300..=30 * 86400).contains(&self.session_ttl_secs),
+            "console.session_ttl_secs",
+            "seconds from 300 to 2592000",
+            self.session_ttl_secs,
+        )?;
+        check(
+            (4096..=4 << 20).contains(&self.scrollback_bytes),
+            "console.scrollback_bytes",
+            "bytes from 4096 to 4194304",
+            self.scrollback_bytes,
+        )?;
+        check(
+            (1..=256).contains(&self.max_viewers),
+            "console.max_viewers",
+            "a count from 1 to 256",
+            self.max_viewers,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -292,6 +393,8 @@ impl Default for Config {
             https: HttpsConfig::default(),
             acme: AcmeConfig::default(),
             domains: DomainsConfig::default(),
+            console: ConsoleConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -529,6 +632,8 @@ impl Config {
         self.https.validate(&self.http)?;
         self.acme.validate()?;
         self.domains.validate()?;
+        self.console.validate()?;
+        self.metrics.validate(&self.http, &self.https)?;
         if self.https.enabled && self.https.cert_file.is_none() {
             check(
                 self.domain.contains('.') && self.domain.parse::<std::net::IpAddr>().is_err(),
@@ -551,6 +656,16 @@ impl Config {
         let size = 1u32.checked_shl(32 - u32::from(self.network.subnet.prefix()))?;
         let last = crate::addr::vm_uid(self.vm.uid_base, size - 1)?;
         (self.vm.uid_base >= 65536).then_some(self.vm.uid_base..=last)
+    }
+
+    /// The dashboard's host name: `console.host`, or `console.DOMAIN`, lowercase.
+    pub fn console_host(&self) -> String {
+        let h = if self.console.host.is_empty() {
+            format!("console.{}", self.domain.trim_end_matches('.'))
+        } else {
+            self.console.host.trim_end_matches('.').to_string()
+        };
+        h.to_ascii_lowercase()
     }
 
     /// The DNS servers guests are given: `network.dns`, or the gateway when it is empty.
@@ -924,5 +1039,33 @@ mod tests {
             e.contains("line 4") && e.contains("host bits are set"),
             "a malformed value says why and where: {e}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_empty() {
+        let on = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9464\"").expect("valid");
+        assert_eq!(
+            on.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let off = Config::from_toml("[metrics]\nlisten = \"\"").expect("valid");
+        assert_eq!(off.metrics.listen, None);
+        let e = err("[metrics]\nlisten = \"localhost\"");
+        assert!(
+            e.contains("`metrics.listen`") && e.contains("127.0.0.1:9464"),
+            "{e}"
+        );
+        // Not on a port the HTTP or HTTPS listener takes.
+        for text in [
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"",
+            "[https]\nenabled = true\ncert_file = \"/c\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:8443\"\n[metrics]\nlisten = \"0.0.0.0:8443\"",
+        ] {
+            let e = err(text);
+            assert!(e.contains("`metrics.listen`") && e.contains("expected"), "{text}: {e}");
+        }
+        assert!(Config::from_toml(
+            "[http]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.2:8080\""
+        )
+        .is_ok());
     }
 }

@@ -120,7 +120,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::new(store.clone(), &secret, &cfg));
     let cfg = Arc::new(cfg);
     let routes = proxy::Routes::new(Vec::new());
-    let forwarders = forward::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?;
+    // The operator's metrics: instruments for the proxy, the forwarders and the hostings.
+    let metrics = crate::metrics::Metrics::new();
+    let forwarders =
+        forward::Forwarders::new(std::net::Ipv4Addr::UNSPECIFIED)?.with_metrics(metrics.ssh());
     // Bridge, firewall, image, accelerator; then routes from the store, adoption of running
     // VMs and the reconciler. Without root or an image, the API still serves accounts.
     let tasks = crate::tasks::Tasks::default();
@@ -129,9 +132,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         store.clone(),
         routes.clone(),
         forwarders,
+        metrics.lifecycle(),
         &tasks,
     )
     .await;
+    metrics.set_source(Arc::new(hostings.clone()));
     let readiness = Arc::new(ReadinessState::new(match hostings.disabled_reason() {
         Some(r) => format!("disabled: {r}"),
         None => "ok".to_owned(),
@@ -177,6 +182,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         hostings,
         domains: domains.clone(),
         https: https.clone(),
+        metrics: metrics.clone(),
     };
 
     let listener = TcpListener::bind(cfg.http.listen)
@@ -185,6 +191,23 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, domain = %cfg.domain, "listening");
     let mut pcfg = proxy_config(&cfg, fds);
+    pcfg.metrics = metrics.http();
+    // `[metrics] listen`: the same body without authentication, for a Prometheus on the host.
+    let metrics_task = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            tracing::info!(addr = %l.local_addr()?, "listening (metrics)");
+            let m = metrics.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(l, m, std::future::pending()).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let tls = match https {
         Some(https) => {
             let l = TcpListener::bind(cfg.https.listen)
@@ -231,6 +254,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Dropping the serve task drops the socket, which removes its file.
     control_task.abort();
     let _ = control_task.await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped; VMs keep running");
     Ok(())
@@ -267,6 +293,7 @@ fn raise_fd_limit() -> u64 {
 /// minus [`FD_RESERVE`], so a flood of connections never stops VM management.
 fn proxy_config(cfg: &Config, fd_limit: u64) -> proxy::ProxyConfig {
     let mut p = proxy::ProxyConfig::new(cfg.domain.clone());
+    p.console_host = Some(cfg.console_host());
     let budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
     p.max_conns = cfg.http.max_conns.min(budget.max(64));
     p.max_conns_per_address = cfg.http.max_conns_per_address;

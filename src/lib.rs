@@ -32,6 +32,8 @@ pub mod forward;
 pub mod hosting;
 /// When bytes last moved, and the idle watchdog (forwarder and HTTP tunnels).
 pub(crate) mod idle;
+/// Prometheus metrics: the registry, the instruments, `/metrics` and its own listener.
+pub mod metrics;
 /// Bridge and taps over netlink and tun ioctls; MAC addresses; the firewall.
 pub mod net;
 /// Route table (pure) and the HTTP reverse proxy.

@@ -42,6 +42,7 @@ async fn app_under_test() -> App {
         store.clone(),
         routes.clone(),
         forwarders,
+        Default::default(),
         &tasks,
     )
     .await;
@@ -54,6 +55,7 @@ async fn app_under_test() -> App {
         hostings,
         domains,
         https: None,
+        metrics: Default::default(),
     };
     App {
         router: app(state),

@@ -128,6 +128,7 @@ fn hosting_for(store: &Store, username: &str) -> Hosting {
                 tap: "rt0".into(),
                 incarnation: 1,
                 ssh_keys: vec![],
+                console_password_hash: None,
                 created_at: time::OffsetDateTime::now_utc(),
                 updated_at: time::OffsetDateTime::now_utc(),
             },

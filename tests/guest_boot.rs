@@ -176,6 +176,7 @@ fn boot_and_check(image: Image) {
         domain: "roost.test".into(),
         ssh_port: 2222,
         install_nginx: false,
+        console_password_hash: None,
     };
     let templates = Templates::embedded().expect("templates");
     let seed = seed_documents(&templates, &input).expect("seed documents");

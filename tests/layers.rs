@@ -59,8 +59,9 @@ fn pure_leaves_import_only_what_the_codemap_allows() {
         ("dns", &["addr"]),
         ("cloudinit", &[]),
         ("store", &[]),
-        ("forward", &["idle"]),
-        ("proxy", &["idle"]),
+        ("forward", &["idle", "metrics"]),
+        ("proxy", &["idle", "metrics"]),
+        ("metrics", &[]),
         ("tasks", &[]),
         ("tls", &["config", "tasks", "error_chain", "dns"]),
     ];

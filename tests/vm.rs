@@ -541,6 +541,7 @@ fn real_image_boots_on_a_tap() {
                 qmp_socket: dir.path().join("qmp.sock"),
                 pidfile: dir.path().join("qemu.pid"),
                 serial_log: dir.path().join("serial.log"),
+                serial_socket: None,
                 user: Some(Credentials::for_vm(65534, None)),
             };
             let start = Instant::now();
@@ -796,6 +797,7 @@ fn each_qemu_runs_as_its_own_uid() {
                 qmp_socket: p.qmp.clone(),
                 pidfile: p.pidfile.clone(),
                 serial_log: p.serial_log.clone(),
+                serial_socket: None,
                 user: Some(Credentials::for_vm(uid, None)),
             };
             let proc = spawn(&spec, None, &p.qemu_log).await.unwrap_or_else(|e| {

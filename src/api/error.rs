@@ -113,6 +113,16 @@ impl From<AuthError> for ApiError {
             AuthError::BadToken(_) => {
                 ApiError::new(S::UNAUTHORIZED, "invalid_token", "the token is invalid")
             }
+            AuthError::SessionGone => ApiError::new(
+                S::UNAUTHORIZED,
+                "session_ended",
+                "the session has ended; log in again",
+            ),
+            AuthError::CrossSite(why) => ApiError::new(
+                S::FORBIDDEN,
+                "cross_site",
+                format!("refused a request that did not come from the dashboard: {why}"),
+            ),
             AuthError::UserGone => ApiError::new(
                 S::UNAUTHORIZED,
                 "invalid_token",
@@ -209,6 +219,9 @@ impl From<HostingError> for ApiError {
             },
             HostingError::InvalidState { .. } => {
                 ApiError::new(S::CONFLICT, "invalid_state", e.to_string())
+            }
+            HostingError::ConsoleUnavailable(m) => {
+                ApiError::new(S::CONFLICT, "console_unavailable", m)
             }
             e
             @ (HostingError::Step { .. } | HostingError::Store(_) | HostingError::Internal(_)) => {

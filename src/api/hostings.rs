@@ -20,6 +20,14 @@ pub struct CreateHostingRequest {
     /// One OpenSSH public key line. Without it, the user's registered keys are installed;
     /// with none of those either, roost generates a key pair and returns the private half once.
     pub ssh_public_key: Option<String>,
+    /// A password for logging in on the VM's serial console (the dashboard's console) when
+    /// SSH is broken; SSH never accepts it. Same rules as account passwords. Stored only
+    /// as a SHA-512 crypt hash.
+    pub console_password: Option<String>,
+    /// Generate a new key pair even though the user has registered keys (its private half
+    /// is answered once). Cannot be combined with `ssh_public_key`.
+    #[serde(default)]
+    pub generate_key: bool,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -75,7 +83,9 @@ pub struct ReloadView {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, get_mine))
+        .routes(routes!(events))
         .routes(routes!(delete))
+        .routes(routes!(act))
         .routes(routes!(access_urls))
         .routes(routes!(proxy_info))
         .routes(routes!(reload_proxy))
@@ -129,9 +139,25 @@ async fn create(
     user: AuthUser,
     OptionalJson(req): OptionalJson<CreateHostingRequest>,
 ) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    if req.generate_key && req.ssh_public_key.is_some() {
+        return Err(ApiError::field(
+            "generate_key",
+            "generate_key cannot be combined with ssh_public_key",
+        ));
+    }
+    if let Some(pw) = &req.console_password {
+        crate::auth::validate_password(pw)
+            .map_err(|e| ApiError::field("console_password", format!("console password {e}")))?;
+    }
     let created = st
         .hostings
-        .create(user.id, &user.username, req.ssh_public_key.as_deref())
+        .create(
+            user.id,
+            &user.username,
+            req.ssh_public_key.as_deref(),
+            req.generate_key,
+            req.console_password.as_deref(),
+        )
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -146,10 +172,16 @@ async fn get_mine(
     State(st): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<HostingView>, ApiError> {
-    let h = st
-        .hostings
-        .of_user(user.id)?
-        .ok_or_else(|| ApiError::not_found("hosting"))?;
+    mine(&st, user.id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("hosting"))
+}
+
+/// The user's hosting as `GET /api/v1/host` shows it, if they have one.
+fn mine(st: &AppState, user: crate::store::UserId) -> Result<Option<HostingView>, ApiError> {
+    let Some(h) = st.hostings.of_user(user)? else {
+        return Ok(None);
+    };
     let mut v = view(&h, None);
     v.domains = Some(
         st.domains
@@ -158,7 +190,48 @@ async fn get_mine(
             .map(|d| super::domains::view(d, &st.cfg.domain))
             .collect(),
     );
-    Ok(Json(v))
+    Ok(Some(v))
+}
+
+/// The caller's hosting, live: a Server-Sent Events stream whose `hosting` events carry
+/// what `GET /api/v1/host` answers (or `null` when there is none), once at the start and
+/// again whenever it changes. A comment every 15 s keeps idle connections open.
+#[utoipa::path(get, path = "/api/v1/host/events", tag = "hosting", security(("bearer" = [])),
+    responses((status = 200, description = "`text/event-stream` of `hosting` events", content_type = "text/event-stream", body = String)))]
+async fn events(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> axum::response::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive};
+    let rx = st.store.watch_hostings();
+    let stream = futures::stream::unfold(
+        (st, rx, None::<String>, true),
+        move |(st, mut rx, last, first)| async move {
+            loop {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                rx.borrow_and_update();
+                let now = match mine(&st, user.id) {
+                    Ok(v) => serde_json::to_string(&v).unwrap_or_else(|_| "null".into()),
+                    // A failed read is retried at the next change.
+                    Err(_) if !first => continue,
+                    Err(_) => "null".into(),
+                };
+                if last.as_deref() != Some(now.as_str()) {
+                    let ev = Event::default().event("hosting").data(now.clone());
+                    return Some((Ok(ev), (st, rx, Some(now), false)));
+                }
+                if first {
+                    return None;
+                }
+            }
+        },
+    );
+    axum::response::Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
 /// Deletes a hosting (the owner's, or any for an admin); completes in the background.
@@ -172,6 +245,33 @@ async fn delete(
 ) -> Result<(StatusCode, Json<HostingView>), ApiError> {
     let h = owned(&st, &user, &id)?;
     let h = st.hostings.delete(h.id, &user.username).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
+}
+
+/// Starts, stops or reboots the caller's VM; carried out in the background.
+#[utoipa::path(post, path = "/api/v1/host/{id}/{action}", tag = "hosting", security(("bearer" = [])),
+    params(("id" = String, Path, description = "hosting id"),
+           ("action" = String, Path, description = "start | stop | reboot")),
+    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody), (status = 409, description = "the VM's state does not allow it", body = ErrorBody)))]
+async fn act(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    let action = match action.as_str() {
+        "start" => crate::hosting::lifecycle::Action::Start,
+        "stop" => crate::hosting::lifecycle::Action::Stop,
+        "reboot" => crate::hosting::lifecycle::Action::Reboot,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such action; use start, stop or reboot",
+            ))
+        }
+    };
+    let h = owned(&st, &user, &id)?;
+    let h = st.hostings.act(h.id, action, &user.username).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
 }
 

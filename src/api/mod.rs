@@ -6,12 +6,16 @@
 
 mod accounts;
 mod admin;
+mod console;
+mod dashboard;
 mod domains;
 pub mod error;
 mod extract;
 mod health;
 mod hostings;
 mod keys;
+mod metrics;
+mod session;
 mod vms;
 
 use std::sync::{Arc, Mutex};
@@ -69,6 +73,8 @@ pub struct AppState {
     pub domains: crate::domains::Domains,
     /// HTTPS, when it is on.
     pub https: Option<crate::tls::Https>,
+    /// The operator's metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(OpenApi)]
@@ -105,6 +111,9 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(keys::router())
         .merge(domains::router())
         .merge(vms::router())
+        .merge(metrics::router())
+        .merge(session::router())
+        .merge(console::router())
         .layer(DefaultBodyLimit::max(state.cfg.http.max_body_bytes));
     let (router, mut doc) = OpenApiRouter::new()
         .merge(api)
@@ -131,7 +140,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
                 async move { Json(d.as_ref().clone()) }
             }),
         )
-        .fallback(not_found)
+        .fallback(dashboard::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -196,10 +205,6 @@ fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     app_with_doc(state).0
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {

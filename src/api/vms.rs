@@ -31,6 +31,10 @@ pub struct VmView {
     pub uptime_secs: Option<u64>,
     /// QMP `query-status` right now (`running`, `paused`, ...), or why it could not be asked.
     pub qmp_status: Option<String>,
+    /// User plus system CPU time of the QEMU process, in seconds.
+    pub cpu_time_secs: Option<f64>,
+    /// Resident memory of the QEMU process.
+    pub rss_bytes: Option<u64>,
     pub created_at: String,
 }
 
@@ -38,9 +42,6 @@ pub struct VmView {
 pub struct VmDetailView {
     #[serde(flatten)]
     pub vm: VmView,
-    /// User plus system CPU time of the QEMU process, in seconds.
-    pub cpu_time_secs: Option<f64>,
-    pub rss_bytes: Option<u64>,
     /// QMP `query-blockstats`, as QEMU returns it.
     #[schema(value_type = Object)]
     pub block_stats: Option<serde_json::Value>,
@@ -94,11 +95,13 @@ fn vm_view(s: VmStatus) -> VmView {
         pid: s.pid,
         uptime_secs: s.uptime_secs,
         qmp_status: s.qmp_status,
+        cpu_time_secs: s.cpu_time_secs,
+        rss_bytes: s.rss_bytes,
         created_at: rfc3339(s.hosting.created_at),
     }
 }
 
-fn parse_id(id: &str) -> Result<HostingId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<HostingId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found("vm"))
 }
 
@@ -149,8 +152,6 @@ async fn detail(
 ) -> Result<Json<VmDetailView>, ApiError> {
     let d = st.hostings.vm_detail(parse_id(&id)?).await?;
     Ok(Json(VmDetailView {
-        cpu_time_secs: d.cpu_time_secs,
-        rss_bytes: d.rss_bytes,
         block_stats: d.block_stats,
         tap_rx_bytes: d.tap_rx_bytes,
         tap_tx_bytes: d.tap_tx_bytes,

@@ -8,6 +8,7 @@
 pub mod jwt;
 pub mod password;
 pub mod ratelimit;
+pub mod session;
 pub mod username;
 
 use std::net::IpAddr;
@@ -64,6 +65,10 @@ pub enum AuthError {
     Hash(#[source] password::HashError),
     #[error("background task failed")]
     Join(#[source] tokio::task::JoinError),
+    #[error("the session has ended; log in again")]
+    SessionGone,
+    #[error("refused a cross-site request: {0}")]
+    CrossSite(&'static str),
 }
 
 impl From<StoreError> for AuthError {
@@ -141,6 +146,7 @@ pub struct Auth {
     limiter: ratelimit::LoginLimiter,
     register_limiter: ratelimit::RegisterLimiter,
     hashing: HashGate,
+    session_ttl_secs: u64,
 }
 
 impl Auth {
@@ -158,6 +164,7 @@ impl Auth {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
                 HASH_WAIT,
             ),
+            session_ttl_secs: cfg.console.session_ttl_secs,
         }
     }
 
@@ -224,6 +231,80 @@ impl Auth {
         username: &str,
         password: &str,
     ) -> Result<Token, AuthError> {
+        let user = self.check_credentials(peer, username, password).await?;
+        let access_token = self
+            .jwt
+            .issue(
+                &user.id.to_string(),
+                user.role,
+                user.token_generation,
+                jwt::unix_now(),
+            )
+            .map_err(AuthError::BadToken)?;
+        Ok(Token {
+            access_token,
+            expires_in: self.jwt.ttl_secs(),
+        })
+    }
+
+    /// Checks credentials like [`Auth::login`] and opens a browser session.
+    pub async fn open_session(
+        &self,
+        peer: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<session::Grant, AuthError> {
+        let user = self.check_credentials(peer, username, password).await?;
+        let secret = session::new_secret();
+        let now = crate::store::now();
+        let s = crate::store::Session {
+            user: user.id,
+            csrf: session::new_secret(),
+            created_at: now,
+            expires_at: now + Duration::from_secs(self.session_ttl_secs),
+        };
+        self.store.add_session(&session::key(&secret), &s)?;
+        tracing::info!(user = %user.username, %peer, "browser session opened");
+        Ok(session::Grant {
+            secret,
+            csrf: s.csrf,
+            max_age_secs: self.session_ttl_secs,
+            user,
+        })
+    }
+
+    /// The live account and session a cookie's secret belongs to.
+    pub fn session(&self, secret: &str) -> Result<(AuthUser, crate::store::Session), AuthError> {
+        let s = self
+            .store
+            .session(&session::key(secret))?
+            .ok_or(AuthError::SessionGone)?;
+        let user = self.store.user(s.user)?.ok_or(AuthError::UserGone)?;
+        if user.disabled_at.is_some() {
+            return Err(AuthError::Disabled);
+        }
+        Ok((
+            AuthUser {
+                id: user.id,
+                username: user.username,
+                role: user.role,
+            },
+            s,
+        ))
+    }
+
+    /// Ends the session of a cookie's secret. `true` if there was one.
+    pub fn close_session(&self, secret: &str) -> Result<bool, AuthError> {
+        Ok(self.store.remove_session(&session::key(secret))?)
+    }
+
+    /// The account behind a username and password, rate-limited per address and username.
+    async fn check_credentials(
+        &self,
+        peer: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<User, AuthError> {
         self.limiter
             .check(peer, username)
             .map_err(AuthError::RateLimited)?;
@@ -251,19 +332,7 @@ impl Auth {
             return Err(AuthError::Disabled);
         }
         self.limiter.succeeded(peer, username);
-        let access_token = self
-            .jwt
-            .issue(
-                &user.id.to_string(),
-                user.role,
-                user.token_generation,
-                jwt::unix_now(),
-            )
-            .map_err(AuthError::BadToken)?;
-        Ok(Token {
-            access_token,
-            expires_in: self.jwt.ttl_secs(),
-        })
+        Ok(user)
     }
 
     /// Resolves a bearer token to a live account.
@@ -320,7 +389,8 @@ impl Auth {
                 Ok::<_, AuthError>("tokens revoked".to_owned())
             })
             .map_err(|e| named(e, username))?;
-        tracing::info!(user = %u.username, %actor, "account disabled; its tokens are revoked");
+        self.store.remove_sessions_of(u.id)?;
+        tracing::info!(user = %u.username, %actor, "account disabled; its tokens and sessions are revoked");
         Ok(u)
     }
 
@@ -341,6 +411,11 @@ impl Auth {
     pub fn prune(&self) {
         self.limiter.prune();
         self.register_limiter.prune();
+        match self.store.sweep_sessions() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "expired browser sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep browser sessions"),
+        }
     }
 }
 
@@ -380,7 +455,17 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = Arc::<Auth>::from_ref(state);
-        auth.authenticate(bearer(parts)?)
+        // A bearer token wins; without one, the dashboard's session cookie (on its host).
+        if parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return auth.authenticate(bearer(parts)?);
+        }
+        match session::from_cookie(&auth, parts)? {
+            Some((user, _)) => Ok(user),
+            None => Err(AuthError::MissingToken),
+        }
     }
 }
 

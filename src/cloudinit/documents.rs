@@ -297,6 +297,9 @@ pub fn seed_documents(t: &Templates, input: &SeedInput) -> Result<Seed, CloudIni
     if input.install_nginx {
         add_package(&mut user_data, "nginx")?;
     }
+    if let Some(hash) = &input.console_password_hash {
+        set_console_password(&mut user_data, &input.username, hash)?;
+    }
 
     let net_vars: BTreeMap<&str, Value> = [
         ("mac", Value::String(format_mac(&input.mac))),
@@ -355,6 +358,35 @@ fn resolv_conf(dns: &[Ipv4Addr]) -> String {
 }
 
 /// Appends `name` to the top-level `packages` list (creating it), unless already there.
+/// Gives the owner's entry in `users` a password hash and unlocks it. SSH still refuses
+/// passwords (`ssh_pwauth: false`), so the password works on the serial console only.
+fn set_console_password(
+    user_data: &mut Value,
+    username: &str,
+    hash: &str,
+) -> Result<(), CloudInitError> {
+    let crypt = hash.starts_with('$')
+        && hash.len() <= 256
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"$./=".contains(&b));
+    if !crypt {
+        return Err(invalid("console password", "must be a crypt(3) hash"));
+    }
+    let users = user_data
+        .get_mut("users")
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| shape(USER_DATA_FILE, "users must be a list"))?;
+    let owner = users
+        .iter_mut()
+        .filter_map(Value::as_mapping_mut)
+        .find(|u| u.get("name").and_then(Value::as_str) == Some(username))
+        .ok_or_else(|| shape(USER_DATA_FILE, "users must list $username"))?;
+    owner.insert("lock_passwd".into(), Value::Bool(false));
+    owner.insert("passwd".into(), Value::String(hash.to_owned()));
+    Ok(())
+}
+
 fn add_package(user_data: &mut Value, name: &str) -> Result<(), CloudInitError> {
     let Some(map) = user_data.as_mapping_mut() else {
         return Err(shape(USER_DATA_FILE, "the document must be a mapping"));

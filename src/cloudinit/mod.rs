@@ -27,6 +27,17 @@ pub use keys::{generate_ed25519, parse_public_key, KeyAlgorithm, ValidatedKey};
 pub use names::{is_system_account, validate_hostname, validate_slug, validate_username};
 pub use seed::{read_seed_image, write_seed_image, SEED_LABEL};
 
+/// The crypt(3) SHA-512 hash (`$6$rounds=…$salt$…`) of a console password, as
+/// `/etc/shadow` holds it. Costs a few milliseconds: call it off the async threads.
+pub fn hash_console_password(password: &str) -> Result<String, CloudInitError> {
+    sha_crypt::sha512_simple(password, &sha_crypt::Sha512Params::default()).map_err(|_| {
+        CloudInitError::InvalidInput {
+            field: "console password",
+            reason: "cannot be hashed",
+        }
+    })
+}
+
 use std::net::Ipv4Addr;
 
 /// Everything one hosting contributes to its seed, as plain values.
@@ -60,6 +71,9 @@ pub struct SeedInput {
     pub ssh_port: u16,
     /// Add `packages: [nginx]` (for base images without nginx).
     pub install_nginx: bool,
+    /// A crypt(3) hash (`$6$…`) that lets the owner log in on the serial console when SSH
+    /// is broken. SSH never accepts passwords (`ssh_pwauth: false`). `None`: no password.
+    pub console_password_hash: Option<String>,
 }
 
 /// The three NoCloud documents, as the exact bytes written into the seed image.

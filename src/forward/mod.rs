@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::idle::{with_idle_timeout, Activity, Counted};
+use crate::metrics::{SshMetrics, SshRefusal};
 
 /// Errors of the forwarder. Messages are short; causes are in `source`.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,7 @@ pub struct Forwarders {
     bind: Ipv4Addr,
     ports: Arc<Mutex<HashMap<u16, Port>>>,
     runtime: Arc<OwnRuntime>,
+    metrics: SshMetrics,
 }
 
 /// A runtime that may be dropped from async code (it shuts down in the background).
@@ -151,7 +153,14 @@ impl Forwarders {
                 handle: runtime.handle().clone(),
                 runtime: Some(runtime),
             }),
+            metrics: SshMetrics::default(),
         })
+    }
+
+    /// These forwarders, counting their ports and connections in `metrics`.
+    pub fn with_metrics(mut self, metrics: SshMetrics) -> Forwarders {
+        self.metrics = metrics;
+        self
     }
 
     /// Makes `port` forward to `target`. Idempotent; a changed target or limits re-binds the
@@ -178,7 +187,13 @@ impl Forwarders {
             let listener = bind(self.bind, port)?;
             TcpListener::from_std(listener).map_err(|source| ForwardError::Bind { port, source })?
         };
-        let task = rt.spawn(accept_loop(listener, port, target, limits));
+        let task = rt.spawn(accept_loop(
+            listener,
+            port,
+            target,
+            limits,
+            self.metrics.clone(),
+        ));
         tracing::info!(port, %target, "ssh forward listening");
         ports.insert(
             port,
@@ -188,6 +203,7 @@ impl Forwarders {
                 task,
             },
         );
+        self.metrics.set_forwards(ports.len());
         Ok(())
     }
 
@@ -198,6 +214,7 @@ impl Forwarders {
         match ports.remove(&port) {
             Some(p) => {
                 p.stop().await;
+                self.metrics.set_forwards(ports.len());
                 tracing::info!(port, "ssh forward removed");
                 true
             }
@@ -251,6 +268,7 @@ async fn accept_loop(
     port: u16,
     target: SocketAddrV4,
     limits: ForwardLimits,
+    metrics: SshMetrics,
 ) {
     let mut conns = JoinSet::new();
     let per_minute =
@@ -270,6 +288,7 @@ async fn accept_loop(
         if by_address.check_key(&peer.ip()).is_err() {
             // Not a warning: a scan would make one per port and per attempt.
             tracing::debug!(port, %peer, "ssh connection refused: too many new connections from this address");
+            metrics.refused(SshRefusal::RateLimited);
             drop(client);
             continue;
         }
@@ -281,6 +300,7 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         if conns.len() >= limits.max_conns {
             tracing::warn!(port, %peer, max = limits.max_conns, "ssh connection refused: per-port cap reached");
+            metrics.refused(SshRefusal::PortFull);
             drop(client);
             continue;
         }
@@ -288,11 +308,14 @@ async fn accept_loop(
             AddressSlot::take(&live_by_address, peer.ip(), limits.max_conns_per_address)
         else {
             tracing::debug!(port, %peer, "ssh connection refused: this address holds its share of the port");
+            metrics.refused(SshRefusal::AddressFull);
             drop(client);
             continue;
         };
+        let open = metrics.accepted();
         conns.spawn(async move {
             let _slot = slot;
+            let _open = open;
             match forward(client, peer, target, limits).await {
                 Ok((up, down)) => tracing::debug!(port, %peer, up, down, "ssh connection closed"),
                 Err(e) => tracing::info!(port, %peer, error = %e, "ssh connection ended"),

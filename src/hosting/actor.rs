@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use super::core::{Event, Machine, QmpSignal, Refusal, RunState, Slot};
 use super::effects::{Effects, StepError, Vm};
 use super::lifecycle::Action;
+use super::timing::BootClock;
 use super::HostingError;
 use crate::store::{Hosting, Store, StoreError};
 use crate::vm::VmEvent;
@@ -92,6 +93,8 @@ struct Actor<E: Effects> {
     known: (bool, bool),
     /// Who asked for the deletion (for the audit entry of the removal).
     deleted_by: String,
+    /// When the boot in progress began (for the metrics).
+    clock: BootClock,
 }
 
 async fn run<E: Effects>(
@@ -119,6 +122,7 @@ async fn run<E: Effects>(
         probe_period: None,
         known: (false, false),
         deleted_by: "system".into(),
+        clock: BootClock::default(),
     };
     while !a.m.finished {
         let restart_at = a.m.restart_at.map(tokio::time::Instant::from_std);
@@ -260,6 +264,7 @@ impl<E: Effects> Actor<E> {
             // What the actor holds, not what the core thought before this step: recovery
             // attaches an adopted VM before the core hears of it.
             let had_vm = self.vm.is_some();
+            let (before, starting) = (self.m.state, self.m.starting);
             // A refused step changes nothing: it runs on a copy.
             let mut next = self.m.clone();
             let d = match next.step(ev.clone(), Instant::now()) {
@@ -278,6 +283,14 @@ impl<E: Effects> Actor<E> {
                     continue;
                 }
             };
+            let booted = self
+                .clock
+                .step(&ev, starting, before, self.m.state, Instant::now());
+            if let Some(b) = booted {
+                let since_request = crate::store::now() - self.row.created_at;
+                let creation = b.creation.then(|| since_request.try_into().ok()).flatten();
+                self.ctx.fx.booted(b.boot, creation);
+            }
             match audit.take() {
                 Some(Audit::Action(actor)) => {
                     if let Event::Act(action) = &ev {

@@ -83,6 +83,9 @@ pub trait Effects: Send + Sync + 'static {
     fn close_ssh(&self, h: &Hosting) -> impl Future<Output = ()> + Send;
     /// Publishes the hosting's route (or removes it, for a deleting hosting).
     fn publish(&self, h: &Hosting, generation: u64);
+    /// A guest became ready `boot` after its QEMU started; `creation`: the time since a
+    /// new hosting was requested, on its first boot. For the metrics only.
+    fn booted(&self, _boot: Duration, _creation: Option<Duration>) {}
     /// Finds a running QEMU of this hosting (daemon restart) and takes it over, with its run
     /// state (`None` when QMP does not answer).
     fn adopt(

@@ -29,6 +29,8 @@ pub(super) struct Inner {
     /// Held from the capacity check to the reservation, so two creations cannot both take
     /// the last room.
     admission: Mutex<()>,
+    /// The serial console hubs of VMs someone is watching.
+    pub consoles: super::console::Consoles,
 }
 
 /// The manager handle; cheap to clone.
@@ -47,6 +49,7 @@ impl Hostings {
         store: Store,
         routes: proxy::Routes,
         forwarders: forward::Forwarders,
+        lifecycle: crate::metrics::LifecycleMetrics,
         runtime: Result<VmRuntime, String>,
     ) -> Hostings {
         let faults: HashSet<String> = std::env::var("ROOST_FAULTS")
@@ -62,6 +65,7 @@ impl Hostings {
                 store: store.clone(),
                 routes,
                 forwarders,
+                lifecycle,
                 runtime,
             }),
             slots: Arc::new(Semaphore::new(cfg.limits.max_concurrent_creates)),
@@ -76,6 +80,7 @@ impl Hostings {
                 store,
                 ctx,
                 admission: Mutex::new(()),
+                consoles: Default::default(),
             }),
         }
     }
@@ -144,6 +149,8 @@ impl Hostings {
         user: UserId,
         slug: &str,
         key: Option<&str>,
+        generate_key: bool,
+        console_password: Option<&str>,
     ) -> Result<Created, HostingError> {
         // The slug is the login name in the VM: refuse now what the seed would refuse later.
         cloudinit::validate_username(slug).map_err(|e| {
@@ -151,7 +158,8 @@ impl Hostings {
                 "your username cannot be a login name in the VM ({e}); ask the operator to rename the account"
             ))
         })?;
-        // Keys: the given one, else the user's registered ones, else a generated pair.
+        // Keys: the given one, else the user's registered ones (unless a new pair is asked
+        // for), else a generated pair.
         let (keys, private_key) = match key {
             Some(k) => {
                 let k = cloudinit::parse_public_key(k)
@@ -166,7 +174,7 @@ impl Hostings {
                     .into_iter()
                     .map(|k| k.public_key)
                     .collect();
-                if registered.is_empty() {
+                if registered.is_empty() || generate_key {
                     let (public, private) = cloudinit::generate_ed25519(&format!("{slug}@roost"))
                         .map_err(|e| HostingError::Internal(e.to_string()))?;
                     (vec![public], Some(private))
@@ -178,6 +186,18 @@ impl Hostings {
         if !self.inner.store.hostings_of(user)?.is_empty() {
             return Err(HostingError::Exists);
         }
+        let console_password_hash = match console_password {
+            Some(pw) => {
+                let pw = pw.to_owned();
+                let hash =
+                    tokio::task::spawn_blocking(move || cloudinit::hash_console_password(&pw))
+                        .await
+                        .map_err(|e| HostingError::Internal(e.to_string()))?
+                        .map_err(|e| HostingError::Internal(e.to_string()))?;
+                Some(hash)
+            }
+            None => None,
+        };
         // From the capacity check to the reservation, one creation at a time.
         let _admission = lock(&self.inner.admission);
         let report = self.capacity()?;
@@ -199,7 +219,7 @@ impl Hostings {
         // Reserved under the registry's lock, so the reconciler never meets the new row
         // without its actor.
         let reserve = || {
-            let h = self.reserve(rt, user, slug, keys)?;
+            let h = self.reserve(rt, user, slug, keys, console_password_hash)?;
             Ok((h.clone(), h))
         };
         let ctx = &self.inner.ctx;
@@ -221,6 +241,7 @@ impl Hostings {
         user: UserId,
         slug: &str,
         keys: Vec<String>,
+        console_password_hash: Option<String>,
     ) -> Result<Hosting, HostingError> {
         let ports = self.inner.cfg.ssh.port_range.ports();
         let id = HostingId::new();
@@ -245,6 +266,7 @@ impl Hostings {
                     tap: net::tap_name(&id.0.to_bytes()),
                     incarnation: 1,
                     ssh_keys: keys,
+                    console_password_hash,
                     created_at: now,
                     updated_at: now,
                 },

@@ -7,6 +7,7 @@
 
 mod actor;
 pub mod capacity;
+mod console;
 pub mod core;
 mod effects;
 pub mod lifecycle;
@@ -19,6 +20,8 @@ mod queries;
 mod real;
 mod reconcile;
 mod runtime;
+mod stats;
+mod timing;
 pub mod urls;
 
 use std::sync::Arc;
@@ -57,6 +60,8 @@ pub enum HostingError {
     },
     #[error("{step}: {message}")]
     Step { step: String, message: String },
+    #[error("{0}")]
+    ConsoleUnavailable(String),
     #[error("store")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -141,6 +146,10 @@ pub struct VmStatus {
     pub pid: Option<i32>,
     pub uptime_secs: Option<u64>,
     pub qmp_status: Option<String>,
+    /// User plus system CPU time of the QEMU process, in seconds, and its resident memory
+    /// (from `/proc`, cheap enough for every list).
+    pub cpu_time_secs: Option<f64>,
+    pub rss_bytes: Option<u64>,
 }
 
 /// A VM with its resource figures.
@@ -157,12 +166,13 @@ pub struct VmDetail {
 /// Builds the manager: prepares the VM runtime when this host can run VMs (bridge,
 /// firewall, image, accelerator, templates), rebuilds routes from the store, starts an
 /// actor per hosting (which adopts or starts its VM), and keeps reconciling every few
-/// seconds as the task `reconciler`.
+/// seconds as the task `reconciler`. Boot and creation times go to `lifecycle`.
 pub async fn start(
     cfg: Arc<Config>,
     store: Store,
     routes: crate::proxy::Routes,
     forwarders: crate::forward::Forwarders,
+    lifecycle: crate::metrics::LifecycleMetrics,
     tasks: &crate::tasks::Tasks,
 ) -> Hostings {
     // Kept as the reason shown by `roost status` (and, sanitized, to owners).
@@ -170,7 +180,7 @@ pub async fn start(
     if let Err(reason) = &runtime {
         tracing::warn!(%reason, "VM hosting disabled");
     }
-    let h = Hostings::new(cfg, store, routes, forwarders, runtime);
+    let h = Hostings::new(cfg, store, routes, forwarders, lifecycle, runtime);
     if let Err(e) = h.rebuild_routes().await {
         tracing::warn!(error = %e, "cannot rebuild routes");
     }

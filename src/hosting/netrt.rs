@@ -97,6 +97,21 @@ impl NetRuntime {
         Some((l.rx_bytes, l.tx_bytes))
     }
 
+    /// Received and sent bytes of every link, by name, from one netlink dump (the metrics
+    /// read every tap at once).
+    pub async fn all_counters(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        match net::list_links(&self.handle).await {
+            Ok(links) => links
+                .into_iter()
+                .map(|l| (l.name, (l.rx_bytes, l.tx_bytes)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list links for their counters");
+                Default::default()
+            }
+        }
+    }
+
     /// Replaces the firewall with one that lets exactly these VMs' taps speak, each with
     /// its own MAC and IP.
     pub async fn apply_firewall(

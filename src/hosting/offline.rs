@@ -61,11 +61,14 @@ fn status(cfg: &Config, h: Hosting, owners: &HashMap<UserId, String>) -> VmStatu
         .and_then(vm::procfs::start_time)
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| d.as_secs());
+    let stats = pid.and_then(vm::procfs::proc_stats);
     VmStatus {
         owner: owners.get(&h.user).cloned().unwrap_or_default(),
         qmp_status: pid.map(|_| "not asked (the daemon is not running)".to_owned()),
         hosting: h,
         pid,
         uptime_secs,
+        cpu_time_secs: stats.map(|s| s.cpu_time_secs),
+        rss_bytes: stats.map(|s| s.rss_bytes),
     }
 }

@@ -17,6 +17,8 @@ pub struct VmPaths {
     pub qmp: PathBuf,
     pub pidfile: PathBuf,
     pub serial_log: PathBuf,
+    /// The serial console's socket (QEMU listens, roost's console hub connects).
+    pub serial_sock: PathBuf,
     pub qemu_log: PathBuf,
 }
 
@@ -47,6 +49,7 @@ impl VmPaths {
             qmp: dir.join("qmp.sock"),
             pidfile: dir.join("qemu.pid"),
             serial_log: dir.join("serial.log"),
+            serial_sock: dir.join("serial.sock"),
             qemu_log: dir.join("qemu.log"),
             dir,
         }

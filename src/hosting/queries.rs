@@ -35,12 +35,15 @@ impl Hostings {
             ),
             None => (None, None, None),
         };
+        let stats = pid.and_then(vm::procfs::proc_stats);
         VmStatus {
             owner: owners.get(&h.user).cloned().unwrap_or_default(),
             hosting: h,
             pid,
             uptime_secs,
             qmp_status,
+            cpu_time_secs: stats.map(|s| s.cpu_time_secs),
+            rss_bytes: stats.map(|s| s.rss_bytes),
         }
     }
 

@@ -28,6 +28,7 @@ pub(super) struct RealEffects {
     pub store: Store,
     pub routes: proxy::Routes,
     pub forwarders: forward::Forwarders,
+    pub lifecycle: crate::metrics::LifecycleMetrics,
     pub runtime: Result<VmRuntime, String>,
 }
 
@@ -66,6 +67,7 @@ impl RealEffects {
             domain: self.cfg.domain.clone(),
             ssh_port: h.ssh_port,
             install_nginx: !rt.image.manifest.has_nginx,
+            console_password_hash: h.console_password_hash.clone(),
         };
         let seed =
             cloudinit::seed_documents(&rt.templates, &input).map_err(SeedError::Documents)?;
@@ -213,6 +215,7 @@ impl Effects for RealEffects {
             qmp_socket: p.qmp.clone(),
             pidfile: p.pidfile.clone(),
             serial_log: p.serial_log.clone(),
+            serial_socket: Some(p.serial_sock.clone()),
             user: Some(user),
         };
         let spawned = vm::process::spawn_argv(
@@ -285,6 +288,10 @@ impl Effects for RealEffects {
             let status = super::queries::route_status(h.state);
             self.routes.upsert(route(h, status, generation));
         }
+    }
+
+    fn booted(&self, boot: Duration, creation: Option<Duration>) {
+        self.lifecycle.booted(boot, creation);
     }
 
     async fn adopt(&self, h: &Hosting) -> Option<(RealVm, Option<RunState>)> {

@@ -33,6 +33,7 @@ use super::routes::{
 use super::upstream::{Pool, PoolLimits};
 use super::ProxyConfig;
 use crate::idle::{with_idle_timeout, Activity, Counted};
+use crate::metrics::HttpKind;
 
 struct Shared {
     api: axum::Router,
@@ -420,7 +421,10 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let secure = client.secure;
     let hsts = secure && shared.cfg.https.as_ref().is_some_and(|h| h.hsts);
-    let mut resp = route_request(shared, client, req, ambiguous_framing).await;
+    let (started, metrics) = (std::time::Instant::now(), shared.cfg.metrics.clone());
+    let mut kind = HttpKind::Other;
+    let mut resp = route_request(shared, client, req, ambiguous_framing, &mut kind).await;
+    metrics.observe(kind, resp.status().as_u16(), started.elapsed());
     if hsts
         && !resp
             .headers()
@@ -486,11 +490,13 @@ fn plain_http_answer(
     Some(r)
 }
 
+/// Answers `req`; `kind` is set to who answered it (for the metrics).
 async fn route_request(
     shared: Arc<Shared>,
     client: Client,
     req: Request<Incoming>,
     ambiguous_framing: bool,
+    kind: &mut HttpKind,
 ) -> Response<Body> {
     let peer = client.peer;
     if ambiguous_framing {
@@ -511,13 +517,22 @@ async fn route_request(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| req.uri().path());
-    let resolution = resolve(
-        &table,
-        req.method(),
-        raw,
-        host.as_deref(),
-        &shared.cfg.domain,
-    );
+    let console = shared
+        .cfg
+        .console_host
+        .as_deref()
+        .is_some_and(|c| super::routes::host_is(host.as_deref(), c));
+    let resolution = if console {
+        Resolution::Api
+    } else {
+        resolve(
+            &table,
+            req.method(),
+            raw,
+            host.as_deref(),
+            &shared.cfg.domain,
+        )
+    };
     drop(table);
     if !client.secure {
         if let Some(policy) = &shared.cfg.https {
@@ -528,6 +543,11 @@ async fn route_request(
             }
         }
     }
+    *kind = match resolution {
+        Resolution::Api => HttpKind::Api,
+        Resolution::NoSite => HttpKind::Other,
+        _ => HttpKind::Site,
+    };
     let body_timeout = shared.cfg.body_timeout;
     let mut req = req.map(|b| TimedBody::new(b, "request", body_timeout));
     match resolution {
@@ -536,6 +556,7 @@ async fn route_request(
             // How the client really came: the API refuses passwords over plain HTTP by it.
             req.extensions_mut().insert(super::Transport {
                 secure: client.secure,
+                console,
             });
             let req = req.map(Body::new);
             let call = shared.api.clone().oneshot(req);

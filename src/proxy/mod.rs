@@ -62,6 +62,11 @@ pub struct ProxyConfig {
     pub tunnel_idle_timeout: Duration,
     /// What plain HTTP does when HTTPS is on; `None`: HTTPS is off.
     pub https: Option<HttpsPolicy>,
+    /// Where requests are counted and timed (by default, instruments no registry reads).
+    pub metrics: crate::metrics::HttpMetrics,
+    /// The dashboard's own host name (`console.DOMAIN`): every request to it goes to the
+    /// API router, marked [`Transport::console`], before any site routing.
+    pub console_host: Option<String>,
 }
 
 /// How an API request reached roost, as a request extension: `secure` when over TLS.
@@ -69,6 +74,9 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
     pub secure: bool,
+    /// The request named the dashboard's host (`console.DOMAIN`): only there do browser
+    /// sessions count and the dashboard's pages exist.
+    pub console: bool,
 }
 
 /// How the plain-HTTP side behaves while HTTPS is served.
@@ -125,6 +133,8 @@ impl Default for ProxyConfig {
             send_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(600),
             https: None,
+            metrics: crate::metrics::HttpMetrics::default(),
+            console_host: None,
         }
     }
 }

@@ -338,6 +338,12 @@ fn host_name(host: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
+/// True when a `Host` header value names `name` (any case, any port, trailing dot or not).
+pub fn host_is(host: Option<&str>, name: &str) -> bool {
+    host.and_then(host_name)
+        .is_some_and(|h| h == name.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// The slug a `Host` header names as `<slug>.DOMAIN`, if any.
 /// `Some(Err(()))` means "a subdomain of ours that is not a valid slug".
 fn host_slug(host: Option<&str>, domain: &str) -> Option<Result<String, ()>> {

@@ -9,8 +9,10 @@
 
 mod domains;
 mod records;
+mod sessions;
 
 pub use domains::{Domain, DomainState};
+pub use sessions::Session;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -132,6 +134,8 @@ pub struct NewUser<'a> {
 pub struct Store {
     db: std::sync::Arc<Database>,
     path: PathBuf,
+    /// Counts committed writes to hostings, for whoever shows them live.
+    hosting_writes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -148,6 +152,7 @@ impl Store {
         let store = Store {
             db: std::sync::Arc::new(db),
             path,
+            hosting_writes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         };
         store.check_schema()?;
         Ok(store)
@@ -186,10 +191,22 @@ impl Store {
         tx.open_table(PORT_RESERVATIONS)?;
         tx.open_table(AUDIT)?;
         tx.open_table(domains::DOMAINS)?;
+        tx.open_table(sessions::SESSIONS)?;
         tx.open_table(META)?
             .insert("schema_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Wakes whoever watches hostings ([`Store::watch_hostings`]).
+    fn hosting_written(&self) {
+        self.hosting_writes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that is marked changed after every committed write to a hosting (its
+    /// creation, any state change, its removal). Reads stay the caller's.
+    pub fn watch_hostings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hosting_writes.subscribe()
     }
 
     /// A cheap read that proves the database answers (for `/readyz`).
@@ -417,6 +434,7 @@ impl Store {
             h
         };
         tx.commit()?;
+        self.hosting_written();
         Ok(h)
     }
 
@@ -439,6 +457,7 @@ impl Store {
             h
         };
         tx.commit()?;
+        self.hosting_written();
         Ok(h)
     }
 
@@ -458,6 +477,7 @@ impl Store {
             append_audit(&tx, actor, "hosting.delete", &id.to_string(), &h.slug)?;
         }
         tx.commit()?;
+        self.hosting_written();
         Ok(())
     }
 
@@ -610,6 +630,7 @@ mod tests {
             tap: "rt0".into(),
             incarnation: 1,
             ssh_keys: vec![],
+            console_password_hash: None,
             created_at: now(),
             updated_at: now(),
         }

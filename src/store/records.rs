@@ -161,6 +161,9 @@ pub struct Hosting {
     pub incarnation: u32,
     /// Authorised keys installed into the VM at creation.
     pub ssh_keys: Vec<String>,
+    /// The owner's serial-console password as a crypt(3) SHA-512 hash, if they set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_password_hash: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

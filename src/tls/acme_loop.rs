@@ -51,6 +51,33 @@ pub fn domain_want(domain: &str, dns01: bool) -> Want {
     }
 }
 
+/// The slot of the dashboard's certificate when `DOMAIN`'s does not cover it.
+pub const CONSOLE_SLOT: &str = "console";
+
+/// What `DOMAIN` and the dashboard's host (`console`) need: the dashboard rides on
+/// `DOMAIN`'s certificate (the wildcard covers `console.DOMAIN`; without the wildcard it is
+/// a second name, by HTTP-01 like `DOMAIN`), or, when the wildcard cannot cover it, gets
+/// its own by HTTP-01.
+pub fn domain_wants(domain: &str, console: &str, dns01: bool) -> Vec<Want> {
+    let mut d = domain_want(domain, dns01);
+    let console = console.trim_end_matches('.').to_ascii_lowercase();
+    if d.names.iter().any(|n| super::names::covers(n, &console)) {
+        return vec![d];
+    }
+    if !dns01 {
+        d.names.push(console);
+        return vec![d];
+    }
+    vec![
+        d,
+        Want {
+            slot: CONSOLE_SLOT.into(),
+            names: vec![console],
+            method: Method::Http01,
+        },
+    ]
+}
+
 /// True when `want` needs a new certificate, given what its slot holds now.
 pub fn needs_order(want: &Want, held: Option<&certs::CertInfo>, now: i64) -> bool {
     match held {
@@ -92,8 +119,8 @@ impl RenewNow {
 }
 
 /// What to hold: `DOMAIN`'s certificate and one per verified custom domain (HTTP-01).
-pub fn wants(domain: &Want, custom: &[String]) -> Vec<Want> {
-    let mut all = vec![domain.clone()];
+pub fn wants(domain: &[Want], custom: &[String]) -> Vec<Want> {
+    let mut all = domain.to_vec();
     all.extend(custom.iter().map(|n| Want {
         slot: n.clone(),
         names: vec![n.clone()],
@@ -124,7 +151,7 @@ pub async fn start(
         }
         None => None,
     };
-    let domain = domain_want(&cfg.domain, dns.is_some());
+    let domain = domain_wants(&cfg.domain, &cfg.console_host(), dns.is_some());
     let settings = AcmeSettings {
         directory: cfg.acme.directory.clone(),
         email: cfg.acme.email.clone(),
@@ -184,7 +211,9 @@ pub async fn start(
 /// Forgets the certificates of custom domains no longer wanted (removed or suspended).
 fn drop_unwanted(store: &CertStore, dir: &std::path::Path, all: &[Want]) {
     for info in store.infos() {
-        let ours = info.slot != super::manager::FILE_SLOT && info.slot != DOMAIN_SLOT;
+        let ours = info.slot != super::manager::FILE_SLOT
+            && info.slot != DOMAIN_SLOT
+            && info.slot != CONSOLE_SLOT;
         if ours && !all.iter().any(|w| w.slot == info.slot) {
             tracing::info!(slot = %info.slot, "certificate no longer served");
             store.remove(&info.slot);
@@ -241,6 +270,28 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_host_is_always_covered() {
+        // The wildcard covers console.DOMAIN.
+        let w = domain_wants("example.com", "console.example.com", true);
+        assert_eq!(w.len(), 1);
+        // Without it, console.DOMAIN is a second name of DOMAIN's certificate.
+        let w = domain_wants("example.com", "Console.Example.com.", false);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].names, vec!["example.com", "console.example.com"]);
+        // A dashboard elsewhere gets its own certificate by HTTP-01.
+        let w = domain_wants("example.com", "panel.example.net", true);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[1].slot.as_str(), w[1].names.clone(), w[1].method),
+            (
+                CONSOLE_SLOT,
+                vec!["panel.example.net".to_string()],
+                Method::Http01
+            )
+        );
+    }
+
+    #[test]
     fn orders_when_missing_different_or_due() {
         let want = domain_want("example.com", true);
         let held = certs::CertInfo {
@@ -263,7 +314,7 @@ mod tests {
     #[test]
     fn custom_domains_get_their_own_http01_certificates() {
         let all = wants(
-            &domain_want("example.com", true),
+            &[domain_want("example.com", true)],
             &["shop.example.org".to_string()],
         );
         assert_eq!(all.len(), 2);

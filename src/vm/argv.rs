@@ -18,8 +18,9 @@
 //!   (and a pidfd) while QEMU still survives the daemon.
 //! - The VM id appears in argv as `-uuid` (the ULID's 128 bits as a UUID): `/proc/PID/cmdline`
 //!   then identifies the VM for [`super::process::adopt`], and the guest can read it from SMBIOS.
-//! - The serial console goes to a file chardev with `append=on`, so the log can be truncated
-//!   in place while QEMU runs ([`super::process::cap_serial_log`]).
+//! - The serial console is a unix socket chardev that roost's console hub holds (QEMU accepts
+//!   one client), logged to a file with `logappend=on`, so the log can be truncated in place
+//!   while QEMU runs ([`super::process::cap_serial_log`]). Without a socket, a file chardev.
 //! - `-sandbox on,...,spawn=deny,elevateprivileges=deny`: QEMU gets its tap as an fd, so it
 //!   never needs to exec helpers, and it is started already as its VM's own uid without
 //!   capabilities ([`super::confine`]), so it never needs setuid either (no `-runas`).
@@ -82,6 +83,10 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     pub pidfile: PathBuf,
     pub serial_log: PathBuf,
+    /// Where QEMU listens for the serial console's one client (roost's console hub,
+    /// [`super::serial`]); everything the guest writes is also appended to `serial_log`.
+    /// `None`: the serial console goes to `serial_log` only.
+    pub serial_socket: Option<PathBuf>,
     /// The uid, gid and groups QEMU is started with (not part of argv: see
     /// [`super::confine`]). `None` keeps the caller's.
     pub user: Option<Credentials>,
@@ -173,16 +178,23 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
         &spec.vcpus.to_string(),
     ]);
     push(&[&"-nodefaults", &"-no-user-config", &"-display", &"none"]);
-    push(&[
-        &"-chardev",
-        &opt(&[
+    let chardev = match &spec.serial_socket {
+        // `wait=off`: QEMU does not wait for a client; with none, output goes to the log
+        // only, so a guest never stalls on its UART.
+        Some(sock) => opt(&[
+            Lit("socket,id=serial0,path="),
+            Val(sock.as_os_str()),
+            Lit(",server=on,wait=off,logfile="),
+            Val(spec.serial_log.as_os_str()),
+            Lit(",logappend=on"),
+        ]),
+        None => opt(&[
             Lit("file,id=serial0,path="),
             Val(spec.serial_log.as_os_str()),
             Lit(",append=on"),
         ]),
-        &"-serial",
-        &"chardev:serial0",
-    ]);
+    };
+    push(&[&"-chardev", &chardev, &"-serial", &"chardev:serial0"]);
     match &spec.boot {
         Boot::Kernel {
             kernel,
@@ -300,6 +312,7 @@ mod tests {
             qmp_socket: "/run/roost/x/qmp.sock".into(),
             pidfile: "/run/roost/x/qemu.pid".into(),
             serial_log: "/vms/x/serial.log".into(),
+            serial_socket: None,
             user: Some(Credentials::for_vm(0x7000_0002, None)),
         }
     }
@@ -430,6 +443,12 @@ mod tests {
                 vec!["file=/vms/x/disk.qcow2,if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap"],
             ),
             ("no net: no netdev", |s| s.net = None, "-netdev", vec![]),
+            (
+                "serial socket for the console hub, logged to the file",
+                |s| s.serial_socket = Some("/vms/a,b/serial.sock".into()),
+                "-chardev",
+                vec!["socket,id=serial0,path=/vms/a,,b/serial.sock,server=on,wait=off,logfile=/vms/x/serial.log,logappend=on"],
+            ),
             ("never -runas", |_| {}, "-runas", vec![]),
             (
                 "comma in name cannot inject options",

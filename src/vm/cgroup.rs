@@ -472,6 +472,22 @@ impl Cgroups {
         None
     }
 
+    /// Memory VM `id`'s cgroup uses, page cache included (v2 `memory.current`, v1
+    /// `memory.usage_in_bytes`); `None` without a memory controller.
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        let h = self
+            .layout
+            .hierarchies
+            .iter()
+            .find(|h| h.controllers.iter().any(|c| c == "memory"))?;
+        let file = match h.version {
+            Version::V2 => "memory.current",
+            Version::V1 => "memory.usage_in_bytes",
+        };
+        let t = std::fs::read_to_string(h.parent.join(id).join(file)).ok()?;
+        t.trim().parse().ok()
+    }
+
     /// Names of VM cgroups (in any hierarchy) that `claimed` does not contain.
     pub fn unclaimed(&self, claimed: &HashSet<String>) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -789,6 +805,46 @@ mod tests {
         let t = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\nnr_periods 0\n";
         assert_eq!(usage_usec(t), Some(1234));
         assert_eq!(usage_usec("nr_periods 3\n"), None);
+    }
+
+    #[test]
+    fn memory_usage_from_the_memory_hierarchy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (v1_cpu, v1_mem, v2) = (
+            dir.path().join("cpu"),
+            dir.path().join("memory"),
+            dir.path().join("unified"),
+        );
+        for d in [&v1_cpu, &v1_mem, &v2] {
+            std::fs::create_dir_all(d.join("vm1")).expect("mkdir");
+        }
+        std::fs::write(v1_mem.join("vm1/memory.usage_in_bytes"), "4096\n").expect("write");
+        std::fs::write(v2.join("vm1/memory.current"), "8192\n").expect("write");
+        let hierarchy = |version, controllers: &[&str], parent: &Path| Hierarchy {
+            version,
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            parent: parent.to_path_buf(),
+        };
+        let v1 = Cgroups::from_layout(Layout {
+            hierarchies: vec![
+                hierarchy(Version::V1, &["cpu"], &v1_cpu),
+                hierarchy(Version::V1, &["memory"], &v1_mem),
+            ],
+            missing: vec![],
+        });
+        assert_eq!(v1.memory_usage("vm1"), Some(4096));
+        assert_eq!(v1.memory_usage("vm2"), None);
+        let unified = Cgroups::from_layout(Layout {
+            hierarchies: vec![hierarchy(Version::V2, &["cpu", "memory"], &v2)],
+            missing: vec![],
+        });
+        assert_eq!(unified.memory_usage("vm1"), Some(8192));
+        let no_memory = Cgroups::from_layout(Layout {
+            hierarchies: vec![hierarchy(Version::V2, &["cpu"], &v2)],
+            missing: vec!["memory".into()],
+        });
+        assert_eq!(no_memory.memory_usage("vm1"), None);
+        assert_eq!(Cgroups::disabled().memory_usage("vm1"), None);
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub fn total_bytes(dir: &Path) -> Result<u64, VmError> {
     Ok(st.blocks().saturating_mul(st.fragment_size()))
 }
 
+/// Bytes the file system has allocated to `path` (a sparse overlay's real size).
+pub fn allocated_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.blocks().saturating_mul(512))
+}
+
 fn statvfs(dir: &Path) -> Result<nix::sys::statvfs::Statvfs, VmError> {
     nix::sys::statvfs::statvfs(dir).map_err(|source| VmError::Statvfs {
         dir: dir.to_path_buf(),
@@ -100,6 +108,18 @@ fn check_space(dir: &Path, available: u64, needed: u64, reserve: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocated_bytes_count_blocks_not_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sparse");
+        let f = std::fs::File::create(&p).expect("create");
+        f.set_len(1 << 30).expect("set_len");
+        assert!(allocated_bytes(&p).expect("allocated") < 1 << 20);
+        std::fs::write(&p, vec![1u8; 64 << 10]).expect("write");
+        assert!(allocated_bytes(&p).expect("allocated") >= 64 << 10);
+        assert_eq!(allocated_bytes(&dir.path().join("absent")), None);
+    }
 
     #[test]
     fn overlay_command() {

@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod process;
 pub mod procfs;
 pub mod qmp;
+pub mod serial;
 
 mod error;
 

@@ -449,6 +449,7 @@ mod tests {
             qmp_socket: "/nonexistent/qmp.sock".into(),
             pidfile: "/nonexistent/qemu.pid".into(),
             serial_log: "/nonexistent/serial.log".into(),
+            serial_socket: None,
             user: None,
         };
         let err = spawn(&spec, None, Path::new("/nonexistent/qemu.log"))

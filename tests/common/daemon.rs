@@ -353,3 +353,15 @@ pub fn get(d: &Daemon, path: &str, token: Option<&str>) -> (StatusCode, Value) {
     let r = r.send().expect("send");
     (r.status(), r.json().unwrap_or(Value::Null))
 }
+
+/// `GET /metrics` with an administrator's `token`: the Prometheus text. A hosting's series
+/// carry `vm="<hosting id>"`, and are gone once the hosting is.
+pub fn metrics_text(d: &Daemon, token: &str) -> String {
+    let r = client()
+        .get(d.url("/metrics"))
+        .bearer_auth(token)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text().expect("body")
+}

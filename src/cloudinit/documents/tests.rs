@@ -21,6 +21,23 @@ fn input() -> SeedInput {
         domain: "roost.example".into(),
         ssh_port: 2201,
         install_nginx: false,
+        console_password_hash: None,
+    }
+}
+
+#[test]
+fn a_console_password_unlocks_the_owner_for_the_console_only() {
+    let mut i = input();
+    i.console_password_hash = Some("$6$salt$abc./DEF".into());
+    let seed = seed_documents(&templates(), &i).expect("seed");
+    let ud: Value = serde_yaml::from_str(&seed.user_data).expect("yaml");
+    let u = &ud["users"][0];
+    assert_eq!(u["lock_passwd"], Value::Bool(false));
+    assert_eq!(u["passwd"], Value::from("$6$salt$abc./DEF"));
+    assert_eq!(ud["ssh_pwauth"], Value::Bool(false), "never over SSH");
+    for bad in ["plain", "$6$a b", "$6$x\n- evil"] {
+        i.console_password_hash = Some(bad.into());
+        assert!(seed_documents(&templates(), &i).is_err(), "{bad}");
     }
 }
 

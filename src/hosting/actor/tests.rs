@@ -68,6 +68,7 @@ impl Rig {
                     tap: format!("rt{slug}"),
                     incarnation: 1,
                     ssh_keys: vec![],
+                    console_password_hash: None,
                     created_at: crate::store::now(),
                     updated_at: crate::store::now(),
                 },

@@ -1,0 +1,158 @@
+//! The dashboard's pages, embedded in the binary (`web/`, with the vendored xterm.js),
+//! served on the dashboard's host only, with a strict Content-Security-Policy. On the
+//! public domain, `/` leads to the dashboard.
+//!
+//! The dashboard has its own origin (`console.DOMAIN`): sites at `DOMAIN/<slug>/` share
+//! one origin with each other, so nothing that holds a session may live there.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "web/"]
+#[exclude = "vendor/LOCK"]
+#[exclude = "*.md"]
+struct Assets;
+
+/// No inline script or style, nothing from elsewhere, never framed.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+img-src 'self' data:; connect-src 'self'; font-src 'self'; form-action 'self'; \
+frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's origin as configured (for messages and redirects without a request).
+pub fn origin(st: &AppState) -> String {
+    let host = st.cfg.console_host();
+    if st.cfg.https.enabled {
+        match st.cfg.https.listen.port() {
+            443 => format!("https://{host}"),
+            p => format!("https://{host}:{p}"),
+        }
+    } else {
+        match st.cfg.http.listen.port() {
+            80 => format!("http://{host}"),
+            p => format!("http://{host}:{p}"),
+        }
+    }
+}
+
+/// What the API router answers for a path it has no route for: on the dashboard's host,
+/// the dashboard (its assets, or its page for any other `GET`); on the public domain's
+/// `/`, a redirect to the dashboard; otherwise roost's JSON 404.
+pub async fn fallback(State(st): State<AppState>, req: Request) -> Response {
+    let t = req.extensions().get::<crate::proxy::Transport>().copied();
+    let path = req.uri().path().to_owned();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match t {
+        Some(t) if t.console && get && !path.starts_with("/api/") => page(&path),
+        Some(t) if !t.console && get && path == "/" => to_dashboard(&st, &req, t.secure),
+        _ => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response(),
+    }
+}
+
+/// `302` to the dashboard on the scheme and port this request came by.
+fn to_dashboard(st: &AppState, req: &Request, secure: bool) -> Response {
+    let port = crate::auth::session::request_host(&parts_of(req))
+        .and_then(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(_, p)| format!(":{p}"))
+        })
+        .unwrap_or_default();
+    let scheme = if secure { "https" } else { "http" };
+    let to = format!("{scheme}://{}{port}/", st.cfg.console_host());
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn parts_of(req: &Request) -> axum::http::request::Parts {
+    let mut b = axum::http::Request::builder().uri(req.uri().clone());
+    if let Some(h) = req.headers().get(header::HOST) {
+        b = b.header(header::HOST, h);
+    }
+    match b.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(_) => axum::http::Request::new(()).into_parts().0,
+    }
+}
+
+/// One file of the dashboard: `/assets/<file>` from `web/`, anything else the page.
+fn page(path: &str) -> Response {
+    let (file, immutable) = match path.strip_prefix("/assets/") {
+        Some(f) => (f, f.starts_with("vendor/")),
+        None => ("index.html", false),
+    };
+    let Some(asset) = Assets::get(file).filter(|_| !file.contains("..")) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response();
+    };
+    let mut r = Response::new(Body::from(asset.data.into_owned()));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(file)));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if immutable {
+            "public, max-age=86400"
+        } else {
+            "no-cache"
+        }),
+    );
+    security_headers(h);
+    r
+}
+
+/// The headers every dashboard answer carries.
+pub fn security_headers(h: &mut axum::http::HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+fn mime(file: &str) -> &'static str {
+    match file.rsplit_once('.').map(|(_, e)| e) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_and_its_assets_are_embedded() {
+        assert!(Assets::get("index.html").is_some(), "web/index.html");
+        assert_eq!(mime("app.js"), "text/javascript; charset=utf-8");
+        assert_eq!(mime("vendor/xterm.css"), "text/css; charset=utf-8");
+    }
+}

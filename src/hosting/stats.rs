@@ -1,0 +1,163 @@
+//! What the metrics read at each scrape (`crate::metrics::Source`): every hosting the
+//! store has now, with the figures the admin API shows (the actor's QEMU, `/proc`, the VM's
+//! cgroup, the tap's counters from one netlink dump, the overlay's allocation), hostings
+//! by state, and capacity as admission computes it. Reads only.
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use tracing::warn;
+
+use super::effects::Vm;
+use super::manager::Hostings;
+use super::paths::VmPaths;
+use crate::metrics::{Capacity, Snapshot, VmSample};
+use crate::store::HostingState;
+use crate::vm;
+
+/// Every state, in the order the metrics list them.
+const STATES: [HostingState; 7] = [
+    HostingState::Provisioning,
+    HostingState::Booting,
+    HostingState::Running,
+    HostingState::Paused,
+    HostingState::Stopped,
+    HostingState::Failed,
+    HostingState::Deleting,
+];
+
+/// `state`'s place in [`STATES`] (a new state does not compile here until it is listed).
+fn index(state: HostingState) -> usize {
+    match state {
+        HostingState::Provisioning => 0,
+        HostingState::Booting => 1,
+        HostingState::Running => 2,
+        HostingState::Paused => 3,
+        HostingState::Stopped => 4,
+        HostingState::Failed => 5,
+        HostingState::Deleting => 6,
+    }
+}
+
+/// Hostings by state, every state listed even at zero.
+fn count_states(states: impl IntoIterator<Item = HostingState>) -> Vec<(&'static str, u64)> {
+    let mut n = [0u64; STATES.len()];
+    for s in states {
+        n[index(s)] += 1;
+    }
+    STATES.iter().zip(n).map(|(s, n)| (s.as_str(), n)).collect()
+}
+
+impl Hostings {
+    /// Every hosting's figures now, hostings by state and capacity. A part that cannot be
+    /// read is left out (and logged), never the whole scrape.
+    pub async fn metrics_snapshot(&self) -> Snapshot {
+        let hostings = match self.inner.store.hostings() {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %crate::error_chain(&e), "metrics: cannot read the hostings");
+                return Snapshot::default();
+            }
+        };
+        let owners = super::offline::owners(&self.inner.store).unwrap_or_default();
+        let rt = self.runtime().ok();
+        let taps = match rt {
+            Some(rt) => rt.net.all_counters().await,
+            None => HashMap::new(),
+        };
+        let cfg = &self.inner.cfg;
+        let vms = hostings
+            .iter()
+            .map(|h| {
+                let id = h.id.to_string();
+                let pid = self.inner.ctx.registry.vm(h.id).map(|v| v.pid());
+                let proc = pid.and_then(vm::procfs::proc_stats);
+                // From its cgroup while a QEMU runs (every thread and child counted).
+                let cg = rt.map(|rt| &rt.cgroups).filter(|_| pid.is_some());
+                let tap = taps.get(&h.tap);
+                VmSample {
+                    user: owners.get(&h.user).cloned().unwrap_or_default(),
+                    cpu_seconds: cg
+                        .and_then(|c| c.cpu_usage(&id))
+                        .map(|d| d.as_secs_f64())
+                        .or(proc.map(|p| p.cpu_time_secs)),
+                    memory_bytes: cg
+                        .and_then(|c| c.memory_usage(&id))
+                        .or(proc.map(|p| p.rss_bytes)),
+                    disk_bytes: vm::disk::allocated_bytes(
+                        &VmPaths::new(&cfg.state_dir, h.id).overlay,
+                    ),
+                    tap_rx_bytes: tap.map(|t| t.0),
+                    tap_tx_bytes: tap.map(|t| t.1),
+                    id,
+                }
+            })
+            .collect();
+        let capacity = match self.capacity() {
+            Ok(c) => Some(Capacity {
+                vms: u64::from(c.usage.vms),
+                max_vms: c.budget.max_vms.map(u64::from),
+                memory_bytes: c.usage.memory_mib << 20,
+                memory_budget_bytes: c.budget.memory_mib << 20,
+                disk_bytes: c.usage.disk_gib << 30,
+                disk_budget_bytes: c.budget.disk_gib << 30,
+            }),
+            Err(e) => {
+                warn!(error = %crate::error_chain(&e), "metrics: cannot read the capacity");
+                None
+            }
+        };
+        Snapshot {
+            vms,
+            states: count_states(hostings.iter().map(|h| h.state)),
+            capacity,
+        }
+    }
+}
+
+impl crate::metrics::Source for Hostings {
+    fn snapshot(&self) -> BoxFuture<'_, Snapshot> {
+        Box::pin(self.metrics_snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_is_counted_even_at_zero() {
+        let none = count_states([]);
+        assert_eq!(none.len(), STATES.len());
+        assert!(none.iter().all(|(_, n)| *n == 0), "{none:?}");
+        let names: Vec<&str> = none.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            names,
+            [
+                "provisioning",
+                "booting",
+                "running",
+                "paused",
+                "stopped",
+                "failed",
+                "deleting"
+            ]
+        );
+        let some = count_states([
+            HostingState::Running,
+            HostingState::Running,
+            HostingState::Failed,
+        ]);
+        for (s, n) in some {
+            let want = match s {
+                "running" => 2,
+                "failed" => 1,
+                _ => 0,
+            };
+            assert_eq!(n, want, "{s}");
+        }
+        for s in STATES {
+            assert_eq!(STATES[index(s)], s);
+        }
+    }
+}
