@@ -83,19 +83,28 @@ pub(super) fn key(secret: &str) -> [u8; 32] {
 }
 
 /// The session secret a request's cookie carries, if any (the name matching its channel).
+///
+/// Two cookies of that name mean someone planted one: a page on a sibling subdomain can
+/// set `roost_session` for all of `DOMAIN` (only `__Host-` cookies are safe from that),
+/// hoping the dashboard picks theirs and the visitor works inside the attacker's account.
+/// Then neither counts, and the visitor is asked to log in again.
 pub fn cookie_secret(parts: &Parts, ch: Channel) -> Option<String> {
     let host = request_host(parts)?;
     let name = cookie_name(ch.secure, &host);
-    parts
+    let mut found = parts
         .headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim().to_owned())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim());
+    let first = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    Some(first.to_owned()).filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
 /// The `Host` the request named (the authority of an absolute-form target first).
@@ -251,6 +260,16 @@ mod tests {
         assert_eq!(cookie_secret(&p, CH).as_deref(), Some("xyz"));
         let secure = Channel { secure: true, ..CH };
         assert_eq!(cookie_secret(&p, secure).as_deref(), Some("other"));
+        // A second cookie of the same name was planted: neither counts.
+        let tossed = parts(
+            "GET",
+            "/",
+            &[
+                ("host", "console.example.com"),
+                ("cookie", "roost_session=attacker; roost_session=victim"),
+            ],
+        );
+        assert_eq!(cookie_secret(&tossed, CH), None);
     }
 
     #[test]

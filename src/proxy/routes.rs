@@ -339,9 +339,17 @@ fn host_name(host: &str) -> Option<String> {
 }
 
 /// True when a `Host` header value names `name` (any case, any port, trailing dot or not).
+/// Allocates nothing: it runs for every request.
 pub fn host_is(host: Option<&str>, name: &str) -> bool {
-    host.and_then(host_name)
-        .is_some_and(|h| h == name.trim_end_matches('.').to_ascii_lowercase())
+    let Some(host) = host.map(str::trim) else {
+        return false;
+    };
+    let bare = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    bare.trim_end_matches('.')
+        .eq_ignore_ascii_case(name.trim_end_matches('.'))
 }
 
 /// The slug a `Host` header names as `<slug>.DOMAIN`, if any.
@@ -441,6 +449,26 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_is_ignores_case_port_and_trailing_dot() {
+        for h in [
+            "console.example.com",
+            "Console.Example.COM:8080",
+            "console.example.com.",
+        ] {
+            assert!(host_is(Some(h), "console.example.com"), "{h}");
+        }
+        for h in [
+            "example.com",
+            "xconsole.example.com",
+            "console.example.com.evil",
+            "[::1]:80",
+        ] {
+            assert!(!host_is(Some(h), "console.example.com"), "{h}");
+        }
+        assert!(!host_is(None, "console.example.com"));
+    }
 
     fn addr(s: &str) -> SocketAddrV4 {
         s.parse().expect("addr")
