@@ -768,6 +768,16 @@ fn logout_ends_the_session(st: &Stage) {
     let cookie = b.cookie("roost_session").expect("the session cookie");
     let (s, _) = with_cookie("GET", "/api/v1/auth/me", &cookie);
     assert_eq!(s, 200);
+    // A console left open in another window must close with the session.
+    let other = b.new_window();
+    b.switch_to(&other);
+    b.goto(&dash("/console"));
+    poll(
+        "the second console connected",
+        Duration::from_secs(30),
+        || (b.text("[data-testid=console-status]").as_deref() == Some("connected")).then_some(()),
+    );
+    b.switch_to(&st.main);
     b.click("[data-testid=logout]");
     b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
     let notice = b.text("[data-testid=notice]").unwrap_or_default();
@@ -778,6 +788,18 @@ fn logout_ends_the_session(st: &Stage) {
         b.cookie("roost_session").is_none(),
         "the cookie was not cleared"
     );
+    b.switch_to(&other);
+    let closed = poll(
+        "the open console closed by the logout",
+        Duration::from_secs(30),
+        || {
+            b.text("[data-testid=console-status]")
+                .filter(|s| s.starts_with("closed"))
+        },
+    );
+    assert!(closed.contains("session ended"), "{closed}");
+    b.close_window();
+    b.switch_to(&st.main);
 }
 
 fn log_in(b: &Browser, user: &str, pw: &str) {

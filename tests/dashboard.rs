@@ -20,7 +20,7 @@ const DOMAIN: &str = "example.test";
 fn client(d: &Daemon) -> Client {
     let addr: SocketAddr = format!("127.0.0.1:{}", d.port).parse().expect("addr");
     let mut b = Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::none());
     for name in [
         DOMAIN.to_string(),
@@ -275,7 +275,13 @@ fn sessions_need_the_dashboards_origin_and_token_and_end_at_logout() {
         first.starts_with("event: hosting\ndata: null\n\n"),
         "{first:?}"
     );
-    drop(r);
+    // Kept open across the logout below, which must end it.
+    let stream = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let ended = r.read_to_end(&mut rest).is_ok();
+        (ended, started.elapsed())
+    });
     // The console needs a hosting, and a WebSocket.
     let (s, _) = json(
         c.get(console(&d, "/api/v1/host/console"))
@@ -312,6 +318,13 @@ fn sessions_need_the_dashboards_origin_and_token_and_end_at_logout() {
         (s, v["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("session_ended")),
         "{v}"
+    );
+    // The live stream opened with the session ended with it (re-checked every 15 s).
+    let (ended, after) = stream.join().expect("stream thread");
+    assert!(ended, "the stream broke instead of ending");
+    assert!(
+        after < Duration::from_secs(50),
+        "still open after {after:?}"
     );
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::PeerAddr;
+use super::extract::{PeerAddr, RequestHead};
 use super::AppState;
 use crate::auth::{AdminUser, AuthUser};
 use crate::store::HostingId;
@@ -61,6 +61,7 @@ async fn mine(
     State(st): State<AppState>,
     user: AuthUser,
     PeerAddr(peer): PeerAddr,
+    head: RequestHead,
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
     let ws = upgrade(ws)?;
@@ -68,7 +69,8 @@ async fn mine(
         .hostings
         .of_user(user.id)?
         .ok_or_else(|| ApiError::not_found("hosting"))?;
-    open(st, ws, h.id, &user.username, peer).await
+    let access = Access { head, admin: false };
+    open(st, ws, h.id, &user.username, peer, access).await
 }
 
 /// Any VM's serial console, live (WebSocket), for administrators.
@@ -85,11 +87,20 @@ async fn any(
     admin: AdminUser,
     PeerAddr(peer): PeerAddr,
     Path(id): Path<String>,
+    head: RequestHead,
     ws: Upgrade,
 ) -> Result<Response, ApiError> {
     let ws = upgrade(ws)?;
     let id = super::vms::parse_id(&id)?;
-    open(st, ws, id, &admin.0.username, peer).await
+    let access = Access { head, admin: true };
+    open(st, ws, id, &admin.0.username, peer, access).await
+}
+
+/// How a viewer got in, asked again every few seconds while it watches: a logout, a
+/// disabled account or a lost admin role closes its console.
+struct Access {
+    head: RequestHead,
+    admin: bool,
 }
 
 async fn open(
@@ -98,6 +109,7 @@ async fn open(
     id: HostingId,
     who: &str,
     peer: std::net::IpAddr,
+    access: Access,
 ) -> Result<Response, ApiError> {
     let viewer = st.hostings.console(id).await?;
     let _ = st
@@ -108,7 +120,7 @@ async fn open(
     Ok(ws
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
-            let why = serve(socket, viewer).await;
+            let why = serve(socket, viewer, &st, &access).await;
             tracing::info!(vm = %id, user = %who, %peer, reason = why, "console closed");
         }))
 }
@@ -118,7 +130,12 @@ fn notice(v: serde_json::Value) -> Message {
 }
 
 /// Relays one viewer until either side ends; returns why it ended.
-async fn serve(socket: WebSocket, mut viewer: Viewer) -> &'static str {
+async fn serve(
+    socket: WebSocket,
+    mut viewer: Viewer,
+    st: &AppState,
+    access: &Access,
+) -> &'static str {
     let (mut tx, mut rx) = socket.split();
     let mut count = viewer.hub.viewers();
     let hello = notice(serde_json::json!({"type": "hello", "writable": true, "viewers": count}));
@@ -174,6 +191,10 @@ async fn serve(socket: WebSocket, mut viewer: Viewer) -> &'static str {
                 Some(Ok(_)) => {}
             },
             _ = tick.tick() => {
+                if !access.head.still_allowed(st, access.admin).await {
+                    put!(notice(serde_json::json!({"type": "closed", "reason": "your session ended; log in again"})));
+                    return "the viewer's session ended";
+                }
                 let now = viewer.hub.viewers();
                 if now != count {
                     count = now;

@@ -138,3 +138,31 @@ where
         }
     }
 }
+
+/// The request's head, kept for checks that need all of it, and so that a long-lived
+/// answer (an event stream, a console) can ask again while it runs whether its caller is
+/// still allowed: a logout, a disabled account or a lost admin role ends it within seconds.
+#[derive(Clone)]
+pub struct RequestHead(pub Parts);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestHead {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestHead(parts.clone()))
+    }
+}
+
+impl RequestHead {
+    /// True while the credentials this request came with still sign its user in (and, with
+    /// `admin`, still as an administrator).
+    pub async fn still_allowed(&self, st: &super::AppState, admin: bool) -> bool {
+        use crate::auth::{AdminUser, AuthUser};
+        let mut parts = self.0.clone();
+        if admin {
+            AdminUser::from_request_parts(&mut parts, st).await.is_ok()
+        } else {
+            AuthUser::from_request_parts(&mut parts, st).await.is_ok()
+        }
+    }
+}

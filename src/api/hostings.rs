@@ -201,31 +201,43 @@ fn mine(st: &AppState, user: crate::store::UserId) -> Result<Option<HostingView>
 async fn events(
     State(st): State<AppState>,
     user: AuthUser,
+    head: super::extract::RequestHead,
 ) -> axum::response::Sse<
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, KeepAlive};
+    /// How often an idle stream asks whether its caller is still signed in.
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
     let rx = st.store.watch_hostings();
     let stream = futures::stream::unfold(
         (st, rx, None::<String>, true),
-        move |(st, mut rx, last, first)| async move {
-            loop {
-                if !first && rx.changed().await.is_err() {
-                    return None;
-                }
-                rx.borrow_and_update();
-                let now = match mine(&st, user.id) {
-                    Ok(v) => serde_json::to_string(&v).unwrap_or_else(|_| "null".into()),
-                    // A failed read is retried at the next change.
-                    Err(_) if !first => continue,
-                    Err(_) => "null".into(),
-                };
-                if last.as_deref() != Some(now.as_str()) {
-                    let ev = Event::default().event("hosting").data(now.clone());
-                    return Some((Ok(ev), (st, rx, Some(now), false)));
-                }
-                if first {
-                    return None;
+        move |(st, mut rx, last, first)| {
+            let head = head.clone();
+            async move {
+                loop {
+                    if !first {
+                        tokio::select! {
+                            changed = rx.changed() => if changed.is_err() {
+                                return None;
+                            },
+                            () = tokio::time::sleep(RECHECK) => {}
+                        }
+                        // A logout or a disabled account ends the stream.
+                        if !head.still_allowed(&st, false).await {
+                            return None;
+                        }
+                    }
+                    rx.borrow_and_update();
+                    let now = match mine(&st, user.id) {
+                        Ok(v) => serde_json::to_string(&v).unwrap_or_else(|_| "null".into()),
+                        // A failed read is retried at the next change.
+                        Err(_) if !first => continue,
+                        Err(_) => "null".into(),
+                    };
+                    if last.as_deref() != Some(now.as_str()) {
+                        let ev = Event::default().event("hosting").data(now.clone());
+                        return Some((Ok(ev), (st, rx, Some(now), false)));
+                    }
                 }
             }
         },

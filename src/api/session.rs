@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::accounts::{LoginRequest, MeView};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, PasswordChannel, PeerAddr};
+use super::extract::{ApiJson, PasswordChannel, PeerAddr, RequestHead};
 use super::AppState;
 use crate::auth::session::{self, Channel};
 
@@ -147,12 +147,12 @@ async fn open(
 async fn close(
     State(st): State<AppState>,
     req: ConsoleRequest,
-    parts: RawParts,
+    head: RequestHead,
 ) -> Result<Response, ApiError> {
     if let Some(secret) = &req.secret {
         // Only the dashboard may log its user out: same origin and the session's token.
         if let Ok((user, s)) = st.auth.session(secret) {
-            session::check_request(&parts.0, req.ch, &s)?;
+            session::check_request(&head.0, req.ch, &s)?;
             st.auth.close_session(secret)?;
             let _ = st
                 .store
@@ -177,16 +177,5 @@ impl FromRequestParts<AppState> for SameOrigin {
                 .map_err(Into::into),
             None => Ok(SameOrigin),
         }
-    }
-}
-
-/// The request's head, for checks that need all of it.
-pub struct RawParts(Parts);
-
-impl<S: Send + Sync> FromRequestParts<S> for RawParts {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(RawParts(parts.clone()))
     }
 }
