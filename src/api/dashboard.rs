@@ -44,24 +44,23 @@ pub fn origin(st: &AppState) -> String {
 /// the dashboard (its assets, or its page for any other `GET`); on the public domain's
 /// `/`, a redirect to the dashboard; otherwise roost's JSON 404.
 pub async fn fallback(State(st): State<AppState>, req: Request) -> Response {
-    let t = req.extensions().get::<crate::proxy::Transport>().copied();
-    let path = req.uri().path().to_owned();
-    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (parts, _) = req.into_parts();
+    let t = parts.extensions.get::<crate::proxy::Transport>().copied();
+    let path = parts.uri.path();
+    let get = matches!(parts.method, Method::GET | Method::HEAD);
     match t {
-        Some(t) if t.console && get && !path.starts_with("/api/") => page(&path),
-        Some(t) if !t.console && get && path == "/" => to_dashboard(&st, &req, t.secure),
+        Some(t) if t.console && get && !path.starts_with("/api/") => page(path),
+        Some(t) if !t.console && get && path == "/" => to_dashboard(&st, &parts, t.secure),
         _ => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response(),
     }
 }
 
 /// `302` to the dashboard on the scheme and port this request came by.
-fn to_dashboard(st: &AppState, req: &Request, secure: bool) -> Response {
-    let port = crate::auth::session::request_host(&parts_of(req))
-        .and_then(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(_, p)| format!(":{p}"))
-        })
+fn to_dashboard(st: &AppState, parts: &axum::http::request::Parts, secure: bool) -> Response {
+    let host = crate::auth::session::request_host(parts).unwrap_or_default();
+    let port = crate::proxy::split_port(&host)
+        .1
+        .map(|p| format!(":{p}"))
         .unwrap_or_default();
     let scheme = if secure { "https" } else { "http" };
     let to = format!("{scheme}://{}{port}/", st.cfg.console_host());
@@ -70,17 +69,6 @@ fn to_dashboard(st: &AppState, req: &Request, secure: bool) -> Response {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
-}
-
-fn parts_of(req: &Request) -> axum::http::request::Parts {
-    let mut b = axum::http::Request::builder().uri(req.uri().clone());
-    if let Some(h) = req.headers().get(header::HOST) {
-        b = b.header(header::HOST, h);
-    }
-    match b.body(()) {
-        Ok(r) => r.into_parts().0,
-        Err(_) => axum::http::Request::new(()).into_parts().0,
-    }
 }
 
 /// One file of the dashboard: `/assets/<file>` from `web/`, anything else the page.

@@ -64,11 +64,10 @@ pub fn set_cookie(secure: bool, host: &str, secret: &str, max_age_secs: u64) -> 
 
 /// `localhost` and `*.localhost`, with or without a port.
 fn is_localhost(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = crate::proxy::split_port(host)
+        .0
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     name == "localhost" || name.ends_with(".localhost")
 }
 

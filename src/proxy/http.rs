@@ -465,11 +465,7 @@ fn plain_http_answer(
     // The name only, never a port the client made up; a Host that is not a plain name
     // goes to DOMAIN instead of into a Location header.
     let name = host
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(n, _)| n)
-        })
+        .map(|h| super::routes::split_port(h).0)
         .filter(|n| {
             !n.is_empty()
                 && n.bytes()

@@ -20,8 +20,8 @@ use std::time::Duration;
 pub use headers::{set_forwarded, strip_hop_by_hop, wants_upgrade, Forwarding};
 pub use http::{serve, serve_http, Listeners};
 pub use routes::{
-    resolve, valid_slug, Resolution, Route, RouteCache, RouteDiff, RouteStatus, RouteTable, Routes,
-    RESERVED_SEGMENTS, RETRY_AFTER_SECS,
+    resolve, split_port, valid_slug, Resolution, Route, RouteCache, RouteDiff, RouteStatus,
+    RouteTable, Routes, RESERVED_SEGMENTS, RETRY_AFTER_SECS,
 };
 
 /// Settings of the HTTP side. `Default` gives production values.
