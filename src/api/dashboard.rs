@@ -26,18 +26,7 @@ frame-ancestors 'none'; base-uri 'none'";
 
 /// The dashboard's origin as configured (for messages and redirects without a request).
 pub fn origin(st: &AppState) -> String {
-    let host = st.cfg.console_host();
-    if st.cfg.https.enabled {
-        match st.cfg.https.listen.port() {
-            443 => format!("https://{host}"),
-            p => format!("https://{host}:{p}"),
-        }
-    } else {
-        match st.cfg.http.listen.port() {
-            80 => format!("http://{host}"),
-            p => format!("http://{host}:{p}"),
-        }
-    }
+    crate::hosting::urls::Web::of(&st.cfg).origin(&st.cfg.console_host())
 }
 
 /// What the API router answers for a path it has no route for: on the dashboard's host,

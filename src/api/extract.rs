@@ -65,16 +65,13 @@ impl FromRequestParts<super::AppState> for PasswordChannel {
             .get::<ConnectInfo<SocketAddr>>()
             .is_some_and(|c| !c.0.ip().is_loopback());
         if st.cfg.https.enabled && plain && remote {
-            let port = match st.cfg.https.listen.port() {
-                443 => String::new(),
-                p => format!(":{p}"),
-            };
+            let https = crate::hosting::urls::Web::Https(st.cfg.https.listen.port());
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "https_required",
                 format!(
-                    "passwords are accepted only over HTTPS: use https://{}{port}{}",
-                    st.cfg.domain,
+                    "passwords are accepted only over HTTPS: use {}{}",
+                    https.origin(&st.cfg.domain),
                     parts.uri.path()
                 ),
             ));

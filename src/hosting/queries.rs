@@ -92,11 +92,7 @@ impl Hostings {
     /// How `h` is reached from outside.
     pub fn urls(&self, h: &Hosting) -> super::urls::SiteUrls {
         let cfg = &self.inner.cfg;
-        let web = if cfg.https.enabled {
-            super::urls::Web::Https(cfg.https.listen.port())
-        } else {
-            super::urls::Web::Http(cfg.http.listen.port())
-        };
+        let web = super::urls::Web::of(cfg);
         super::urls::site_urls(&cfg.domain, web, &h.slug, h.ssh_port)
     }
 

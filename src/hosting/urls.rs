@@ -1,5 +1,7 @@
 //! How a hosting is reached, spelled once: the site by path and by host name, and the SSH
-//! command. Pure; the API's `access-urls` and `proxy-info` both answer with these.
+//! command. Pure; the API's `access-urls` and `proxy-info` both answer with these. Also
+//! the one spelling of an origin with its port left out when it is the scheme's default
+//! (the dashboard's address, the `https_required` message).
 
 /// The public addresses of one hosting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,21 +25,36 @@ pub enum Web {
     Https(u16),
 }
 
+impl Web {
+    /// How `cfg` serves the web: HTTPS on its port when HTTPS is on, else plain HTTP.
+    pub fn of(cfg: &crate::config::Config) -> Web {
+        if cfg.https.enabled {
+            Web::Https(cfg.https.listen.port())
+        } else {
+            Web::Http(cfg.http.listen.port())
+        }
+    }
+
+    /// `scheme://host[:port]`, the port left out when it is the scheme's default.
+    pub fn origin(self, host: &str) -> String {
+        let (scheme, port, default) = match self {
+            Web::Http(p) => ("http", p, 80),
+            Web::Https(p) => ("https", p, 443),
+        };
+        if port == default {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        }
+    }
+}
+
 /// The addresses of the hosting `slug` on `domain`, reached by `web` (the port left out
 /// when it is the scheme's default) and SSH forwarded from `ssh_port`.
 pub fn site_urls(domain: &str, web: Web, slug: &str, ssh_port: u16) -> SiteUrls {
-    let (scheme, port, default) = match web {
-        Web::Http(p) => ("http", p, 80),
-        Web::Https(p) => ("https", p, 443),
-    };
-    let host = if port == default {
-        domain.to_owned()
-    } else {
-        format!("{domain}:{port}")
-    };
     SiteUrls {
-        web: format!("{scheme}://{host}/{slug}/"),
-        web_host: format!("{scheme}://{slug}.{host}/"),
+        web: format!("{}/{slug}/", web.origin(domain)),
+        web_host: web.origin(&format!("{slug}.{domain}")) + "/",
         web_path: format!("/{slug}/"),
         ssh: format!("ssh -p {ssh_port} {slug}@{domain}"),
     }
@@ -46,6 +63,14 @@ pub fn site_urls(domain: &str, web: Web, slug: &str, ssh_port: u16) -> SiteUrls 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_leave_out_only_the_schemes_own_default_port() {
+        assert_eq!(Web::Http(80).origin("a.test"), "http://a.test");
+        assert_eq!(Web::Http(443).origin("a.test"), "http://a.test:443");
+        assert_eq!(Web::Https(443).origin("a.test"), "https://a.test");
+        assert_eq!(Web::Https(8443).origin("a.test"), "https://a.test:8443");
+    }
 
     #[test]
     fn urls_with_and_without_the_default_port() {
