@@ -57,6 +57,17 @@ pub struct MeView {
     pub created_at: String,
 }
 
+impl From<crate::store::User> for MeView {
+    fn from(u: crate::store::User) -> MeView {
+        MeView {
+            id: u.id.to_string(),
+            username: u.username,
+            role: u.role,
+            created_at: super::rfc3339(u.created_at),
+        }
+    }
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
@@ -135,10 +146,5 @@ async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<MeView>, 
         .store
         .user(user.id)?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(MeView {
-        id: u.id.to_string(),
-        username: u.username,
-        role: u.role,
-        created_at: super::rfc3339(u.created_at),
-    }))
+    Ok(Json(MeView::from(u)))
 }

@@ -63,25 +63,23 @@ impl FromRequestParts<AppState> for ConsoleRequest {
 
 fn view(user: crate::store::User, csrf: String) -> SessionView {
     SessionView {
-        user: MeView {
-            id: user.id.to_string(),
-            username: user.username,
-            role: user.role,
-            created_at: super::rfc3339(user.created_at),
-        },
+        user: MeView::from(user),
         csrf,
     }
 }
 
-fn with_cookie(mut r: Response, cookie: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(cookie) {
-        if !cookie.is_empty() {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
+/// Session answers are never cached: they carry the CSRF token.
+fn no_store(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+fn with_cookie(mut r: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    no_store(r)
 }
 
 /// The signed-in browser's account and CSRF token.
@@ -98,7 +96,7 @@ async fn current(State(st): State<AppState>, req: ConsoleRequest) -> Result<Resp
         .store
         .user(user.id)?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(with_cookie(Json(view(u, s.csrf)).into_response(), ""))
+    Ok(no_store(Json(view(u, s.csrf)).into_response()))
 }
 
 /// Logs a browser in: sets an HttpOnly session cookie and answers the CSRF token.
@@ -114,12 +112,11 @@ async fn current(State(st): State<AppState>, req: ConsoleRequest) -> Result<Resp
 async fn open(
     State(st): State<AppState>,
     req: ConsoleRequest,
-    origin: SameOrigin,
+    _origin: SameOrigin,
     _channel: PasswordChannel,
     PeerAddr(peer): PeerAddr,
     ApiJson(login): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let _ = origin;
     let g = st
         .auth
         .open_session(peer, &login.username, &login.password)
