@@ -345,12 +345,13 @@ fn vm_row(s: VmStatus) -> VmRow {
 
 fn detail_row(d: VmDetail) -> VmDetailRow {
     let (tap, mac) = (d.status.hosting.tap.clone(), d.status.hosting.mac.clone());
+    let (cpu_time_secs, rss_bytes) = (d.status.cpu_time_secs, d.status.rss_bytes);
     VmDetailRow {
         vm: vm_row(d.status),
         tap,
         mac,
-        cpu_time_secs: d.cpu_time_secs,
-        rss_bytes: d.rss_bytes,
+        cpu_time_secs,
+        rss_bytes,
         tap_rx_bytes: d.tap_rx_bytes,
         tap_tx_bytes: d.tap_tx_bytes,
         serial_tail: d.serial_tail,

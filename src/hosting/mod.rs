@@ -155,8 +155,6 @@ pub struct VmStatus {
 /// A VM with its resource figures.
 pub struct VmDetail {
     pub status: VmStatus,
-    pub cpu_time_secs: Option<f64>,
-    pub rss_bytes: Option<u64>,
     pub block_stats: Option<serde_json::Value>,
     pub tap_rx_bytes: Option<u64>,
     pub tap_tx_bytes: Option<u64>,

@@ -26,11 +26,8 @@ pub fn vm_list(cfg: &Config, store: &Store) -> Result<Vec<VmStatus>, HostingErro
 pub fn vm_detail(cfg: &Config, store: &Store, id: HostingId) -> Result<VmDetail, HostingError> {
     let h = store.hosting(id)?.ok_or(HostingError::NotFound)?;
     let status = status(cfg, h, &owners(store)?);
-    let stats = status.pid.and_then(vm::procfs::proc_stats);
     let paths = VmPaths::new(&cfg.state_dir, id);
     Ok(VmDetail {
-        cpu_time_secs: stats.map(|s| s.cpu_time_secs),
-        rss_bytes: stats.map(|s| s.rss_bytes),
         block_stats: None,
         tap_rx_bytes: None,
         tap_tx_bytes: None,

@@ -68,7 +68,6 @@ impl Hostings {
             .ok_or(HostingError::NotFound)?;
         let owners = self.owners()?;
         let status = self.status(h.clone(), &owners).await;
-        let proc_stats = status.pid.and_then(vm::procfs::proc_stats);
         let block_stats = match self.inner.ctx.registry.vm(id) {
             Some(v) => v.block_stats().await,
             None => None,
@@ -79,8 +78,6 @@ impl Hostings {
         };
         let p = VmPaths::new(&self.inner.cfg.state_dir, id);
         Ok(VmDetail {
-            cpu_time_secs: proc_stats.map(|s| s.cpu_time_secs),
-            rss_bytes: proc_stats.map(|s| s.rss_bytes),
             block_stats,
             tap_rx_bytes: counters.map(|c| c.0),
             tap_tx_bytes: counters.map(|c| c.1),
