@@ -983,17 +983,85 @@ fn the_firewall_comes_back_after_a_flush() {
         common::poll("the firewall at start", Duration::from_secs(20), || {
             (roost_tables() == all).then_some(())
         });
+        common::poll(
+            "the client-address route at start",
+            Duration::from_secs(20),
+            || client_routing().then_some(()),
+        );
+        // The guests' resolver listens on the gateway, so port 53 is open there.
+        assert!(
+            gateway_dns_open(),
+            "port 53 open to the guests:\n{}",
+            common::run("nft", &["list", "table", "inet", "roost"])
+        );
         let st = Command::new("nft")
             .args(["flush", "ruleset"])
             .status()
             .expect("nft");
         assert!(st.success());
         assert!(roost_tables().is_empty(), "flushed");
+        common::run("ip", &["rule", "del", "priority", "10526"]);
+        common::run("ip", &["route", "flush", "table", "0x526f"]);
+        assert!(!client_routing(), "removed");
         // The reconciler runs every 5 s.
         common::poll("the firewall to come back", Duration::from_secs(30), || {
             (roost_tables() == all).then_some(())
         });
+        common::poll(
+            "the client-address route to come back",
+            Duration::from_secs(30),
+            || client_routing().then_some(()),
+        );
         let log = roost.log_text();
         assert!(log.contains("firewall drift"), "logged as drift:\n{log}");
+        assert!(log.contains("routing drift"), "logged as drift:\n{log}");
+    });
+}
+
+/// The policy rule and route that hand the SSH forwarder the guests' replies to kept
+/// client addresses are both in place.
+fn client_routing() -> bool {
+    let rules = common::run("ip", &["rule", "show"]);
+    let table = common::run("ip", &["route", "show", "table", "0x526f"]);
+    rules.lines().any(|l| l.starts_with("10526:")) && table.contains("local default")
+}
+
+/// The guests may send DNS to the gateway (UDP and TCP port 53 accepted there).
+fn gateway_dns_open() -> bool {
+    let t = common::run("nft", &["list", "table", "inet", "roost"]);
+    t.contains("udp dport 53 accept") && t.contains("tcp dport 53 accept")
+}
+
+/// When roost's resolver cannot listen on the gateway (another server holds port 53 on
+/// every address), port 53 stays closed to the guests: opening it would hand them that
+/// other server instead.
+#[test]
+fn port_53_stays_closed_when_the_guests_resolver_cannot_listen() {
+    if !common::privileged("port_53_stays_closed_when_the_guests_resolver_cannot_listen") {
+        return;
+    }
+    common::in_netns(|| {
+        let _udp = std::net::UdpSocket::bind("0.0.0.0:53").expect("hold udp 53");
+        let _tcp = std::net::TcpListener::bind("0.0.0.0:53").expect("hold tcp 53");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut roost = Daemon::hosting(tmp.path(), "");
+        roost.spawn();
+        common::poll("the firewall at start", Duration::from_secs(20), || {
+            roost_tables()
+                .iter()
+                .any(|t| t == "table inet roost")
+                .then_some(())
+        });
+        let log = roost.log_text();
+        assert!(
+            log.contains("guests get no DNS"),
+            "the failure is logged:\n{log}"
+        );
+        assert!(
+            !gateway_dns_open(),
+            "port 53 closed:\n{}",
+            common::run("nft", &["list", "table", "inet", "roost"])
+        );
+        roost.kill9();
     });
 }

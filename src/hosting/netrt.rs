@@ -18,7 +18,9 @@ pub(super) struct NetRuntime {
     egress: Option<EgressPlan>,
     /// The SSH forwarder's transparent connections get their replies.
     client_mark: Option<u32>,
-    /// roost answers DNS on the gateway (port 53, UDP and TCP, open to the VMs).
+    /// roost's DNS forwarder serves on the gateway, so port 53 (UDP and TCP) is open to
+    /// the VMs. Only once it really listens: a port opened for a forwarder that failed to
+    /// bind would hand the guests whatever else holds port 53 on the host.
     dns: bool,
     /// Firewall applies replace whole tables; one at a time.
     fw: tokio::sync::Mutex<()>,
@@ -58,9 +60,15 @@ impl NetRuntime {
             subnet,
             egress,
             client_mark,
-            dns: cfg.serves_guest_dns(),
+            dns: false,
             fw: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Opens port 53 on the gateway to the VMs (from the next firewall apply): roost's DNS
+    /// forwarder listens there.
+    pub fn open_guest_dns(&mut self) {
+        self.dns = true;
     }
 
     /// The SSH forwarder's mark for transparent upstream sockets, when replies are routed.
@@ -142,6 +150,18 @@ impl NetRuntime {
             })
             .collect();
         net::apply_firewall(&plan).await
+    }
+
+    /// Puts back the policy rule and route of transparent SSH replies when they are gone;
+    /// `Ok(true)` when they were.
+    pub async fn restore_client_routing(&self) -> Result<bool, NetError> {
+        if self.client_mark.is_none()
+            || net::egress::client_routing_present(&self.handle, &self.bridge).await?
+        {
+            return Ok(false);
+        }
+        net::egress::ensure_client_routing(&self.handle, &self.bridge).await?;
+        Ok(true)
     }
 
     /// roost's firewall tables that are missing from the kernel right now.

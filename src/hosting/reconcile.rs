@@ -2,7 +2,8 @@
 //! starts an actor for every hosting that has none (after a daemon start: the actor then
 //! adopts its QEMU or acts on its absence), nudges the others (`Tick`), removes what no
 //! hosting claims (QEMUs, taps, directories, cgroups), keeps serial logs under their cap,
-//! and puts the firewall back when it is gone.
+//! and puts the firewall and the policy route of kept SSH client addresses back when they are
+//! gone.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -58,7 +59,8 @@ impl Hostings {
     }
 
     /// Puts the firewall back when any of its tables is gone (`nft flush ruleset`, which
-    /// Debian's nftables.service runs on start and reload, removes them all).
+    /// Debian's nftables.service runs on start and reload, removes them all), and the
+    /// policy route of transparent SSH replies when it is gone (`ip rule flush`).
     async fn check_firewall(&self) {
         let Ok(rt) = self.runtime() else { return };
         match rt.net.firewall_missing().await {
@@ -73,6 +75,15 @@ impl Hostings {
                 }
             }
             Err(e) => warn!(error = %chain(&e), "cannot read the firewall"),
+        }
+        match rt.net.restore_client_routing().await {
+            Ok(false) => {}
+            Ok(true) => warn!(
+                "routing drift: the policy route of kept ssh client addresses was gone; put back"
+            ),
+            Err(e) => {
+                warn!(error = %chain(&e), "cannot check the routing of kept ssh client addresses")
+            }
         }
     }
 

@@ -53,7 +53,7 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
     .map_err(RuntimeError::Templates)?;
     let (accel, why) = resolve_accel(cfg).await;
     info!(?accel, %why, "accelerator");
-    let net = NetRuntime::setup(cfg, subnet)
+    let mut net = NetRuntime::setup(cfg, subnet)
         .await
         .map_err(RuntimeError::Network)?;
     // Each QEMU must pass through to its own (0700) directory; no one may list them.
@@ -69,6 +69,9 @@ pub(super) async fn setup(cfg: &Config) -> Result<VmRuntime, RuntimeError> {
     } else {
         None
     };
+    if dns.is_some() {
+        net.open_guest_dns();
+    }
     Ok(VmRuntime {
         _dns: dns,
         net,

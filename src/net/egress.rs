@@ -128,6 +128,37 @@ pub async fn ensure_client_routing(handle: &Handle, bridge: &str) -> Result<(), 
     Ok(())
 }
 
+/// Whether the rule and the route of [`ensure_client_routing`] are both in place (an
+/// operator's `ip rule flush` or a network manager can remove them; then every SSH reply
+/// to a kept client address would be lost).
+pub async fn client_routing_present(handle: &Handle, bridge: &str) -> Result<bool, NetError> {
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await?;
+    if !has_client_route(&routes) {
+        return Ok(false);
+    }
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(rules.iter().any(|r| is_client_rule(r, bridge)))
+}
+
+/// `local 0.0.0.0/0` in [`CLIENT_TABLE`] (pure).
+fn has_client_route(routes: &[RouteMessage]) -> bool {
+    routes.iter().any(|r| {
+        r.header.destination_prefix_length == 0
+            && r.header.kind == RouteType::Local
+            && table_of(r) == CLIENT_TABLE
+    })
+}
+
 fn is_client_rule(r: &RuleMessage, bridge: &str) -> bool {
     let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
     r.header.family == AddressFamily::Inet
@@ -166,5 +197,28 @@ mod tests {
             default_route_oif(&[route(0, main, 0, RouteType::BlackHole)]),
             None
         );
+    }
+
+    #[test]
+    fn the_client_route_is_the_local_default_of_its_own_table() {
+        let main = u32::from(libc::RT_TABLE_MAIN);
+        assert!(has_client_route(&[
+            route(0, main, 7, RouteType::Unicast),
+            route(0, CLIENT_TABLE, 1, RouteType::Local),
+        ]));
+        // The same route in another table, or another route in the table, is not it.
+        assert!(!has_client_route(&[route(0, main, 1, RouteType::Local)]));
+        assert!(!has_client_route(&[route(
+            8,
+            CLIENT_TABLE,
+            1,
+            RouteType::Local
+        )]));
+        assert!(!has_client_route(&[route(
+            0,
+            CLIENT_TABLE,
+            1,
+            RouteType::Unicast
+        )]));
     }
 }
