@@ -15,6 +15,7 @@ use axum::http::{header, request::Parts, Method};
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{AuthError, AuthUser};
 use crate::store::{Session, User};
@@ -148,7 +149,7 @@ pub fn check_request(parts: &Parts, ch: Channel, s: &Session) -> Result<(), Auth
     }
     same_origin(parts, ch)?;
     let offered = offered_csrf(parts).ok_or(AuthError::CrossSite("no CSRF token"))?;
-    if !constant_time_eq(offered.as_bytes(), s.csrf.as_bytes()) {
+    if !bool::from(offered.as_bytes().ct_eq(s.csrf.as_bytes())) {
         return Err(AuthError::CrossSite("wrong CSRF token"));
     }
     Ok(())
@@ -180,10 +181,6 @@ pub fn channel(parts: &Parts) -> Option<Channel> {
             secure: t.secure,
             console: t.console,
         })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A request's session user, when it has no bearer token: `Ok(None)` when there is no
