@@ -208,7 +208,7 @@ async fn events(
     use axum::response::sse::{Event, KeepAlive};
     /// How often an idle stream asks whether its caller is still signed in.
     const RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
-    let rx = st.store.watch_hostings();
+    let rx = st.store.watch_user(user.id);
     let stream = futures::stream::unfold(
         (st, rx, None::<String>, true),
         move |(st, mut rx, last, first)| {
@@ -227,7 +227,6 @@ async fn events(
                             return None;
                         }
                     }
-                    rx.borrow_and_update();
                     let now = match mine(&st, user.id) {
                         Ok(v) => serde_json::to_string(&v).unwrap_or_else(|_| "null".into()),
                         // A failed read is retried at the next change.

@@ -76,6 +76,7 @@ impl Store {
             append_audit(&tx, actor, "domain.add", &d.hosting.to_string(), &d.name)?;
         }
         tx.commit()?;
+        self.written_for(d.user);
         Ok(())
     }
 
@@ -128,6 +129,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.written_for(d.user);
         Ok(())
     }
 
@@ -139,19 +141,21 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        {
+        let user = {
             let mut t = tx.open_table(DOMAINS)?;
             let held = match t.get(name)? {
-                Some(g) => decode::<Domain>("domains", g.value())?.hosting == hosting,
-                None => false,
+                Some(g) => Some(decode::<Domain>("domains", g.value())?),
+                None => None,
             };
-            if !held {
+            let Some(held) = held.filter(|d| d.hosting == hosting) else {
                 return Err(StoreError::NoSuchDomain);
-            }
+            };
             t.remove(name)?;
             append_audit(&tx, actor, "domain.remove", &hosting.to_string(), name)?;
-        }
+            held.user
+        };
         tx.commit()?;
+        self.written_for(user);
         Ok(())
     }
 }

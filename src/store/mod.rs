@@ -10,9 +10,11 @@
 mod domains;
 mod records;
 mod sessions;
+mod watch;
 
 pub use domains::{Domain, DomainState};
 pub use sessions::Session;
+pub use watch::{Closed, UserWatch};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -134,8 +136,8 @@ pub struct NewUser<'a> {
 pub struct Store {
     db: std::sync::Arc<Database>,
     path: PathBuf,
-    /// Counts committed writes to hostings, for whoever shows them live.
-    hosting_writes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Announces committed writes by the user they concern, for whoever shows them live.
+    announcer: std::sync::Arc<watch::Announcer>,
 }
 
 impl Store {
@@ -152,7 +154,7 @@ impl Store {
         let store = Store {
             db: std::sync::Arc::new(db),
             path,
-            hosting_writes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            announcer: std::sync::Arc::new(watch::Announcer::new()),
         };
         store.check_schema()?;
         Ok(store)
@@ -198,15 +200,16 @@ impl Store {
         Ok(())
     }
 
-    /// Wakes whoever watches hostings ([`Store::watch_hostings`]).
-    fn hosting_written(&self) {
-        self.hosting_writes.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes whoever watches `user` ([`Store::watch_user`]).
+    fn written_for(&self, user: UserId) {
+        self.announcer.written(user);
     }
 
-    /// A receiver that is marked changed after every committed write to a hosting (its
-    /// creation, any state change, its removal). Reads stay the caller's.
-    pub fn watch_hostings(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.hosting_writes.subscribe()
+    /// Wakes after every committed write that changes what `user`'s hosting view shows
+    /// (their hosting's creation, any change of it, its removal, and its domains'). Reads
+    /// stay the caller's.
+    pub fn watch_user(&self, user: UserId) -> UserWatch {
+        self.announcer.watch(user)
     }
 
     /// A cheap read that proves the database answers (for `/readyz`).
@@ -434,7 +437,7 @@ impl Store {
             h
         };
         tx.commit()?;
-        self.hosting_written();
+        self.written_for(h.user);
         Ok(h)
     }
 
@@ -457,14 +460,14 @@ impl Store {
             h
         };
         tx.commit()?;
-        self.hosting_written();
+        self.written_for(h.user);
         Ok(h)
     }
 
     /// Removes a hosting and releases its IP and port, atomically.
     pub fn remove_hosting(&self, id: HostingId, actor: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        {
+        let user = {
             let h: Hosting = match tx.open_table(HOSTINGS)?.remove(id.key())? {
                 Some(g) => decode("hostings", g.value())?,
                 None => return Err(StoreError::NoSuchHosting),
@@ -475,9 +478,10 @@ impl Store {
             tx.open_table(PORT_RESERVATIONS)?.remove(h.ssh_port)?;
             domains::remove_all_of(&tx, id)?;
             append_audit(&tx, actor, "hosting.delete", &id.to_string(), &h.slug)?;
-        }
+            h.user
+        };
         tx.commit()?;
-        self.hosting_written();
+        self.written_for(user);
         Ok(())
     }
 
@@ -719,6 +723,72 @@ mod tests {
         // Released addresses and ports are handed out again, lowest first.
         let h3 = reserve(a.id).expect("reuse after release");
         assert_eq!((h3.ip, h3.ssh_port), (Ipv4Addr::new(10, 0, 0, 2), 22000));
+    }
+
+    /// A watcher wakes for its own user's hosting and domains, never for another user's
+    /// writes, and re-reads rather than stalls when it falls behind.
+    #[test]
+    fn a_users_watch_wakes_for_their_writes_only() {
+        use futures::FutureExt;
+        let (_d, s) = store();
+        let a = s.create_user(new_user("alice"), "t").expect("a");
+        let b = s.create_user(new_user("bob"), "t").expect("b");
+        let mut wa = s.watch_user(a.id);
+        let woke = |w: &mut UserWatch| w.changed().now_or_never().is_some();
+        let reserve = |user: UserId, last: u8| {
+            s.reserve_hosting(
+                user,
+                [Ipv4Addr::new(10, 0, 0, last)],
+                22000..=22009,
+                |_| true,
+                |ip, port| hosting(user, ip.octets(), port),
+                "t",
+            )
+            .expect("reserve")
+        };
+        let hb = reserve(b.id, 3);
+        s.modify_hosting(hb.id, |h| h.state = HostingState::Running)
+            .expect("modify");
+        assert!(!woke(&mut wa), "bob's writes do not wake alice's watch");
+        let ha = reserve(a.id, 2);
+        assert!(woke(&mut wa), "creation");
+        assert!(!woke(&mut wa), "one write, one wake");
+        s.modify_hosting(ha.id, |h| h.state = HostingState::Running)
+            .expect("modify");
+        assert!(woke(&mut wa), "a state change");
+        let d = Domain {
+            name: "shop.example.org".into(),
+            hosting: ha.id,
+            user: a.id,
+            token: "tok".into(),
+            state: DomainState::Pending,
+            reason: None,
+            created_at: now(),
+            verified_at: None,
+        };
+        s.add_domain(&d, 10, "t").expect("claim");
+        assert!(woke(&mut wa), "a domain claimed");
+        s.update_domain(
+            &Domain {
+                state: DomainState::Verified,
+                ..d.clone()
+            },
+            "t",
+        )
+        .expect("verify");
+        assert!(woke(&mut wa), "a domain verified");
+        s.remove_domain(&d.name, ha.id, "t").expect("release");
+        assert!(woke(&mut wa), "a domain released");
+        s.remove_hosting(hb.id, "t").expect("remove");
+        assert!(!woke(&mut wa), "bob's removal");
+        // Far behind: told to re-read, once, then quiet again.
+        for _ in 0..2000 {
+            s.modify_hosting(ha.id, |_| {}).expect("modify");
+        }
+        assert!(woke(&mut wa), "lagged");
+        while woke(&mut wa) {}
+        s.remove_hosting(ha.id, "t").expect("remove");
+        assert!(woke(&mut wa), "removal");
     }
 
     #[test]
