@@ -114,7 +114,7 @@ fn run_in_netns() {
 
     let pebble_root = pebble.root();
     rt.block_on(async {
-        let acme = Acme::load_or_register(settings.clone(), challenges.clone())
+        let mut acme = Acme::load_or_register(settings.clone(), challenges.clone())
             .await
             .expect("register");
 
@@ -158,7 +158,7 @@ fn run_in_netns() {
         assert!(challenges.is_empty(), "answers left after a failure");
 
         let unserved = Challenges::new();
-        let acme2 = Acme::load_or_register(settings.clone(), unserved.clone())
+        let mut acme2 = Acme::load_or_register(settings.clone(), unserved.clone())
             .await
             .expect("load");
         let err = acme2
@@ -245,6 +245,37 @@ fn run_in_netns() {
         let left: Vec<_> = fs::read_dir(&account_dir).expect("ls").collect();
         assert_eq!(left.len(), 1, "only account.json in the account directory");
     });
+
+    // (5) A CA that no longer knows the stored account (pebble keeps accounts in memory
+    // only; Let's Encrypt may deactivate one): the order is refused as
+    // `accountDoesNotExist`, a new account is registered and stored, and the order goes
+    // through with it.
+    let file = account_dir.join(ACCOUNT_FILE);
+    let mut acme = rt
+        .block_on(Acme::load_or_register(settings.clone(), challenges.clone()))
+        .expect("load");
+    let stale = acme.account_id().to_owned();
+    procs.restart_pebble();
+    let pebble_root = pebble.root();
+    let issued = rt
+        .block_on(acme.obtain(&names(&["shop.example.org"]), Method::Http01))
+        .unwrap_or_else(|e| {
+            panic!(
+                "HTTP-01 after the CA forgot the account: {}",
+                roost::error_chain(&e)
+            )
+        });
+    verify(&issued, &pebble_root, &["shop.example.org"]);
+    assert_ne!(acme.account_id(), stale, "a new account");
+    let again = rt
+        .block_on(Acme::load_or_register(settings.clone(), Challenges::new()))
+        .expect("load the new account");
+    assert_eq!(
+        again.account_id(),
+        acme.account_id(),
+        "the new account is stored"
+    );
+    assert_eq!(mode(&file), 0o600);
 
     drop(silent);
     http01.abort();

@@ -35,7 +35,7 @@ use instant_acme::{
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::challenge::{Answer, Challenges, ACME_CHALLENGE_LABEL};
 
@@ -252,6 +252,28 @@ pub enum AcmeError {
     Mismatch { names: String, reason: String },
 }
 
+impl AcmeError {
+    /// Whether the server said it does not know (or no longer accepts) the account the
+    /// request was signed with: RFC 8555's `accountDoesNotExist`, or `unauthorized` for a
+    /// deactivated account (Let's Encrypt's and pebble's wording).
+    pub fn account_is_gone(&self) -> bool {
+        let cause = match self {
+            AcmeError::Order { source, .. }
+            | AcmeError::Challenge { source, .. }
+            | AcmeError::Account { source, .. } => source,
+            _ => return false,
+        };
+        match cause {
+            AcmeCause::Problem(p) => {
+                p.kind == "accountDoesNotExist"
+                    || (p.kind == "unauthorized"
+                        && p.detail.to_ascii_lowercase().contains("deactivated"))
+            }
+            AcmeCause::Client(_) => false,
+        }
+    }
+}
+
 /// The account as stored in `account.json`: the directory it belongs to, and its
 /// credentials (id URL and PKCS#8 key, instant-acme's serialisation).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -263,6 +285,7 @@ struct Stored {
 /// The ACME client: one account on one ACME server, answering through `challenges`.
 pub struct Acme {
     account: Account,
+    settings: AcmeSettings,
     challenges: Challenges,
     order_deadline: Duration,
 }
@@ -278,6 +301,7 @@ impl Acme {
         match tokio::time::timeout(ACCOUNT_DEADLINE, load_or_register(&settings)).await {
             Ok(account) => Ok(Acme {
                 account: account?,
+                settings,
                 challenges,
                 order_deadline: ORDER_DEADLINE,
             }),
@@ -303,7 +327,41 @@ impl Acme {
     /// challenges, tells the server they are ready, polls the order with backoff until
     /// the deadline, finalizes with a fresh key and CSR, and downloads the chain. The
     /// answers are withdrawn in every outcome.
-    pub async fn obtain(&self, names: &[String], method: Method) -> Result<Issued, AcmeError> {
+    ///
+    /// When the server no longer knows the account (a CA that lost or deactivated it, a
+    /// test CA restarted), the stored account is dropped, a new one is registered and
+    /// stored, and the order is tried once more with it; otherwise every renewal would
+    /// fail with the same stale account until an operator deleted the file.
+    pub async fn obtain(&mut self, names: &[String], method: Method) -> Result<Issued, AcmeError> {
+        match self.obtain_once(names, method).await {
+            Err(e) if e.account_is_gone() => {
+                warn!(
+                    account = self.account.id(),
+                    error = %crate::error_chain(&e),
+                    "the ACME server no longer knows this account: registering a new one"
+                );
+                self.reregister().await?;
+                self.obtain_once(names, method).await
+            }
+            result => result,
+        }
+    }
+
+    /// Forgets the stored account and registers a new one.
+    async fn reregister(&mut self) -> Result<(), AcmeError> {
+        let path = self.settings.dir.join(ACCOUNT_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(AcmeError::WriteAccount { path, source }),
+        }
+        let fresh = Acme::load_or_register(self.settings.clone(), self.challenges.clone()).await?;
+        self.account = fresh.account;
+        info!(account = self.account.id(), "new ACME account in use");
+        Ok(())
+    }
+
+    async fn obtain_once(&self, names: &[String], method: Method) -> Result<Issued, AcmeError> {
         let names = order_names(names, method)?;
         let label = names.join(", ");
         debug!(names = %label, %method, "ACME order started");
@@ -815,6 +873,32 @@ mod tests {
             txt_name("a.b.example.com"),
             "_acme-challenge.a.b.example.com"
         );
+    }
+
+    #[test]
+    fn an_account_the_server_does_not_know_is_told_apart() {
+        let order = |kind: &str, detail: &str| AcmeError::Order {
+            names: "example.com".into(),
+            step: "new order",
+            source: AcmeCause::Problem(Problem {
+                kind: kind.into(),
+                detail: detail.into(),
+            }),
+        };
+        assert!(order("accountDoesNotExist", "unable to find account").account_is_gone());
+        assert!(order(
+            "unauthorized",
+            "An account with the provided public key exists but is deactivated"
+        )
+        .account_is_gone());
+        // The usual failures keep the account.
+        assert!(!order("unauthorized", "no TXT record found").account_is_gone());
+        assert!(!order("rateLimited", "too many certificates").account_is_gone());
+        assert!(!AcmeError::Timeout {
+            names: "example.com".into(),
+            after: Duration::from_secs(1)
+        }
+        .account_is_gone());
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub async fn start(
                     Err(e) => {
                         let n = failing.get(&want.slot).map_or(1, |(n, _)| n + 1);
                         let wait = backoff(n);
-                        tracing::error!(names = ?want.names, error = %e, retry_in = ?wait, "certificate not obtained");
+                        tracing::error!(names = ?want.names, error = %crate::error_chain(&e), retry_in = ?wait, "certificate not obtained");
                         failing.insert(want.slot.clone(), (n, Instant::now() + wait));
                     }
                 }
@@ -222,7 +222,16 @@ fn drop_unwanted(store: &CertStore, dir: &std::path::Path, all: &[Want]) {
     }
 }
 
-/// Obtains and installs `want` if it needs it. The error is a readable chain.
+/// Why one renewal failed.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Acme(#[from] super::acme::AcmeError),
+    #[error("cannot install the certificate")]
+    Install(#[from] super::TlsError),
+}
+
+/// Obtains and installs `want` if it needs it.
 async fn renew_once(
     settings: &AcmeSettings,
     challenges: &Challenges,
@@ -231,25 +240,17 @@ async fn renew_once(
     store: &CertStore,
     dir: &std::path::Path,
     forced: bool,
-) -> Result<(), String> {
+) -> Result<(), RenewError> {
     if !forced && !needs_order(want, store.info(&want.slot).as_ref(), now()) {
         return Ok(());
     }
     let client = match acme {
         Some(a) => a,
-        None => acme.insert(
-            Acme::load_or_register(settings.clone(), challenges.clone())
-                .await
-                .map_err(|e| crate::error_chain(&e))?,
-        ),
+        None => acme.insert(Acme::load_or_register(settings.clone(), challenges.clone()).await?),
     };
     tracing::info!(names = ?want.names, method = %want.method, "ordering a certificate");
-    let issued = client
-        .obtain(&want.names, want.method)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
-    let loaded = certs::save(dir, &want.slot, &issued.chain_pem, &issued.key_pem)
-        .map_err(|e| crate::error_chain(&e))?;
+    let issued = client.obtain(&want.names, want.method).await?;
+    let loaded = certs::save(dir, &want.slot, &issued.chain_pem, &issued.key_pem)?;
     tracing::info!(names = ?loaded.info.names, issuer = %loaded.info.issuer, not_after = loaded.info.not_after, "certificate installed");
     store.install(loaded);
     Ok(())

@@ -171,6 +171,24 @@ impl Procs {
         }});
         let conf = self.dir.join("pebble.json");
         fs::write(&conf, config.to_string()).expect("pebble.json");
+        self.spawn_pebble();
+        Pebble {
+            ca_pem: ca.cert_pem,
+            ca_file,
+        }
+    }
+
+    /// Stops pebble and starts it again with the same configuration and TLS certificate:
+    /// a CA that has forgotten every account, order and root it had.
+    pub fn restart_pebble(&mut self) {
+        let before = self.children.len();
+        self.children.retain(|(name, _)| name != "pebble");
+        assert_eq!(self.children.len() + 1, before, "one pebble was running");
+        self.spawn_pebble();
+    }
+
+    fn spawn_pebble(&mut self) {
+        let conf = self.dir.join("pebble.json");
         self.spawn(
             "pebble",
             "pebble",
@@ -190,10 +208,6 @@ impl Procs {
         );
         wait_tcp(PEBBLE);
         wait_tcp(PEBBLE_MANAGEMENT);
-        Pebble {
-            ca_pem: ca.cert_pem,
-            ca_file,
-        }
     }
 }
 
