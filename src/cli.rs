@@ -106,6 +106,7 @@ pub fn render(reply: &Reply, json: bool) -> String {
             Reply::Vms(v) => serde_json::to_string_pretty(v),
             Reply::Vm(v) => serde_json::to_string_pretty(v),
             Reply::Status(s) => serde_json::to_string_pretty(s),
+            Reply::Backup(b) => serde_json::to_string_pretty(b),
         };
         return v.unwrap_or_default() + "\n";
     }
@@ -246,6 +247,29 @@ pub fn render(reply: &Reply, json: bool) -> String {
             rows.push(("hostings", by_state));
             rows.push(("qemu processes", st.vms_running.to_string()));
             pairs(&rows)
+        }
+        Reply::Backup(b) => {
+            let get = |t: &str| b.rows.get(t).copied().unwrap_or(0);
+            pairs(&[
+                ("backup", b.path.display().to_string()),
+                ("size", format!("{} bytes", b.bytes)),
+                (
+                    "holds",
+                    format!(
+                        "{} users, {} hostings, {} ssh keys, {} domains, {} audit entries",
+                        get("users"),
+                        get("hostings"),
+                        get("ssh_keys"),
+                        get("domains"),
+                        get("audit")
+                    ),
+                ),
+                (
+                    "restore",
+                    "stop roost, put the file in place of state_dir/roost.redb (0600), start roost"
+                        .to_owned(),
+                ),
+            ])
         }
     }
 }

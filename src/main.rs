@@ -46,6 +46,16 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Write a consistent copy of the database (accounts, hostings, keys, domains, audit
+    /// log) to a new file, while the daemon runs or not. Restore: stop roost, put the file
+    /// in place of STATE_DIR/roost.redb, start roost. VM disks are not included.
+    Backup {
+        /// The file to create; an existing file is never replaced.
+        path: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The daemon, accounts and hostings at a glance.
     Status {
         /// Print the answer as JSON.
@@ -156,6 +166,10 @@ fn main() -> ExitCode {
             Ok((req, json))
         }
         Cmd::Status { json } => Ok((Request::Status, json)),
+        // The daemon resolves paths from its own directory: send an absolute one.
+        Cmd::Backup { path, json } => std::path::absolute(&path)
+            .map(|path| (Request::Backup { path }, json))
+            .with_context(|| format!("backup path {}", path.display())),
     };
     let (req, json) = match result {
         Ok(r) => r,

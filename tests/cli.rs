@@ -233,6 +233,60 @@ fn the_cli_works_the_same_with_the_daemon_running_or_stopped() {
     assert!(ok(&roost(&d, &["status"], "")).contains("not running"));
 }
 
+/// `roost backup` while the daemon serves: a consistent copy that never replaces a file,
+/// and that restores every account it holds (and none made after it) when put in place.
+#[test]
+fn a_backup_taken_while_the_daemon_serves_restores_its_accounts() {
+    let mut d = Daemon::start();
+    let (s, _) = register(&d, "alice", "alice password");
+    assert_eq!(s, StatusCode::CREATED);
+    let out = tempfile::tempdir().expect("tmp");
+    let file = out.path().join("roost-backup.redb");
+    let path = file.to_str().expect("utf-8");
+
+    let b = json(&roost(&d, &["backup", path, "--json"], ""));
+    assert_eq!(b["rows"]["users"], 1, "{b}");
+    assert_eq!(b["path"], path);
+    let mode = std::fs::metadata(&file)
+        .expect("backup")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "backup mode {mode:o}");
+    let err = refused(&roost(&d, &["backup", path], ""));
+    assert!(err.contains("exists"), "{err}");
+    // A relative path is the operator's working directory's, not the daemon's.
+    let here = Command::new(bin())
+        .args(["backup", "relative.redb", "--config"])
+        .arg(&d.config)
+        .current_dir(out.path())
+        .output()
+        .expect("roost backup");
+    assert!(here.status.success(), "{here:?}");
+    assert!(out.path().join("relative.redb").exists());
+
+    // Made after the backup: not in it.
+    let (s, _) = register(&d, "bob", "bob password");
+    assert_eq!(s, StatusCode::CREATED);
+    d.kill9();
+    // With the daemon stopped, the CLI backs up the store itself.
+    let offline = out.path().join("offline.redb");
+    let b = json(&roost(
+        &d,
+        &["backup", offline.to_str().expect("utf-8"), "--json"],
+        "",
+    ));
+    assert_eq!(b["rows"]["users"], 2, "{b}");
+
+    std::fs::copy(&file, d.state_dir().join("roost.redb")).expect("restore");
+    d.spawn();
+    assert_eq!(login(&d, "alice", "alice password").0, StatusCode::OK);
+    assert_eq!(
+        login(&d, "bob", "bob password").0,
+        StatusCode::UNAUTHORIZED,
+        "bob came after the backup"
+    );
+}
+
 #[test]
 fn the_control_socket_answers_bad_requests_with_an_error() {
     let d = Daemon::start();

@@ -55,6 +55,10 @@ pub enum Request {
         vm: String,
     },
     Status,
+    /// A consistent copy of the database written to `path` (absolute; never replaced).
+    Backup {
+        path: PathBuf,
+    },
 }
 
 /// What a command answers.
@@ -66,6 +70,16 @@ pub enum Reply {
     Vms(Vec<VmRow>),
     Vm(VmDetailRow),
     Status(StatusReport),
+    Backup(BackupRow),
+}
+
+/// A backup that was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRow {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Rows copied, by table.
+    pub rows: BTreeMap<String, u64>,
 }
 
 /// An account as the operator sees it.
@@ -149,6 +163,8 @@ pub enum ControlError {
     Hosting(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl From<AuthError> for ControlError {
@@ -256,6 +272,20 @@ impl Ops {
                 Ok(Reply::Vm(detail_row(d)))
             }
             Request::Status => self.status().await.map(Reply::Status),
+            Request::Backup { path } => {
+                // Blocking file I/O, as long as the database is big: off the runtime.
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || store.backup_to(&path))
+                    .await
+                    .map_err(|e| ControlError::Backup(e.to_string()))?
+                    .map_err(|e| ControlError::Backup(crate::error_chain(&e)))?;
+                tracing::info!(path = %r.path.display(), bytes = r.bytes, "database backed up");
+                Ok(Reply::Backup(BackupRow {
+                    path: r.path,
+                    bytes: r.bytes,
+                    rows: r.rows,
+                }))
+            }
         }
     }
 

@@ -155,6 +155,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::VmList => "vm_list",
         Request::VmShow { .. } => "vm_show",
         Request::Status => "status",
+        Request::Backup { .. } => "backup",
     }
 }
 

@@ -7,11 +7,13 @@
 //! upgraded in place, a newer one is refused with a clear message.
 //! This module knows nothing about HTTP, QEMU or the network.
 
+mod backup;
 mod domains;
 mod records;
 mod sessions;
 mod watch;
 
+pub use backup::{BackupError, BackupReport};
 pub use domains::{Domain, DomainState};
 pub use sessions::Session;
 pub use watch::{Closed, UserWatch};
