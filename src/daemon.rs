@@ -136,7 +136,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         &tasks,
     )
     .await;
-    metrics.set_source(Arc::new(hostings.clone()));
+    metrics.add_source(Arc::new(hostings.clone()));
     let readiness = Arc::new(ReadinessState::new(match hostings.disabled_reason() {
         Some(r) => format!("disabled: {r}"),
         None => "ok".to_owned(),
@@ -174,6 +174,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The certificates being served, for their expiry.
+    if let Some(h) = &https {
+        let certs = h.store.clone();
+        metrics.add_source(crate::metrics::certificates(move || {
+            certs
+                .infos()
+                .into_iter()
+                .map(|c| (c.slot, c.not_after))
+                .collect()
+        }));
+    }
     let state = AppState {
         cfg: cfg.clone(),
         store,

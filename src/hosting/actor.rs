@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::core::{Event, Machine, QmpSignal, Refusal, RunState, Slot};
 use super::effects::{Effects, StepError, Vm};
-use super::lifecycle::Action;
+use super::lifecycle::{Action, ExitCause};
 use super::timing::BootClock;
 use super::HostingError;
 use crate::store::{Hosting, Store, StoreError};
@@ -198,6 +198,9 @@ impl<E: Effects> Actor<E> {
             }
             Input::Exited => {
                 let gone = self.vm.clone();
+                if self.m.exit_cause() == ExitCause::Crash {
+                    self.ctx.fx.crashed();
+                }
                 let _ = self.run(Event::Exited, None).await;
                 // A process that has exited stays exited: never wait on it again, whatever
                 // the core made of its exit (or the loop would see it exit forever).

@@ -175,6 +175,19 @@ impl Machine {
         }
     }
 
+    /// What an exit of the watched QEMU ([`Event::Exited`]) would mean now: a stop or kill
+    /// roost was asked for (the VM is not wanted running), the guest's own poweroff, or a
+    /// crash.
+    pub fn exit_cause(&self) -> ExitCause {
+        if !self.desired {
+            ExitCause::Requested
+        } else if self.poweroff_seen {
+            ExitCause::GuestPoweroff
+        } else {
+            ExitCause::Crash
+        }
+    }
+
     /// Moves to `to` with `reason`, if the table allows it.
     fn go(&mut self, to: HostingState, reason: Option<String>) -> Result<(), Refusal> {
         if !lifecycle::may_move(self.state, to) {
@@ -252,11 +265,7 @@ impl Machine {
                 }
             }
             Event::Exited => {
-                let cause = if self.poweroff_seen {
-                    ExitCause::GuestPoweroff
-                } else {
-                    ExitCause::Crash
-                };
+                let cause = self.exit_cause();
                 self.vm = false;
                 fx.push(Effect::Unplug);
                 match lifecycle::after_exit(self.desired, cause, &mut self.backoff, now) {

@@ -86,6 +86,9 @@ pub trait Effects: Send + Sync + 'static {
     /// A guest became ready `boot` after its QEMU started; `creation`: the time since a
     /// new hosting was requested, on its first boot. For the metrics only.
     fn booted(&self, _boot: Duration, _creation: Option<Duration>) {}
+    /// The watched QEMU exited without roost asking and without the guest powering off.
+    /// For the metrics only.
+    fn crashed(&self) {}
     /// Finds a running QEMU of this hosting (daemon restart) and takes it over, with its run
     /// state (`None` when QMP does not answer).
     fn adopt(

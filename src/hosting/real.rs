@@ -294,6 +294,10 @@ impl Effects for RealEffects {
         self.lifecycle.booted(boot, creation);
     }
 
+    fn crashed(&self) {
+        self.lifecycle.crashed();
+    }
+
     async fn adopt(&self, h: &Hosting) -> Option<(RealVm, Option<RunState>)> {
         let p = self.paths(h.id);
         let proc = vm::adopt(&p.pidfile, h.id.0).ok().flatten()?;

@@ -1,7 +1,8 @@
 //! What the metrics read at each scrape (`crate::metrics::Source`): every hosting the
 //! store has now, with the figures the admin API shows (the actor's QEMU, `/proc`, the VM's
 //! cgroup, the tap's counters from one netlink dump, the overlay's allocation), hostings
-//! by state, and capacity as admission computes it. Reads only.
+//! by state, capacity as admission computes it, and the state directory's free space.
+//! Reads only.
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use tracing::warn;
 use super::effects::Vm;
 use super::manager::Hostings;
 use super::paths::VmPaths;
-use crate::metrics::{Capacity, Snapshot, VmSample};
+use crate::metrics::{Capacity, Snapshot, StateDir, VmSample};
 use crate::store::HostingState;
 use crate::vm;
 
@@ -49,14 +50,19 @@ fn count_states(states: impl IntoIterator<Item = HostingState>) -> Vec<(&'static
 }
 
 impl Hostings {
-    /// Every hosting's figures now, hostings by state and capacity. A part that cannot be
-    /// read is left out (and logged), never the whole scrape.
+    /// Every hosting's figures now, hostings by state, capacity and the state directory's
+    /// file system. A part that cannot be read is left out (and logged), never the whole
+    /// scrape.
     pub async fn metrics_snapshot(&self) -> Snapshot {
+        let state_dir = self.state_dir_space();
         let hostings = match self.inner.store.hostings() {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %crate::error_chain(&e), "metrics: cannot read the hostings");
-                return Snapshot::default();
+                return Snapshot {
+                    state_dir,
+                    ..Snapshot::default()
+                };
             }
         };
         let owners = super::offline::owners(&self.inner.store).unwrap_or_default();
@@ -111,6 +117,26 @@ impl Hostings {
             vms,
             states: count_states(hostings.iter().map(|h| h.state)),
             capacity,
+            state_dir,
+            certificates: Vec::new(),
+        }
+    }
+
+    /// Free and total bytes of the file system holding `state_dir` (VM disks).
+    fn state_dir_space(&self) -> Option<StateDir> {
+        let dir = &self.inner.cfg.state_dir;
+        match (vm::disk::available_bytes(dir), vm::disk::total_bytes(dir)) {
+            (Ok(free_bytes), Ok(size_bytes)) => Some(StateDir {
+                free_bytes,
+                size_bytes,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(
+                    error = %crate::error_chain(&e),
+                    "metrics: cannot read the state directory's file system"
+                );
+                None
+            }
         }
     }
 }

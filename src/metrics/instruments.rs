@@ -1,7 +1,7 @@
 //! The instruments other modules update as things happen: HTTP requests (the proxy), SSH
-//! forwards and connections (the forwarder), boot and creation times (the hostings'
-//! actors). Every label set is fixed and made at start, so recording is an atomic add (a
-//! histogram also takes its own short lock) and never allocates.
+//! forwards and connections (the forwarder), boot and creation times and crashes (the
+//! hostings' actors). Every label set is fixed and made at start, so recording is an
+//! atomic add (a histogram also takes its own short lock) and never allocates.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,7 +258,7 @@ impl SshMetrics {
     }
 }
 
-/// How long hostings take to come up. Cheap to clone.
+/// How long hostings take to come up, and how often their QEMU crashes. Cheap to clone.
 #[derive(Clone)]
 pub struct LifecycleMetrics {
     inner: Arc<LifecycleInner>,
@@ -267,6 +267,7 @@ pub struct LifecycleMetrics {
 struct LifecycleInner {
     boot: Histogram,
     create: Histogram,
+    crashes: Counter,
 }
 
 impl std::fmt::Debug for LifecycleMetrics {
@@ -298,8 +299,18 @@ impl LifecycleMetrics {
             Unit::Seconds,
             create.clone(),
         );
+        let crashes = Counter::default();
+        registry.register(
+            "roost_hosting_crashes",
+            "QEMU exits roost did not ask for and the guest did not announce (crashes, kills from outside), over all hostings",
+            crashes.clone(),
+        );
         LifecycleMetrics {
-            inner: Arc::new(LifecycleInner { boot, create }),
+            inner: Arc::new(LifecycleInner {
+                boot,
+                create,
+                crashes,
+            }),
         }
     }
 
@@ -310,5 +321,10 @@ impl LifecycleMetrics {
         if let Some(c) = creation {
             self.inner.create.observe(c.as_secs_f64());
         }
+    }
+
+    /// A hosting's QEMU exited without roost asking and without the guest powering off.
+    pub fn crashed(&self) {
+        self.inner.crashes.inc();
     }
 }

@@ -6,10 +6,12 @@
 //! - **Instruments** ([`HttpMetrics`], [`SshMetrics`], [`LifecycleMetrics`]), handed to
 //!   the proxy, the SSH forwarder and the hostings' actors: atomic counters, gauges and
 //!   histograms with fixed label sets, created once, so recording allocates nothing.
-//! - **The snapshot** ([`Snapshot`]): per-VM figures, hostings by state and capacity,
-//!   gathered at each scrape from the live list of hostings by a [`Source`] (`hosting`
-//!   implements it) and encoded by a custom collector. A deleted VM's series are gone from
-//!   the next scrape, since nothing keeps old label sets.
+//! - **The snapshot** ([`Snapshot`]): per-VM figures, hostings by state, capacity and the
+//!   state directory's file system, gathered at each scrape from the live list of hostings
+//!   by a [`Source`] (`hosting` implements it), and the certificates being served (a
+//!   second source, which the daemon builds over its certificate store), merged and
+//!   encoded by a custom collector. A deleted VM's series are gone from the next scrape,
+//!   since nothing keeps old label sets.
 //!
 //! A leaf: imports nothing of roost. `api` serves `/metrics` to administrators with
 //! [`response`]; [`serve`] is the optional unauthenticated listener (`[metrics] listen`).
@@ -18,7 +20,7 @@ mod instruments;
 mod snapshot;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -32,12 +34,40 @@ use prometheus_client::registry::{Registry, Unit};
 pub use instruments::{
     HttpKind, HttpMetrics, LifecycleMetrics, OpenConnection, SshMetrics, SshRefusal,
 };
-pub use snapshot::{Capacity, Snapshot, VmSample};
+pub use snapshot::{Capacity, Certificate, Snapshot, StateDir, VmSample};
 
-/// Where the per-scrape figures come from (the hostings, in the daemon).
+/// Where the per-scrape figures come from (in the daemon: the hostings, and the
+/// certificate store). Each fills its own part of the [`Snapshot`].
 pub trait Source: Send + Sync + 'static {
-    /// Every hosting's figures, hostings by state and capacity, read now.
+    /// Its part of the snapshot, read now.
     fn snapshot(&self) -> BoxFuture<'_, Snapshot>;
+}
+
+/// A source of the certificates being served: `list` gives each one's slot and notAfter
+/// (Unix seconds) at every scrape.
+pub fn certificates<F>(list: F) -> Arc<dyn Source>
+where
+    F: Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+{
+    Arc::new(Certificates(list))
+}
+
+struct Certificates<F>(F);
+
+impl<F> Source for Certificates<F>
+where
+    F: Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+{
+    fn snapshot(&self) -> BoxFuture<'_, Snapshot> {
+        let certificates = (self.0)()
+            .into_iter()
+            .map(|(slot, not_after)| Certificate { slot, not_after })
+            .collect();
+        Box::pin(std::future::ready(Snapshot {
+            certificates,
+            ..Snapshot::default()
+        }))
+    }
 }
 
 /// The exposition formats `/metrics` speaks.
@@ -81,7 +111,8 @@ struct Inner {
     http: HttpMetrics,
     ssh: SshMetrics,
     lifecycle: LifecycleMetrics,
-    source: OnceLock<Arc<dyn Source>>,
+    /// What scrapes read, in the order added.
+    sources: Mutex<Vec<Arc<dyn Source>>>,
     /// The snapshot the collector encodes: written by a scrape just before it encodes.
     latest: Arc<Mutex<Snapshot>>,
     /// One scrape at a time, so a scrape encodes the snapshot it gathered.
@@ -132,7 +163,7 @@ impl Metrics {
                 http,
                 ssh,
                 lifecycle,
-                source: OnceLock::new(),
+                sources: Mutex::new(Vec::new()),
                 latest,
                 scrape: tokio::sync::Mutex::new(()),
             }),
@@ -149,24 +180,26 @@ impl Metrics {
         self.inner.ssh.clone()
     }
 
-    /// The hostings' boot and creation times.
+    /// The hostings' boot and creation times, and their crashes.
     pub fn lifecycle(&self) -> LifecycleMetrics {
         self.inner.lifecycle.clone()
     }
 
-    /// Where scrapes read the per-VM figures from; set once (later calls are ignored).
-    /// Until then the snapshot series are absent.
-    pub fn set_source(&self, source: Arc<dyn Source>) {
-        let _ = self.inner.source.set(source);
+    /// Adds a source that every later scrape reads, after those added before; their
+    /// snapshots are merged ([`Snapshot::merge`]). Without any, the snapshot series are
+    /// absent.
+    pub fn add_source(&self, source: Arc<dyn Source>) {
+        lock(&self.inner.sources).push(source);
     }
 
     /// Gathers the snapshot and encodes every series in `format`.
     pub async fn render(&self, format: Format) -> String {
         let _one = self.inner.scrape.lock().await;
-        let snap = match self.inner.source.get() {
-            Some(s) => s.snapshot().await,
-            None => Snapshot::default(),
-        };
+        let sources = lock(&self.inner.sources).clone();
+        let mut snap = Snapshot::default();
+        for s in sources {
+            snap.merge(s.snapshot().await);
+        }
         *lock(&self.inner.latest) = snap;
         let mut out = String::new();
         let encoded = match format {

@@ -1,6 +1,7 @@
-//! The series read at scrape time: each VM's figures, hostings by state, and capacity.
-//! The [`Snapshot`] is plain data a [`super::Source`] fills; the collector writes exactly
-//! what it holds, so a hosting that is gone has no series left.
+//! The series read at scrape time: each VM's figures, hostings by state, capacity, the
+//! state directory's file system and the certificates being served. The [`Snapshot`] is
+//! plain data that [`super::Source`]s fill; the collector writes exactly what it holds, so
+//! a hosting (or certificate) that is gone has no series left.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,23 @@ pub struct Snapshot {
     pub states: Vec<(&'static str, u64)>,
     /// The budgets and what the hostings hold (absent when they could not be read).
     pub capacity: Option<Capacity>,
+    /// The file system of the state directory, where VM disks live (absent when it could
+    /// not be read).
+    pub state_dir: Option<StateDir>,
+    /// Every certificate being served (none without HTTPS).
+    pub certificates: Vec<Certificate>,
+}
+
+impl Snapshot {
+    /// Adds what `other` holds: its lists after this one's, its single figures where this
+    /// one has none. Each source fills its own part, so nothing is counted twice.
+    pub fn merge(&mut self, other: Snapshot) {
+        self.vms.extend(other.vms);
+        self.states.extend(other.states);
+        self.capacity = self.capacity.or(other.capacity);
+        self.state_dir = self.state_dir.or(other.state_dir);
+        self.certificates.extend(other.certificates);
+    }
 }
 
 /// One hosting's figures; `None` for what does not exist now (no QEMU runs, no tap, no
@@ -50,6 +68,24 @@ pub struct Capacity {
     pub memory_budget_bytes: u64,
     pub disk_bytes: u64,
     pub disk_budget_bytes: u64,
+}
+
+/// The state directory's file system (`statvfs`), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateDir {
+    /// Available to unprivileged writers (the VMs' QEMUs run as their own uids).
+    pub free_bytes: u64,
+    /// The file system's size.
+    pub size_bytes: u64,
+}
+
+/// A certificate being served.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Certificate {
+    /// Its slot (the `slot` label): `domain`, `file`, or a custom domain's name.
+    pub slot: String,
+    /// The end of its validity (notAfter), in Unix seconds.
+    pub not_after: i64,
 }
 
 /// Encodes the latest snapshot at each scrape.
@@ -211,6 +247,34 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), st
             Some(Unit::Bytes),
             c.disk_budget_bytes,
         )?;
+    }
+    if let Some(d) = s.state_dir {
+        gauge(
+            enc,
+            "roost_state_dir_free",
+            "Bytes available to unprivileged writers on the state directory's file system (VM disks live there).",
+            Some(Unit::Bytes),
+            d.free_bytes,
+        )?;
+        gauge(
+            enc,
+            "roost_state_dir_size",
+            "Size of the state directory's file system.",
+            Some(Unit::Bytes),
+            d.size_bytes,
+        )?;
+    }
+    if !s.certificates.is_empty() {
+        let mut family = enc.encode_descriptor(
+            "roost_tls_certificate_expiry_timestamp",
+            "When a certificate being served expires (notAfter), in seconds since the Unix epoch, by slot.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for c in &s.certificates {
+            ConstGauge::new(c.not_after)
+                .encode(family.encode_family(&[("slot", c.slot.as_str())])?)?;
+        }
     }
     Ok(())
 }

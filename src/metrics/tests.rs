@@ -58,6 +58,8 @@ async fn a_new_registry_has_every_fixed_series_at_zero() {
         "# TYPE roost_hosting_create_duration_seconds histogram",
         "roost_hosting_boot_duration_seconds_count 0",
         "roost_hosting_create_duration_seconds_count 0",
+        "# TYPE roost_hosting_crashes_total counter",
+        "roost_hosting_crashes_total 0",
         "roost_ssh_forwards 0",
         "roost_ssh_open_connections 0",
         concat!(
@@ -75,10 +77,15 @@ async fn a_new_registry_has_every_fixed_series_at_zero() {
         .expect("start time");
     assert!(start > 1.6e9, "{start}");
     // No source yet: no snapshot series at all.
-    assert!(
-        !t.contains("roost_vm_") && !t.contains("roost_hostings"),
-        "{t}"
-    );
+    for family in [
+        "roost_vm_",
+        "roost_hostings",
+        "roost_capacity_",
+        "roost_state_dir_",
+        "roost_tls_",
+    ] {
+        assert!(!t.contains(family), "{family}:\n{t}");
+    }
     // Prometheus text has no EOF marker; OpenMetrics ends with one.
     assert!(!t.contains("# EOF"));
 }
@@ -166,6 +173,129 @@ async fn boots_and_creations_are_timed() {
 }
 
 #[tokio::test]
+async fn crashes_are_counted() {
+    let m = Metrics::new();
+    let l = m.lifecycle();
+    l.crashed();
+    l.crashed();
+    // Every clone counts into the same counter.
+    m.lifecycle().crashed();
+    let t = m.render(Format::Prometheus).await;
+    assert!(has(&t, "roost_hosting_crashes_total 3"), "{t}");
+    let t = m.render(Format::OpenMetrics).await;
+    assert!(has(&t, "# TYPE roost_hosting_crashes counter"), "{t}");
+    assert!(has(&t, "roost_hosting_crashes_total 3"), "{t}");
+}
+
+#[tokio::test]
+async fn state_dir_space_and_certificate_expiry_are_read_at_each_scrape() {
+    let m = Metrics::new();
+    let hostings = Arc::new(Fixed(Mutex::new(Snapshot {
+        states: vec![("running", 0)],
+        state_dir: Some(StateDir {
+            free_bytes: 5 << 30,
+            size_bytes: 50 << 30,
+        }),
+        ..Snapshot::default()
+    })));
+    m.add_source(hostings.clone());
+    let served = Arc::new(Mutex::new(vec![
+        ("domain".to_owned(), 1_900_000_000i64),
+        ("shop.example.org".to_owned(), 1_800_000_000),
+    ]));
+    let list = served.clone();
+    m.add_source(certificates(move || lock(&list).clone()));
+    let t = m.render(Format::Prometheus).await;
+    for l in [
+        "# TYPE roost_state_dir_free_bytes gauge",
+        "roost_state_dir_free_bytes 5368709120",
+        "# TYPE roost_state_dir_size_bytes gauge",
+        "roost_state_dir_size_bytes 53687091200",
+        "# TYPE roost_tls_certificate_expiry_timestamp_seconds gauge",
+        "roost_tls_certificate_expiry_timestamp_seconds{slot=\"domain\"} 1900000000",
+        "roost_tls_certificate_expiry_timestamp_seconds{slot=\"shop.example.org\"} 1800000000",
+        // The first source's part is still there.
+        "roost_hostings{state=\"running\"} 0",
+    ] {
+        assert!(has(&t, l), "{l} missing:\n{t}");
+    }
+    let t = m.render(Format::OpenMetrics).await;
+    for l in [
+        "# UNIT roost_state_dir_free_bytes bytes",
+        "# UNIT roost_tls_certificate_expiry_timestamp_seconds seconds",
+        "roost_tls_certificate_expiry_timestamp_seconds{slot=\"domain\"} 1900000000",
+    ] {
+        assert!(has(&t, l), "{l} missing:\n{t}");
+    }
+
+    // A renewal and a custom domain gone; the file system unreadable: read again.
+    *lock(&served) = vec![("domain".to_owned(), 1_950_000_000)];
+    lock(&hostings.0).state_dir = None;
+    let t = m.render(Format::Prometheus).await;
+    assert!(
+        has(
+            &t,
+            "roost_tls_certificate_expiry_timestamp_seconds{slot=\"domain\"} 1950000000"
+        ),
+        "{t}"
+    );
+    assert!(!t.contains("shop.example.org"), "{t}");
+    assert!(!t.contains("roost_state_dir_"), "{t}");
+    // No certificate served (HTTPS off or nothing loaded yet): no family at all.
+    lock(&served).clear();
+    let t = m.render(Format::Prometheus).await;
+    assert!(!t.contains("roost_tls_"), "{t}");
+}
+
+#[test]
+fn snapshots_of_several_sources_merge_in_order() {
+    let capacity = |vms| {
+        Some(Capacity {
+            vms,
+            ..Capacity::default()
+        })
+    };
+    let mut a = Snapshot {
+        vms: vec![vm("01AAA", "alice")],
+        states: vec![("running", 1)],
+        capacity: capacity(1),
+        ..Snapshot::default()
+    };
+    a.merge(Snapshot {
+        vms: vec![vm("01BBB", "bob")],
+        capacity: capacity(9),
+        state_dir: Some(StateDir {
+            free_bytes: 1,
+            size_bytes: 2,
+        }),
+        certificates: vec![Certificate {
+            slot: "file".into(),
+            not_after: 7,
+        }],
+        ..Snapshot::default()
+    });
+    let ids: Vec<&str> = a.vms.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(ids, ["01AAA", "01BBB"]);
+    assert_eq!(a.states, [("running", 1)]);
+    assert_eq!(a.capacity, capacity(1), "the first source's figure stays");
+    assert_eq!(
+        a.state_dir,
+        Some(StateDir {
+            free_bytes: 1,
+            size_bytes: 2
+        }),
+        "taken where the first had none"
+    );
+    assert_eq!(
+        a.certificates,
+        [Certificate {
+            slot: "file".into(),
+            not_after: 7
+        }]
+    );
+}
+
+#[tokio::test]
 async fn vm_series_follow_the_live_list_of_hostings() {
     let m = Metrics::new();
     let full = VmSample {
@@ -193,8 +323,9 @@ async fn vm_series_follow_the_live_list_of_hostings() {
             disk_bytes: 8 << 30,
             disk_budget_bytes: 100 << 30,
         }),
+        ..Snapshot::default()
     })));
-    m.set_source(source.clone());
+    m.add_source(source.clone());
     let t = m.render(Format::Prometheus).await;
     for l in [
         "# TYPE roost_vm_cpu_seconds_total counter",
@@ -232,7 +363,7 @@ async fn vm_series_follow_the_live_list_of_hostings() {
             ..vm("01BBB", "bob")
         }],
         states,
-        capacity: None,
+        ..Snapshot::default()
     };
     let t = m.render(Format::Prometheus).await;
     assert!(!t.contains("01AAA"), "{t}");
@@ -256,7 +387,7 @@ async fn openmetrics_when_the_scraper_asks_for_it() {
     );
 
     let m = Metrics::new();
-    m.set_source(Arc::new(Fixed(Mutex::new(Snapshot {
+    m.add_source(Arc::new(Fixed(Mutex::new(Snapshot {
         vms: vec![VmSample {
             cpu_seconds: Some(1.0),
             ..vm("01AAA", "alice")
@@ -286,7 +417,7 @@ async fn every_family_is_described_once_and_every_sample_belongs_to_one() {
     // What promtool checks, in short: one HELP and one TYPE per family, samples only of
     // described families (histograms through their suffixes), no name twice.
     let m = Metrics::new();
-    m.set_source(Arc::new(Fixed(Mutex::new(Snapshot {
+    m.add_source(Arc::new(Fixed(Mutex::new(Snapshot {
         vms: vec![VmSample {
             cpu_seconds: Some(1.0),
             memory_bytes: Some(1),
@@ -300,6 +431,14 @@ async fn every_family_is_described_once_and_every_sample_belongs_to_one() {
             max_vms: Some(10),
             ..Capacity::default()
         }),
+        state_dir: Some(StateDir {
+            free_bytes: 1,
+            size_bytes: 2,
+        }),
+        certificates: vec![Certificate {
+            slot: "domain".into(),
+            not_after: 1,
+        }],
     }))));
     let t = m.render(Format::Prometheus).await;
     let mut typed = std::collections::HashMap::new();

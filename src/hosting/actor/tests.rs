@@ -254,6 +254,33 @@ async fn a_crash_loop_gives_up_after_five_crashes() {
     assert_eq!(r.fx.spawned(), 5, "no sixth start");
     assert_eq!(r.fx.live_vms(), 0);
     assert!(r.fx.w().ssh.is_empty());
+    assert_eq!(r.fx.w().crashes, 5, "each crash counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_poweroff_is_no_crash() {
+    let r = rig(1);
+    r.fx.w().answers = (true, true);
+    let h = r.create("gina");
+    r.until_state(h.id, HostingState::Running).await;
+    let vm = r.fx.vm(0);
+    vm.event(VmEvent::Shutdown {
+        guest: true,
+        reason: "guest-shutdown".into(),
+    });
+    // The QMP event reaches the actor before the process is seen gone, as with QEMU (the
+    // clock is paused: this returns once every task, the actor's too, is idle).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    vm.crash();
+    r.until("the exit handled", || r.fx.live_vms() == 0).await;
+    r.until_state(h.id, HostingState::Stopped).await;
+    assert_eq!(r.fx.w().crashes, 0);
+    // Nor is a kill an administrator asked for.
+    r.act(h.id, Action::Start).await.expect("start");
+    r.until_state(h.id, HostingState::Running).await;
+    r.act(h.id, Action::Kill).await.expect("kill");
+    r.until("killed", || r.fx.live_vms() == 0).await;
+    assert_eq!(r.fx.w().crashes, 0);
 }
 
 #[tokio::test(start_paused = true)]

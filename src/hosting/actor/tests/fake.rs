@@ -25,6 +25,8 @@ pub(super) struct World {
     /// A QEMU from before a daemon restart, found by `adopt`.
     pub(super) adoptable: Option<FakeVm>,
     pub(super) routes: HashMap<String, (HostingState, u64)>,
+    /// QEMU exits counted as crashes (the metrics' `crashed`).
+    pub(super) crashes: usize,
 }
 
 #[derive(Clone)]
@@ -138,6 +140,10 @@ impl Vm for FakeVm {
 impl Effects for Fake {
     type Vm = FakeVm;
     type Tap = String;
+
+    fn crashed(&self) {
+        self.w().crashes += 1;
+    }
 
     fn files_exist(&self, id: HostingId) -> bool {
         self.w().dirs.contains(&id)
