@@ -190,6 +190,10 @@ pub fn render(reply: &Reply, json: bool) -> String {
                         .unwrap_or_else(|| "-".into()),
                 ),
                 (
+                    "memory",
+                    d.memory_bytes.map(mib).unwrap_or_else(|| "-".into()),
+                ),
+                (
                     "memory (rss)",
                     d.rss_bytes.map(mib).unwrap_or_else(|| "-".into()),
                 ),

@@ -407,6 +407,7 @@ fn admin_view_and_pause(st: &Stage) -> (i64, i64) {
     let va = admin_vm(admin, a_id);
     assert_eq!(va["qmp_status"], "running", "{va}");
     assert!(va["rss_bytes"].as_u64().is_some_and(|r| r > 0), "{va}");
+    assert!(va["memory_bytes"].as_u64().is_some_and(|r| r > 0), "{va}");
     assert!(va["tap_rx_bytes"].as_u64().is_some(), "{va}");
     let a_pid = va["pid"].as_i64().expect("pid");
     let b_pid = admin_vm(admin, b_id)["pid"].as_i64().expect("pid");

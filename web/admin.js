@@ -118,7 +118,10 @@ export function adminPage({ main, alive }) {
     }
     const rows = list.map((vm, i) => {
       const d = details[i];
-      const rss = d && typeof d.rss_bytes === "number" ? d.rss_bytes : vm.rss_bytes;
+      // Memory as the VM's cgroup counts it (what its limit and the metrics count), else
+      // the QEMU process's resident set.
+      const src = d || vm;
+      const rss = typeof src.memory_bytes === "number" ? src.memory_bytes : src.rss_bytes;
       const actions = ACTIONS.map(([action, states]) =>
         h(
           "button",

@@ -31,8 +31,12 @@ pub struct VmView {
     pub uptime_secs: Option<u64>,
     /// QMP `query-status` right now (`running`, `paused`, ...), or why it could not be asked.
     pub qmp_status: Option<String>,
-    /// User plus system CPU time of the QEMU process, in seconds.
+    /// CPU time in seconds: the VM's cgroup's (every QEMU thread and child), else the QEMU
+    /// process's; the same figure as `roost_vm_cpu_seconds_total`.
     pub cpu_time_secs: Option<f64>,
+    /// Memory in bytes: the VM's cgroup's (page cache included: what its limit counts),
+    /// else the QEMU process's resident set; the same figure as `roost_vm_memory_bytes`.
+    pub memory_bytes: Option<u64>,
     /// Resident memory of the QEMU process.
     pub rss_bytes: Option<u64>,
     pub created_at: String,
@@ -96,6 +100,7 @@ fn vm_view(s: VmStatus) -> VmView {
         uptime_secs: s.uptime_secs,
         qmp_status: s.qmp_status,
         cpu_time_secs: s.cpu_time_secs,
+        memory_bytes: s.memory_bytes,
         rss_bytes: s.rss_bytes,
         created_at: rfc3339(s.hosting.created_at),
     }

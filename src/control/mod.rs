@@ -118,6 +118,8 @@ pub struct VmDetailRow {
     pub tap: String,
     pub mac: String,
     pub cpu_time_secs: Option<f64>,
+    /// The VM's cgroup memory (else the process's resident set), as the metrics show it.
+    pub memory_bytes: Option<u64>,
     pub rss_bytes: Option<u64>,
     pub tap_rx_bytes: Option<u64>,
     pub tap_tx_bytes: Option<u64>,
@@ -375,12 +377,17 @@ fn vm_row(s: VmStatus) -> VmRow {
 
 fn detail_row(d: VmDetail) -> VmDetailRow {
     let (tap, mac) = (d.status.hosting.tap.clone(), d.status.hosting.mac.clone());
-    let (cpu_time_secs, rss_bytes) = (d.status.cpu_time_secs, d.status.rss_bytes);
+    let (cpu_time_secs, memory_bytes, rss_bytes) = (
+        d.status.cpu_time_secs,
+        d.status.memory_bytes,
+        d.status.rss_bytes,
+    );
     VmDetailRow {
         vm: vm_row(d.status),
         tap,
         mac,
         cpu_time_secs,
+        memory_bytes,
         rss_bytes,
         tap_rx_bytes: d.tap_rx_bytes,
         tap_tx_bytes: d.tap_tx_bytes,

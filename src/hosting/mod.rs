@@ -146,9 +146,11 @@ pub struct VmStatus {
     pub pid: Option<i32>,
     pub uptime_secs: Option<u64>,
     pub qmp_status: Option<String>,
-    /// User plus system CPU time of the QEMU process, in seconds, and its resident memory
-    /// (from `/proc`, cheap enough for every list).
+    /// CPU time in seconds and memory in bytes, as the metrics read them: the VM's cgroup
+    /// (every QEMU thread and child; memory with page cache, what its limit counts), else
+    /// the QEMU process's; and the process's resident set. Cheap enough for every list.
     pub cpu_time_secs: Option<f64>,
+    pub memory_bytes: Option<u64>,
     pub rss_bytes: Option<u64>,
 }
 

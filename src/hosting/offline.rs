@@ -58,14 +58,17 @@ fn status(cfg: &Config, h: Hosting, owners: &HashMap<UserId, String>) -> VmStatu
         .and_then(vm::procfs::start_time)
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| d.as_secs());
-    let stats = pid.and_then(vm::procfs::proc_stats);
+    // The process's figures: finding the daemon's cgroups (`Cgroups::discover`) would move
+    // this process into them.
+    let used = super::stats::usage(None, &h.id.to_string(), pid);
     VmStatus {
         owner: owners.get(&h.user).cloned().unwrap_or_default(),
         qmp_status: pid.map(|_| "not asked (the daemon is not running)".to_owned()),
         hosting: h,
         pid,
         uptime_secs,
-        cpu_time_secs: stats.map(|s| s.cpu_time_secs),
-        rss_bytes: stats.map(|s| s.rss_bytes),
+        cpu_time_secs: used.cpu_secs,
+        memory_bytes: used.memory_bytes,
+        rss_bytes: used.rss_bytes,
     }
 }

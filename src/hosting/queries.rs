@@ -35,15 +35,17 @@ impl Hostings {
             ),
             None => (None, None, None),
         };
-        let stats = pid.and_then(vm::procfs::proc_stats);
+        let cgroups = self.runtime().ok().map(|rt| &rt.cgroups);
+        let used = super::stats::usage(cgroups, &h.id.to_string(), pid);
         VmStatus {
             owner: owners.get(&h.user).cloned().unwrap_or_default(),
             hosting: h,
             pid,
             uptime_secs,
             qmp_status,
-            cpu_time_secs: stats.map(|s| s.cpu_time_secs),
-            rss_bytes: stats.map(|s| s.rss_bytes),
+            cpu_time_secs: used.cpu_secs,
+            memory_bytes: used.memory_bytes,
+            rss_bytes: used.rss_bytes,
         }
     }
 

@@ -16,6 +16,37 @@ use crate::metrics::{Capacity, Snapshot, StateDir, VmSample};
 use crate::store::HostingState;
 use crate::vm;
 
+/// What a running VM uses, read the same way for the metrics, the admin API and the CLI.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Usage {
+    /// CPU time: its cgroup's (every QEMU thread and child), else the QEMU process's.
+    pub cpu_secs: Option<f64>,
+    /// Memory: its cgroup's (page cache included, what its limit counts), else the QEMU
+    /// process's resident set.
+    pub memory_bytes: Option<u64>,
+    /// The QEMU process's resident set.
+    pub rss_bytes: Option<u64>,
+}
+
+/// The figures of hosting `id` whose QEMU is `pid` (nothing without one); `cgroups` where
+/// VM cgroups live, if anywhere.
+pub(super) fn usage(cgroups: Option<&vm::Cgroups>, id: &str, pid: Option<i32>) -> Usage {
+    let Some(pid) = pid else {
+        return Usage::default();
+    };
+    let proc = vm::procfs::proc_stats(pid);
+    Usage {
+        cpu_secs: cgroups
+            .and_then(|c| c.cpu_usage(id))
+            .map(|d| d.as_secs_f64())
+            .or(proc.map(|p| p.cpu_time_secs)),
+        memory_bytes: cgroups
+            .and_then(|c| c.memory_usage(id))
+            .or(proc.map(|p| p.rss_bytes)),
+        rss_bytes: proc.map(|p| p.rss_bytes),
+    }
+}
+
 /// Every state, in the order the metrics list them.
 const STATES: [HostingState; 7] = [
     HostingState::Provisioning,
@@ -77,19 +108,12 @@ impl Hostings {
             .map(|h| {
                 let id = h.id.to_string();
                 let pid = self.inner.ctx.registry.vm(h.id).map(|v| v.pid());
-                let proc = pid.and_then(vm::procfs::proc_stats);
-                // From its cgroup while a QEMU runs (every thread and child counted).
-                let cg = rt.map(|rt| &rt.cgroups).filter(|_| pid.is_some());
+                let used = usage(rt.map(|rt| &rt.cgroups), &id, pid);
                 let tap = taps.get(&h.tap);
                 VmSample {
                     user: owners.get(&h.user).cloned().unwrap_or_default(),
-                    cpu_seconds: cg
-                        .and_then(|c| c.cpu_usage(&id))
-                        .map(|d| d.as_secs_f64())
-                        .or(proc.map(|p| p.cpu_time_secs)),
-                    memory_bytes: cg
-                        .and_then(|c| c.memory_usage(&id))
-                        .or(proc.map(|p| p.rss_bytes)),
+                    cpu_seconds: used.cpu_secs,
+                    memory_bytes: used.memory_bytes,
                     disk_bytes: vm::disk::allocated_bytes(
                         &VmPaths::new(&cfg.state_dir, h.id).overlay,
                     ),
