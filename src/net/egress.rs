@@ -27,12 +27,7 @@ const CLIENT_RULE_PRIORITY: u32 = 10_526;
 
 /// The interface of the main table's default IPv4 route, if there is one.
 pub async fn default_uplink(handle: &Handle) -> Result<Option<String>, NetError> {
-    let routes: Vec<RouteMessage> = handle
-        .route()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await?;
+    let routes = ipv4_routes(handle).await?;
     let Some(oif) = default_route_oif(&routes) else {
         return Ok(None);
     };
@@ -105,12 +100,7 @@ pub async fn ensure_client_routing(handle: &Handle, bridge: &str) -> Result<(), 
     route.message_mut().header.scope = netlink_packet_route::route::RouteScope::Host;
     route.execute().await?;
 
-    let rules: Vec<RuleMessage> = handle
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await?;
+    let rules = ipv4_rules(handle).await?;
     if rules.iter().any(|r| is_client_rule(r, bridge)) {
         return Ok(());
     }
@@ -132,22 +122,32 @@ pub async fn ensure_client_routing(handle: &Handle, bridge: &str) -> Result<(), 
 /// operator's `ip rule flush` or a network manager can remove them; then every SSH reply
 /// to a kept client address would be lost).
 pub async fn client_routing_present(handle: &Handle, bridge: &str) -> Result<bool, NetError> {
-    let routes: Vec<RouteMessage> = handle
+    let routes = ipv4_routes(handle).await?;
+    if !has_client_route(&routes) {
+        return Ok(false);
+    }
+    let rules = ipv4_rules(handle).await?;
+    Ok(rules.iter().any(|r| is_client_rule(r, bridge)))
+}
+
+/// Every IPv4 route of every table.
+async fn ipv4_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
+    Ok(handle
         .route()
         .get(IpVersion::V4)
         .execute()
         .try_collect()
-        .await?;
-    if !has_client_route(&routes) {
-        return Ok(false);
-    }
-    let rules: Vec<RuleMessage> = handle
+        .await?)
+}
+
+/// Every IPv4 policy rule.
+async fn ipv4_rules(handle: &Handle) -> Result<Vec<RuleMessage>, NetError> {
+    Ok(handle
         .rule()
         .get(IpVersion::V4)
         .execute()
         .try_collect()
-        .await?;
-    Ok(rules.iter().any(|r| is_client_rule(r, bridge)))
+        .await?)
 }
 
 /// `local 0.0.0.0/0` in [`CLIENT_TABLE`] (pure).

@@ -178,6 +178,16 @@ mod tests {
     use super::*;
     use crate::store::{NewUser, Role};
 
+    fn add_user(s: &Store, username: &str) {
+        let u = NewUser {
+            username,
+            email: None,
+            password_hash: "$argon2id$x",
+            role: Role::User,
+        };
+        s.create_user(u, "t").expect("user");
+    }
+
     #[test]
     fn a_backup_is_a_database_roost_opens_with_every_row() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -185,16 +195,7 @@ mod tests {
         std::fs::create_dir(&live).expect("dir");
         let s = Store::open(&live).expect("open");
         for name in ["alice", "bob"] {
-            s.create_user(
-                NewUser {
-                    username: name,
-                    email: None,
-                    password_hash: "$argon2id$x",
-                    role: Role::User,
-                },
-                "t",
-            )
-            .expect("user");
+            add_user(&s, name);
         }
         let dest = dir.path().join("copy.redb");
         let report = s.backup_to(&dest).expect("backup");
@@ -204,16 +205,7 @@ mod tests {
         let mode = std::fs::metadata(&dest).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // Written after the backup: not in it.
-        s.create_user(
-            NewUser {
-                username: "carol",
-                email: None,
-                password_hash: "$argon2id$x",
-                role: Role::User,
-            },
-            "t",
-        )
-        .expect("user");
+        add_user(&s, "carol");
         // Never over an existing file.
         assert!(matches!(s.backup_to(&dest), Err(BackupError::Exists(_))));
         assert!(matches!(
