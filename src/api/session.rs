@@ -91,11 +91,7 @@ fn with_cookie(mut r: Response, cookie: &str) -> Response {
     ))]
 async fn current(State(st): State<AppState>, req: ConsoleRequest) -> Result<Response, ApiError> {
     let secret = req.secret.ok_or(crate::auth::AuthError::MissingToken)?;
-    let (user, s) = st.auth.session(&secret)?;
-    let u = st
-        .store
-        .user(user.id)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let (u, s) = st.auth.session_account(&secret)?;
     Ok(no_store(Json(view(u, s.csrf)).into_response()))
 }
 

@@ -275,14 +275,7 @@ impl Auth {
 
     /// The live account and session a cookie's secret belongs to.
     pub fn session(&self, secret: &str) -> Result<(AuthUser, crate::store::Session), AuthError> {
-        let s = self
-            .store
-            .session(&session::key(secret))?
-            .ok_or(AuthError::SessionGone)?;
-        let user = self.store.user(s.user)?.ok_or(AuthError::UserGone)?;
-        if user.disabled_at.is_some() {
-            return Err(AuthError::Disabled);
-        }
+        let (user, s) = self.session_account(secret)?;
         Ok((
             AuthUser {
                 id: user.id,
@@ -291,6 +284,22 @@ impl Auth {
             },
             s,
         ))
+    }
+
+    /// [`Auth::session`] with the whole account record.
+    pub fn session_account(
+        &self,
+        secret: &str,
+    ) -> Result<(User, crate::store::Session), AuthError> {
+        let s = self
+            .store
+            .session(&session::key(secret))?
+            .ok_or(AuthError::SessionGone)?;
+        let user = self.store.user(s.user)?.ok_or(AuthError::UserGone)?;
+        if user.disabled_at.is_some() {
+            return Err(AuthError::Disabled);
+        }
+        Ok((user, s))
     }
 
     /// Ends the session of a cookie's secret. `true` if there was one.

@@ -47,37 +47,17 @@ pub(super) fn usage(cgroups: Option<&vm::Cgroups>, id: &str, pid: Option<i32>) -
     }
 }
 
-/// Every state, in the order the metrics list them.
-const STATES: [HostingState; 7] = [
-    HostingState::Provisioning,
-    HostingState::Booting,
-    HostingState::Running,
-    HostingState::Paused,
-    HostingState::Stopped,
-    HostingState::Failed,
-    HostingState::Deleting,
-];
-
-/// `state`'s place in [`STATES`] (a new state does not compile here until it is listed).
-fn index(state: HostingState) -> usize {
-    match state {
-        HostingState::Provisioning => 0,
-        HostingState::Booting => 1,
-        HostingState::Running => 2,
-        HostingState::Paused => 3,
-        HostingState::Stopped => 4,
-        HostingState::Failed => 5,
-        HostingState::Deleting => 6,
-    }
-}
-
 /// Hostings by state, every state listed even at zero.
 fn count_states(states: impl IntoIterator<Item = HostingState>) -> Vec<(&'static str, u64)> {
-    let mut n = [0u64; STATES.len()];
+    let mut n = [0u64; HostingState::ALL.len()];
     for s in states {
-        n[index(s)] += 1;
+        n[s as usize] += 1;
     }
-    STATES.iter().zip(n).map(|(s, n)| (s.as_str(), n)).collect()
+    HostingState::ALL
+        .iter()
+        .zip(n)
+        .map(|(s, n)| (s.as_str(), n))
+        .collect()
 }
 
 impl Hostings {
@@ -178,7 +158,7 @@ mod tests {
     #[test]
     fn every_state_is_counted_even_at_zero() {
         let none = count_states([]);
-        assert_eq!(none.len(), STATES.len());
+        assert_eq!(none.len(), HostingState::ALL.len());
         assert!(none.iter().all(|(_, n)| *n == 0), "{none:?}");
         let names: Vec<&str> = none.iter().map(|(s, _)| *s).collect();
         assert_eq!(
@@ -206,8 +186,8 @@ mod tests {
             };
             assert_eq!(n, want, "{s}");
         }
-        for s in STATES {
-            assert_eq!(STATES[index(s)], s);
+        for s in HostingState::ALL {
+            assert_eq!(HostingState::ALL[s as usize], s);
         }
     }
 }

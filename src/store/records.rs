@@ -128,6 +128,17 @@ pub enum HostingState {
 }
 
 impl HostingState {
+    /// Every state, in declaration order: `ALL[s as usize] == s`.
+    pub const ALL: [HostingState; 7] = [
+        HostingState::Provisioning,
+        HostingState::Booting,
+        HostingState::Running,
+        HostingState::Paused,
+        HostingState::Stopped,
+        HostingState::Failed,
+        HostingState::Deleting,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HostingState::Provisioning => "provisioning",
