@@ -107,6 +107,11 @@ pub fn https(cfg: &Config, now: i64) -> Vec<Finding> {
             "certificates from {}{}",
             cfg.acme.directory,
             match cfg.acme.dns_listen {
+                Some(a) if !cfg.acme.dns_alias.is_empty() => format!(
+                    "; DNS-01 answers on {a} for _acme-challenge.{alias} (delegate it there with an NS record; _acme-challenge.{} must be a CNAME to it)",
+                    cfg.domain,
+                    alias = cfg.acme.dns_alias
+                ),
                 Some(a) => format!(
                     "; DNS-01 answers on {a} (delegate _acme-challenge.{} there with an NS record)",
                     cfg.domain

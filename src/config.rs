@@ -229,6 +229,11 @@ pub struct AcmeConfig {
     /// can get the `*.DOMAIN` wildcard by DNS-01; delegate that name here once. Unset: no
     /// wildcard; `DOMAIN` itself is validated over HTTP-01.
     pub dns_listen: Option<SocketAddr>,
+    /// For delegation by CNAME instead of NS: the name whose `_acme-challenge` roost
+    /// serves instead of `DOMAIN`'s (e.g. `acme.example.net`, delegated to `dns_listen`
+    /// by NS), with `_acme-challenge.DOMAIN CNAME _acme-challenge.<dns_alias>.` in
+    /// `DOMAIN`'s zone. Empty: `_acme-challenge.DOMAIN` itself is delegated.
+    pub dns_alias: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -422,6 +427,7 @@ impl Default for AcmeConfig {
             email: String::new(),
             ca_roots: None,
             dns_listen: None,
+            dns_alias: String::new(),
         }
     }
 }
@@ -875,6 +881,20 @@ impl AcmeConfig {
                 p,
             )?;
         }
+        if !self.dns_alias.is_empty() {
+            check(
+                valid_domain(&self.dns_alias),
+                "acme.dns_alias",
+                "a DNS name such as \"acme.example.net\", or \"\"",
+                &self.dns_alias,
+            )?;
+            check(
+                self.dns_listen.is_some(),
+                "acme.dns_alias",
+                "set together with acme.dns_listen (where roost answers for it)",
+                &self.dns_alias,
+            )?;
+        }
         Ok(())
     }
 }
@@ -1016,6 +1036,11 @@ mod tests {
             ("[https]\nenabled = true", "domain"),
             ("[acme]\ndirectory = \"http://x/dir\"", "acme.directory"),
             ("[acme]\nemail = \"nobody\"", "acme.email"),
+            ("[acme]\ndns_alias = \"acme.example.net\"", "acme.dns_alias"),
+            (
+                "[acme]\ndns_listen = \"127.0.0.1:53\"\ndns_alias = \"not a name\"",
+                "acme.dns_alias",
+            ),
             ("domain = \"bad domain\"", "domain"),
         ] {
             let e = err(text);

@@ -41,6 +41,8 @@ use rustls::RootCertStore;
 use common::pebble::{self, Procs, PEBBLE, STARTUP};
 
 const ZONE: &str = "example.test";
+/// The name whose `_acme-challenge` answers for `cname.test`'s (delegation by CNAME).
+const ALIAS: &str = "alias.test";
 /// Where pebble validates HTTP-01 (its `httpPort`), and where this test answers.
 const HTTP01: &str = "127.0.0.1:5002";
 
@@ -71,7 +73,7 @@ fn run_in_netns() {
         .build()
         .expect("runtime");
     let challenges = Challenges::new();
-    let (dns, http01) = rt.block_on(async {
+    let (dns, alias_dns, http01) = rt.block_on(async {
         let dns = ChallengeDns::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             ZONE.into(),
@@ -79,19 +81,37 @@ fn run_in_netns() {
         )
         .await
         .expect("start ChallengeDns");
+        // Delegation by CNAME: `_acme-challenge.cname.test` points at
+        // `_acme-challenge.alias.test`, which this second server answers.
+        let alias_dns = ChallengeDns::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ALIAS.into(),
+            challenges.clone(),
+        )
+        .await
+        .expect("start the alias's ChallengeDns");
         let listener = tokio::net::TcpListener::bind(HTTP01)
             .await
             .expect("bind HTTP-01");
         (
             dns,
+            alias_dns,
             tokio::spawn(serve_http01(listener, challenges.clone())),
         )
     });
+    pebble::set_cname(
+        "_acme-challenge.cname.test",
+        &format!("_acme-challenge.{ALIAS}"),
+    );
 
     // A name server that never answers, for an order that cannot finish in time.
     let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind silent");
     let silent_addr = silent.local_addr().expect("silent addr");
-    procs.unbound(&[(ZONE, dns.local_addr()), ("silent.test", silent_addr)]);
+    procs.unbound(&[
+        (ZONE, dns.local_addr()),
+        (ALIAS, alias_dns.local_addr()),
+        ("silent.test", silent_addr),
+    ]);
     // Both paths of the resolver work: the delegation (the SOA comes from ChallengeDns; no
     // TXT is asked, so no negative answer is cached) and the rest of the "internet".
     common::poll("unbound answering", STARTUP, || {
@@ -110,6 +130,7 @@ fn run_in_netns() {
         email: "hostmaster@example.test".into(),
         ca_roots: Some(pebble.ca_file.clone()),
         dir: account_dir.clone(),
+        dns_alias: None,
     };
 
     let pebble_root = pebble.root();
@@ -139,6 +160,30 @@ fn run_in_netns() {
         eprintln!("HTTP-01 order: {:?}", t.elapsed());
         assert_eq!(sans(&issued), ["shop.example.org"]);
         verify(&issued, &pebble_root, &["shop.example.org"]);
+        assert!(challenges.is_empty());
+
+        // (2b) Delegation by CNAME ([acme] dns_alias): the answers are published at the
+        // alias's `_acme-challenge`, which the CA reaches through the CNAME.
+        let aliased = AcmeSettings {
+            dns_alias: Some(ALIAS.into()),
+            ..settings.clone()
+        };
+        let mut acme_alias = Acme::load_or_register(aliased, challenges.clone())
+            .await
+            .expect("load");
+        let issued = acme_alias
+            .obtain(&names(&["cname.test", "*.cname.test"]), Method::Dns01)
+            .await
+            .unwrap_or_else(|e| panic!("DNS-01 through a CNAME: {}", roost::error_chain(&e)));
+        assert_eq!(sans(&issued), ["*.cname.test", "cname.test"]);
+        verify(&issued, &pebble_root, &["cname.test", "www.cname.test"]);
+        assert!(challenges.is_empty());
+        // Without the alias, the answer sits at a name nothing delegates: refused.
+        let err = acme
+            .obtain(&names(&["cname.test"]), Method::Dns01)
+            .await
+            .expect_err("DNS-01 at the CNAME's own name");
+        assert!(matches!(err, AcmeError::Rejected { .. }), "{err}");
         assert!(challenges.is_empty());
 
         // (3) No answer reaches the CA: DNS-01 for a zone ChallengeDns does not serve
@@ -280,6 +325,7 @@ fn run_in_netns() {
     drop(silent);
     http01.abort();
     rt.block_on(dns.shutdown());
+    rt.block_on(alias_dns.shutdown());
     drop(rt);
     eprintln!("whole test: {:?}", started.elapsed());
 }

@@ -65,6 +65,9 @@ pub struct AcmeSettings {
     pub ca_roots: Option<PathBuf>,
     /// Where the account is kept: created 0700; the account file is 0600.
     pub dir: PathBuf,
+    /// DNS-01 answers go to `_acme-challenge.<alias>` instead of the name's own
+    /// `_acme-challenge` (which the operator points there with a CNAME).
+    pub dns_alias: Option<String>,
 }
 
 /// How the names of an order are validated.
@@ -509,9 +512,14 @@ impl Acme {
             };
             let key_authorization = challenge.key_authorization();
             answers.push(match method {
-                Method::Dns01 => self
-                    .challenges
-                    .answer_txt(&txt_name(&name), &key_authorization.dns_value()),
+                Method::Dns01 => {
+                    let at = match &self.settings.dns_alias {
+                        Some(alias) => txt_name(alias),
+                        None => txt_name(&name),
+                    };
+                    self.challenges
+                        .answer_txt(&at, &key_authorization.dns_value())
+                }
                 Method::Http01 => self
                     .challenges
                     .answer_http01(&challenge.token, key_authorization.as_str()),

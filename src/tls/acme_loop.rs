@@ -141,7 +141,13 @@ pub async fn start(
 ) {
     let dns = match cfg.acme.dns_listen {
         Some(listen) => {
-            match ChallengeDns::start(listen, cfg.domain.clone(), challenges.clone()).await {
+            // The zone delegated to roost: DOMAIN's `_acme-challenge`, or the alias's that
+            // DOMAIN's points to by CNAME.
+            let zone = match cfg.acme.dns_alias.as_str() {
+                "" => cfg.domain.clone(),
+                alias => alias.to_ascii_lowercase(),
+            };
+            match ChallengeDns::start(listen, zone, challenges.clone()).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     tracing::error!(%listen, error = %crate::error_chain(&e), "cannot serve ACME DNS-01 answers; no wildcard certificate");
@@ -157,6 +163,10 @@ pub async fn start(
         email: cfg.acme.email.clone(),
         ca_roots: cfg.acme.ca_roots.clone(),
         dir: cfg.state_dir.join("acme"),
+        dns_alias: match cfg.acme.dns_alias.as_str() {
+            "" => None,
+            alias => Some(alias.to_ascii_lowercase()),
+        },
     };
     let dir = cert_dir(&cfg.state_dir);
     tasks.spawn("acme", move |mut stop| async move {

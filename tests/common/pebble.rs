@@ -257,6 +257,14 @@ pub fn set_txt(host: &str, value: &str) {
     challtestsrv("/set-txt", json!({"host": fqdn(host), "value": value}));
 }
 
+/// challtestsrv answers `host` with a CNAME to `target`.
+pub fn set_cname(host: &str, target: &str) {
+    challtestsrv(
+        "/set-cname",
+        json!({"host": fqdn(host), "target": fqdn(target)}),
+    );
+}
+
 /// challtestsrv forgets the TXT records of `host`.
 pub fn clear_txt(host: &str) {
     challtestsrv("/clear-txt", json!({"host": fqdn(host)}));
