@@ -85,6 +85,9 @@ enum UserCmd {
     Disable { name: String },
     /// Let a disabled account log in again (its old tokens stay revoked).
     Enable { name: String },
+    /// Set an account's password (read from stdin, or prompted for); every token and
+    /// browser session it has ends.
+    Passwd { name: String },
 }
 
 #[derive(Subcommand)]
@@ -229,5 +232,9 @@ fn user(cmd: UserCmd) -> anyhow::Result<Request> {
         },
         UserCmd::Disable { name } => Request::UserDisable { username: name },
         UserCmd::Enable { name } => Request::UserEnable { username: name },
+        UserCmd::Passwd { name } => Request::UserPassword {
+            password: read_password()?,
+            username: name,
+        },
     })
 }

@@ -48,6 +48,78 @@ fn register_login_me() {
     );
 }
 
+/// `POST /api/v1/auth/password` with the `token` of the caller.
+fn change_password(
+    d: &Daemon,
+    token: Option<&str>,
+    current: &str,
+    new: &str,
+) -> (StatusCode, Value) {
+    let mut r = client()
+        .post(d.url("/api/v1/auth/password"))
+        .json(&json!({"current_password": current, "new_password": new}));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().expect("send");
+    (r.status(), r.json().unwrap_or(Value::Null))
+}
+
+/// A changed password ends every token issued with the old one (another device, a thief),
+/// and the caller carries on with the new token it is given.
+#[test]
+fn changing_the_password_revokes_every_earlier_token() {
+    let d = Daemon::start();
+    assert_eq!(
+        register(&d, "alice", "correct horse").0,
+        StatusCode::CREATED
+    );
+    let laptop = token(&d, "alice", "correct horse");
+    let phone = token(&d, "alice", "correct horse");
+
+    let (s, v) = change_password(&d, None, "correct horse", "battery staple");
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, v) = change_password(&d, Some(&laptop), "not my password", "battery staple");
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_error(&v, "wrong_password");
+    let (s, v) = change_password(&d, Some(&laptop), "correct horse", "short");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("new_password")),
+        "{v}"
+    );
+    // Nothing changed so far.
+    assert_eq!(get(&d, "/api/v1/auth/me", Some(&phone)).0, StatusCode::OK);
+    assert_eq!(login(&d, "alice", "correct horse").0, StatusCode::OK);
+
+    let (s, v) = change_password(&d, Some(&laptop), "correct horse", "battery staple");
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let fresh = v["access_token"].as_str().expect("a new token").to_owned();
+    for old in [&laptop, &phone] {
+        let (s, v) = get(&d, "/api/v1/auth/me", Some(old));
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("token_revoked")),
+            "{v}"
+        );
+    }
+    assert_eq!(get(&d, "/api/v1/auth/me", Some(&fresh)).0, StatusCode::OK);
+    assert_eq!(
+        login(&d, "alice", "correct horse").0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(login(&d, "alice", "battery staple").0, StatusCode::OK);
+
+    // Audited, without the password.
+    let admin_log = d.log_text();
+    assert!(
+        !admin_log.contains("battery staple"),
+        "the password is never logged"
+    );
+}
+
 #[test]
 fn every_error_status_from_real_bad_requests() {
     let d = Daemon::start_with("[auth]\nlogin_attempts = 5\nlogin_window_secs = 600\n");

@@ -233,6 +233,46 @@ fn the_cli_works_the_same_with_the_daemon_running_or_stopped() {
     assert!(ok(&roost(&d, &["status"], "")).contains("not running"));
 }
 
+/// An operator's password reset (a user who lost theirs): the old password and every
+/// token of the account stop working; with the daemon running or not.
+#[test]
+fn user_passwd_resets_a_password_and_revokes_its_tokens() {
+    let mut d = Daemon::start();
+    assert_eq!(
+        register(&d, "alice", "alice password").0,
+        StatusCode::CREATED
+    );
+    let before = token(&d, "alice", "alice password");
+    let out = ok(&roost(
+        &d,
+        &["user", "passwd", "alice"],
+        "reset password 1\n",
+    ));
+    assert!(out.contains("username: alice"), "{out}");
+    assert_eq!(
+        get(&d, "/api/v1/auth/me", Some(&before)).0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&d, "alice", "alice password").0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(login(&d, "alice", "reset password 1").0, StatusCode::OK);
+    let err = refused(&roost(&d, &["user", "passwd", "alice"], "short\n"));
+    assert!(err.contains("at least 8 characters"), "{err}");
+    let err = refused(&roost(&d, &["user", "passwd", "nobody"], "long enough 1\n"));
+    assert!(err.contains("no user named \"nobody\""), "{err}");
+    // On the stopped store too.
+    d.kill9();
+    ok(&roost(
+        &d,
+        &["user", "passwd", "alice"],
+        "reset password 2\n",
+    ));
+    d.spawn();
+    assert_eq!(login(&d, "alice", "reset password 2").0, StatusCode::OK);
+}
+
 /// `roost backup` while the daemon serves: a consistent copy that never replaces a file,
 /// and that restores every account it holds (and none made after it) when put in place.
 #[test]

@@ -328,6 +328,54 @@ fn sessions_need_the_dashboards_origin_and_token_and_end_at_logout() {
     );
 }
 
+/// The dashboard's password change: the session's CSRF token is needed like for any
+/// change, and the change ends every browser session of the account, this one included.
+#[test]
+fn a_password_change_needs_the_token_and_ends_the_sessions() {
+    let d = Daemon::start();
+    let c = client(&d);
+    assert_eq!(
+        register(&d, "alice", "correct horse 1").0,
+        StatusCode::CREATED
+    );
+    let (cookie, csrf) = session(&d, &c, "alice", "correct horse 1");
+    let (other, _) = session(&d, &c, "alice", "correct horse 1");
+    let dash = origin(&d, &format!("console.{DOMAIN}"));
+    let body = json!({"current_password": "correct horse 1", "new_password": "correct horse 2"});
+    let change = |token: Option<&str>| {
+        let mut r = c
+            .post(console(&d, "/api/v1/auth/password"))
+            .header("cookie", &cookie)
+            .header("origin", &dash)
+            .json(&body);
+        if let Some(t) = token {
+            r = r.header("x-csrf-token", t);
+        }
+        json(r.send().expect("send"))
+    };
+    let (s, v) = change(None);
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("cross_site")),
+        "{v}"
+    );
+    let (s, v) = change(Some(&csrf));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for c2 in [&cookie, &other] {
+        let (s, _) = json(
+            c.get(console(&d, "/api/v1/session"))
+                .header("cookie", c2)
+                .send()
+                .expect("send"),
+        );
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "a session of the old password");
+    }
+    assert_eq!(
+        common::daemon::login(&d, "alice", "correct horse 2").0,
+        StatusCode::OK
+    );
+}
+
 #[test]
 fn on_localhost_the_cookie_is_host_prefixed_and_secure() {
     let d = Daemon::start_with("[console]\nhost = \"console.localhost\"\n");

@@ -1,4 +1,4 @@
-//! `/api/v1/auth/*`: register, login, me.
+//! `/api/v1/auth/*`: register, login, me, password.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -38,6 +38,15 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    /// The password the account has now.
+    pub current_password: String,
+    /// At least 8 characters.
+    pub new_password: String,
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub access_token: String,
@@ -73,6 +82,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(me))
+        .routes(routes!(change_password))
 }
 
 /// Creates an account.
@@ -147,4 +157,46 @@ async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<MeView>, 
         .user(user.id)?
         .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(Json(MeView::from(u)))
+}
+
+/// Changes the caller's password. Every token and browser session of the account ends
+/// (whoever knew the old password is out); the answer is a new token for the caller.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth",
+    security(("bearer" = [])),
+    request_body = PasswordRequest,
+    responses(
+        (status = 200, description = "changed; a new token (every earlier one is revoked)", body = TokenView),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "the current password is wrong (`wrong_password`), or HTTPS is on and this came over plain HTTP (`https_required`)", body = ErrorBody),
+        (status = 422, description = "the new password breaks the rules", body = ErrorBody),
+        (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
+    ))]
+async fn change_password(
+    State(st): State<AppState>,
+    user: AuthUser,
+    _channel: PasswordChannel,
+    PeerAddr(peer): PeerAddr,
+    ApiJson(req): ApiJson<PasswordRequest>,
+) -> Result<Json<TokenView>, ApiError> {
+    let u = st
+        .auth
+        .change_password(
+            Some(peer),
+            &user.username,
+            Some(&req.current_password),
+            &req.new_password,
+            &user.username,
+        )
+        .await
+        .map_err(|e| match e {
+            // The rule is about the new password, whatever the field was called.
+            crate::auth::AuthError::InvalidPassword(p) => ApiError::field("new_password", p),
+            e => e.into(),
+        })?;
+    let t = st.auth.issue(&u)?;
+    Ok(Json(TokenView {
+        access_token: t.access_token,
+        token_type: "Bearer".into(),
+        expires_in: t.expires_in,
+    }))
 }

@@ -149,6 +149,11 @@ impl From<AuthError> for ApiError {
                 "invalid_credentials",
                 "wrong username or password",
             ),
+            AuthError::WrongPassword => ApiError::new(
+                S::FORBIDDEN,
+                "wrong_password",
+                "the current password is wrong",
+            ),
             AuthError::RateLimited(wait) => ApiError {
                 retry_after: Some(wait.as_secs_f64().ceil() as u64),
                 ..ApiError::new(

@@ -43,6 +43,9 @@ pub enum AuthError {
     Forbidden,
     #[error("wrong username or password")]
     InvalidCredentials,
+    /// The current password given to change it is not the account's.
+    #[error("the current password is wrong")]
+    WrongPassword,
     #[error("too many login attempts")]
     RateLimited(Duration),
     #[error("too many accounts created from this address")]
@@ -232,6 +235,11 @@ impl Auth {
         password: &str,
     ) -> Result<Token, AuthError> {
         let user = self.check_credentials(peer, username, password).await?;
+        self.issue(&user)
+    }
+
+    /// A new access token for `user` as it is now.
+    pub fn issue(&self, user: &User) -> Result<Token, AuthError> {
         let access_token = self
             .jwt
             .issue(
@@ -400,6 +408,49 @@ impl Auth {
             .map_err(|e| named(e, username))?;
         self.store.remove_sessions_of(u.id)?;
         tracing::info!(user = %u.username, %actor, "account disabled; its tokens and sessions are revoked");
+        Ok(u)
+    }
+
+    /// Sets a new password. `current`: the owner's proof, checked and rate-limited like a
+    /// login from `peer` (a wrong one is [`AuthError::WrongPassword`]); `None` for the
+    /// operator's reset. Every token and browser session of the account ends with the old
+    /// password (whoever knew it is out); the caller gets a new token with [`Auth::issue`].
+    pub async fn change_password(
+        &self,
+        peer: Option<IpAddr>,
+        username: &str,
+        current: Option<&str>,
+        new: &str,
+        actor: &str,
+    ) -> Result<User, AuthError> {
+        validate_password(new).map_err(AuthError::InvalidPassword)?;
+        if let Some(current) = current {
+            let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            self.check_credentials(peer, username, current)
+                .await
+                .map_err(|e| match e {
+                    AuthError::InvalidCredentials => AuthError::WrongPassword,
+                    e => e,
+                })?;
+        } else if self.store.user_by_name(username)?.is_none() {
+            return Err(AuthError::NoSuchUser(username.to_owned()));
+        }
+        let pw = new.to_owned();
+        let hash = self
+            .hashing
+            .run(move || password::hash_password(&pw))
+            .await?
+            .map_err(AuthError::Hash)?;
+        let u = self
+            .store
+            .modify_user(username, actor, "user.password", |u| {
+                u.password_hash = hash;
+                u.token_generation = u.token_generation.wrapping_add(1);
+                Ok::<_, AuthError>("tokens and sessions revoked".to_owned())
+            })
+            .map_err(|e| named(e, username))?;
+        self.store.remove_sessions_of(u.id)?;
+        tracing::info!(user = %u.username, %actor, "password changed; the account's tokens and sessions are revoked");
         Ok(u)
     }
 

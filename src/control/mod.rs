@@ -49,6 +49,11 @@ pub enum Request {
     UserEnable {
         username: String,
     },
+    /// The operator sets a password (no current one needed).
+    UserPassword {
+        username: String,
+        password: String,
+    },
     VmList,
     /// A hosting by id or by slug.
     VmShow {
@@ -259,6 +264,19 @@ impl Ops {
             }
             Request::UserEnable { username } => {
                 Ok(Reply::User(user_row(&self.auth.enable(&username, ACTOR)?)))
+            }
+            Request::UserPassword { username, password } => {
+                let u = self
+                    .auth
+                    .change_password(None, &username, None, &password, ACTOR)
+                    .await
+                    .map_err(|e| {
+                        ControlError::Auth(format!(
+                            "cannot set the password of {username:?}: {}",
+                            crate::error_chain(&e)
+                        ))
+                    })?;
+                Ok(Reply::User(user_row(&u)))
             }
             Request::VmList => {
                 let mut vms: Vec<VmRow> = self.vm_list().await?.into_iter().map(vm_row).collect();

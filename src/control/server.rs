@@ -152,6 +152,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::UserSetAdmin { .. } => "user_set_admin",
         Request::UserDisable { .. } => "user_disable",
         Request::UserEnable { .. } => "user_enable",
+        Request::UserPassword { .. } => "user_password",
         Request::VmList => "vm_list",
         Request::VmShow { .. } => "vm_show",
         Request::Status => "status",
