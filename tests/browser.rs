@@ -226,6 +226,8 @@ fn steps(st: &mut Stage) {
     delete_and_metrics(st);
     eprintln!("delete step: {:?}", t.elapsed());
     console_clean(st, "deleting");
+    change_the_password(st);
+    console_clean(st, "changing the password");
 }
 
 /// What the browser shows when a step failed: its windows' URLs, banners and main text,
@@ -898,6 +900,41 @@ fn delete_and_metrics(st: &Stage) {
     b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
 }
 
+/// (9) The account page changes the password: mistakes are said in words, a change sends
+/// the user to log in again, and the token from before is revoked.
+fn change_the_password(st: &Stage) {
+    let b = &st.b;
+    log_in(b, USER, PASSWORD);
+    b.click("[data-testid=nav-account]");
+    b.wait_for("[data-testid=password-form]", Duration::from_secs(30));
+    let new = "alice-password-2";
+    let submit = |current: &str, fresh: &str, again: &str| {
+        b.type_into("[data-testid=current-password]", current, true);
+        b.type_into("[data-testid=new-password]", fresh, true);
+        b.type_into("[data-testid=new-password-again]", again, true);
+        b.click("[data-testid=password-submit]");
+    };
+    let error = |what: &str| {
+        poll(what, Duration::from_secs(30), || {
+            b.text("[data-testid=error]").filter(|t| !t.is_empty())
+        })
+    };
+    submit(PASSWORD, new, "something else");
+    assert!(error("the mismatch said").contains("differ"));
+    submit("not the password", new, new);
+    let e = error("the wrong password said");
+    assert!(e.contains("current password is wrong"), "{e}");
+    submit(PASSWORD, new, new);
+    b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
+    let notice = b.text("[data-testid=notice]").unwrap_or_default();
+    assert!(notice.contains("password was changed"), "{notice}");
+    let (s, v) = http("GET", "/api/v1/auth/me", Some(&st.token), None);
+    assert_eq!(s, 401, "the token from before the change: {v}");
+    log_in(b, USER, new);
+    b.click("[data-testid=logout]");
+    b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
+}
+
 /// The dashboard logged no error in the browser's console since the last look (all
 /// windows). Expected and left out: the 401 of the session probe before logging in, the
 /// 404 of `GET /api/v1/host` without a hosting, xterm.js's own `<style>` elements that
@@ -913,7 +950,9 @@ fn console_clean(st: &Stage, during: &str) {
             let expected = msg.contains("/api/v1/session - Failed to load resource: the server responded with a status of 401")
                 || msg.contains("/api/v1/host - Failed to load resource: the server responded with a status of 404")
                 || msg.contains("Content Security Policy") && msg.contains("style")
-                || msg.contains("Cross-Origin-Opener-Policy header has been ignored");
+                || msg.contains("Cross-Origin-Opener-Policy header has been ignored")
+                // The wrong current password, given on purpose in step 9.
+                || msg.contains("/api/v1/auth/password - Failed to load resource: the server responded with a status of 403");
             level == "SEVERE" && msg.starts_with(&origin) && !expected
         })
         .map(|(_, msg)| msg)

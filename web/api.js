@@ -53,6 +53,8 @@ const FIELDS = {
   console_password: "Console password",
   username: "Username",
   password: "Password",
+  new_password: "New password",
+  current_password: "Current password",
   email: "Email",
   name: "Domain name",
 };

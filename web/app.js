@@ -8,6 +8,7 @@ import { domainsPage } from "./domains.js";
 import { h, replace, routeLink } from "./dom.js";
 import { hostingPage } from "./hosting.js";
 import { keysPage } from "./keys.js";
+import { accountPage } from "./account.js";
 import { interceptLinks, navigate, pending, rerender, setRenderer } from "./router.js";
 import { busy, clearBanners, initBanners, showError, showNotice } from "./ui.js";
 
@@ -19,6 +20,7 @@ const ROUTES = [
   { re: /^\/keys\/?$/, title: "SSH keys", nav: "/keys", page: keysPage, auth: true },
   { re: /^\/domains\/?$/, title: "Domains", nav: "/domains", page: domainsPage, auth: true },
   { re: /^\/console\/?$/, title: "Console", nav: "/console", page: consolePage, auth: true },
+  { re: /^\/account\/?$/, title: "Account", nav: "/account", page: accountPage, auth: true },
   { re: /^\/admin\/?$/, title: "Administration", nav: "/admin", page: adminPage, auth: true, admin: true },
   {
     re: /^\/admin\/console\/([^/]+)\/?$/,
@@ -52,6 +54,7 @@ function renderHeader(route) {
         h("li", {}, link("/keys", "SSH keys", "nav-keys")),
         h("li", {}, link("/domains", "Domains", "nav-domains")),
         h("li", {}, link("/console", "Console", "nav-console")),
+        h("li", {}, link("/account", "Account", "nav-account")),
         isAdmin() && h("li", {}, link("/admin", "Admin", "nav-admin")),
       ),
     );

@@ -6,7 +6,7 @@ import { h, routeLink } from "./dom.js";
 import { navigate, pending } from "./router.js";
 import { busy, clearError, showError } from "./ui.js";
 
-function field(id, label, input, hint) {
+export function field(id, label, input, hint) {
   const hintId = hint ? `${id}-hint` : undefined;
   if (hintId) input.setAttribute("aria-describedby", hintId);
   return h(
