@@ -88,6 +88,8 @@ enum UserCmd {
     /// Set an account's password (read from stdin, or prompted for); every token and
     /// browser session it has ends.
     Passwd { name: String },
+    /// Delete an account with its SSH keys and sessions (its hosting must be deleted first).
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +234,7 @@ fn user(cmd: UserCmd) -> anyhow::Result<Request> {
         },
         UserCmd::Disable { name } => Request::UserDisable { username: name },
         UserCmd::Enable { name } => Request::UserEnable { username: name },
+        UserCmd::Delete { name } => Request::UserDelete { username: name },
         UserCmd::Passwd { name } => Request::UserPassword {
             password: read_password()?,
             username: name,

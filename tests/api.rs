@@ -120,6 +120,66 @@ fn changing_the_password_revokes_every_earlier_token() {
     );
 }
 
+/// A user deletes their account: the password confirms it, their tokens die with it, and
+/// the name can be registered again (by anyone, with nothing of the old account).
+#[test]
+fn an_account_deleted_by_its_owner_is_gone_with_its_keys() {
+    let d = Daemon::start();
+    assert_eq!(
+        register(&d, "alice", "correct horse").0,
+        StatusCode::CREATED
+    );
+    let t = token(&d, "alice", "correct horse");
+    let r = client()
+        .post(d.url("/api/v1/ssh-keys"))
+        .bearer_auth(&t)
+        .json(&json!({"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8Xn8y2vXk5d3Q4Y0Wg0b8kq1rG3Hn0cXr3d4B3n0jW alice@laptop"}))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let delete = |token: &str, password: &str| {
+        let r = client()
+            .delete(d.url("/api/v1/auth/me"))
+            .bearer_auth(token)
+            .json(&json!({"password": password}))
+            .send()
+            .expect("send");
+        (r.status(), r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, v) = delete(&t, "not my password");
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_error(&v, "wrong_password");
+    assert_eq!(get(&d, "/api/v1/auth/me", Some(&t)).0, StatusCode::OK);
+
+    let (s, v) = delete(&t, "correct horse");
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(
+        get(&d, "/api/v1/auth/me", Some(&t)).0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&d, "alice", "correct horse").0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    assert_eq!(
+        register(&d, "alice", "another horse").0,
+        StatusCode::CREATED
+    );
+    let t2 = token(&d, "alice", "another horse");
+    let (s, keys) = get(&d, "/api/v1/ssh-keys", Some(&t2));
+    assert_eq!(
+        (s, keys.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{keys}"
+    );
+    // The old token does not work for the new account of the same name.
+    assert_eq!(
+        get(&d, "/api/v1/auth/me", Some(&t)).0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[test]
 fn every_error_status_from_real_bad_requests() {
     let d = Daemon::start_with("[auth]\nlogin_attempts = 5\nlogin_window_secs = 600\n");

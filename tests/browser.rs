@@ -901,7 +901,8 @@ fn delete_and_metrics(st: &Stage) {
 }
 
 /// (9) The account page changes the password: mistakes are said in words, a change sends
-/// the user to log in again, and the token from before is revoked.
+/// the user to log in again, and the token from before is revoked. (10) It deletes the
+/// account.
 fn change_the_password(st: &Stage) {
     let b = &st.b;
     log_in(b, USER, PASSWORD);
@@ -931,8 +932,28 @@ fn change_the_password(st: &Stage) {
     let (s, v) = http("GET", "/api/v1/auth/me", Some(&st.token), None);
     assert_eq!(s, 401, "the token from before the change: {v}");
     log_in(b, USER, new);
-    b.click("[data-testid=logout]");
+
+    // (10) The hosting is gone (step 8), so the account can go too.
+    b.click("[data-testid=nav-account]");
+    b.wait_for("[data-testid=account-delete-form]", Duration::from_secs(30));
+    b.type_into("[data-testid=delete-password]", new, true);
+    b.click("[data-testid=account-delete]");
+    b.wait_for(
+        "[data-testid=account-delete-dialog]",
+        Duration::from_secs(10),
+    );
+    b.type_into("[data-testid=account-delete-dialog-input]", USER, true);
+    b.click("[data-testid=account-delete-dialog-confirm]");
     b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
+    let notice = b.text("[data-testid=notice]").unwrap_or_default();
+    assert!(notice.contains("was deleted"), "{notice}");
+    let (s, v) = http(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&json!({"username": USER, "password": new})),
+    );
+    assert_eq!(s, 401, "the deleted account logs in: {v}");
 }
 
 /// The dashboard logged no error in the browser's console since the last look (all

@@ -236,7 +236,7 @@ fn the_cli_works_the_same_with_the_daemon_running_or_stopped() {
 /// An operator's password reset (a user who lost theirs): the old password and every
 /// token of the account stop working; with the daemon running or not.
 #[test]
-fn user_passwd_resets_a_password_and_revokes_its_tokens() {
+fn user_passwd_and_user_delete() {
     let mut d = Daemon::start();
     assert_eq!(
         register(&d, "alice", "alice password").0,
@@ -264,6 +264,7 @@ fn user_passwd_resets_a_password_and_revokes_its_tokens() {
     assert!(err.contains("no user named \"nobody\""), "{err}");
     // On the stopped store too.
     d.kill9();
+    assert!(refused(&roost(&d, &["user", "delete", "nobody"], "")).contains("no user named"));
     ok(&roost(
         &d,
         &["user", "passwd", "alice"],
@@ -271,6 +272,13 @@ fn user_passwd_resets_a_password_and_revokes_its_tokens() {
     ));
     d.spawn();
     assert_eq!(login(&d, "alice", "reset password 2").0, StatusCode::OK);
+    // The operator deletes the account: its logins end with it.
+    let out = ok(&roost(&d, &["user", "delete", "alice"], ""));
+    assert!(out.contains("username: alice"), "{out}");
+    assert_eq!(
+        login(&d, "alice", "reset password 2").0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// `roost backup` while the daemon serves: a consistent copy that never replaces a file,

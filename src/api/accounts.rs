@@ -1,4 +1,4 @@
-//! `/api/v1/auth/*`: register, login, me, password.
+//! `/api/v1/auth/*`: register, login, me (and deleting it), password.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -47,6 +47,13 @@ pub struct PasswordRequest {
     pub new_password: String,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccountRequest {
+    /// The account's password, as confirmation.
+    pub password: String,
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub access_token: String,
@@ -81,7 +88,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
-        .routes(routes!(me))
+        .routes(routes!(me, delete_me))
         .routes(routes!(change_password))
 }
 
@@ -199,4 +206,35 @@ async fn change_password(
         token_type: "Bearer".into(),
         expires_in: t.expires_in,
     }))
+}
+
+/// Deletes the caller's account with its SSH keys and sessions. Its hosting must be
+/// deleted first (409). Every token of the account is refused from then on; the username
+/// can be registered again.
+#[utoipa::path(delete, path = "/api/v1/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    request_body = DeleteAccountRequest,
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "the password is wrong (`wrong_password`), or HTTPS is on and this came over plain HTTP (`https_required`)", body = ErrorBody),
+        (status = 409, description = "the account still has a hosting (`hosting_exists`)", body = ErrorBody),
+        (status = 429, description = "too many attempts; see Retry-After", body = ErrorBody),
+    ))]
+async fn delete_me(
+    State(st): State<AppState>,
+    user: AuthUser,
+    _channel: PasswordChannel,
+    PeerAddr(peer): PeerAddr,
+    ApiJson(req): ApiJson<DeleteAccountRequest>,
+) -> Result<StatusCode, ApiError> {
+    st.auth
+        .delete_account(
+            Some(peer),
+            &user.username,
+            Some(&req.password),
+            &user.username,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -149,6 +149,11 @@ impl From<AuthError> for ApiError {
                 "invalid_credentials",
                 "wrong username or password",
             ),
+            AuthError::HasHosting => ApiError::new(
+                S::CONFLICT,
+                "hosting_exists",
+                "the account has a hosting: delete the hosting first",
+            ),
             AuthError::WrongPassword => ApiError::new(
                 S::FORBIDDEN,
                 "wrong_password",

@@ -46,6 +46,9 @@ pub enum AuthError {
     /// The current password given to change it is not the account's.
     #[error("the current password is wrong")]
     WrongPassword,
+    /// An account with a hosting cannot be deleted: the hosting goes first.
+    #[error("the account has a hosting: delete it first")]
+    HasHosting,
     #[error("too many login attempts")]
     RateLimited(Duration),
     #[error("too many accounts created from this address")]
@@ -79,6 +82,7 @@ impl From<StoreError> for AuthError {
         match e {
             StoreError::UsernameTaken(_) => AuthError::UsernameTaken,
             StoreError::NoSuchUser => AuthError::NoSuchUser(String::new()),
+            StoreError::HostingExists => AuthError::HasHosting,
             e => AuthError::Store(e),
         }
     }
@@ -451,6 +455,36 @@ impl Auth {
             .map_err(|e| named(e, username))?;
         self.store.remove_sessions_of(u.id)?;
         tracing::info!(user = %u.username, %actor, "password changed; the account's tokens and sessions are revoked");
+        Ok(u)
+    }
+
+    /// Deletes an account, with its SSH keys and sessions; its tokens are refused from then
+    /// on (their account is gone). `password`: the owner's confirmation, checked like a
+    /// login from `peer`; `None` for the operator. Refused while the account has a hosting.
+    pub async fn delete_account(
+        &self,
+        peer: Option<IpAddr>,
+        username: &str,
+        password: Option<&str>,
+        actor: &str,
+    ) -> Result<User, AuthError> {
+        let user = match password {
+            Some(pw) => {
+                let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                self.check_credentials(peer, username, pw)
+                    .await
+                    .map_err(|e| match e {
+                        AuthError::InvalidCredentials => AuthError::WrongPassword,
+                        e => e,
+                    })?
+            }
+            None => self
+                .store
+                .user_by_name(username)?
+                .ok_or_else(|| AuthError::NoSuchUser(username.to_owned()))?,
+        };
+        let u = self.store.delete_user(user.id, actor)?;
+        tracing::info!(user = %u.username, %actor, "account deleted");
         Ok(u)
     }
 

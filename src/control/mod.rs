@@ -49,6 +49,10 @@ pub enum Request {
     UserEnable {
         username: String,
     },
+    /// Deletes an account (refused while it has a hosting).
+    UserDelete {
+        username: String,
+    },
     /// The operator sets a password (no current one needed).
     UserPassword {
         username: String,
@@ -264,6 +268,19 @@ impl Ops {
             }
             Request::UserEnable { username } => {
                 Ok(Reply::User(user_row(&self.auth.enable(&username, ACTOR)?)))
+            }
+            Request::UserDelete { username } => {
+                let u = self
+                    .auth
+                    .delete_account(None, &username, None, ACTOR)
+                    .await
+                    .map_err(|e| {
+                        ControlError::Auth(format!(
+                            "cannot delete user {username:?}: {}",
+                            crate::error_chain(&e)
+                        ))
+                    })?;
+                Ok(Reply::User(user_row(&u)))
             }
             Request::UserPassword { username, password } => {
                 let u = self

@@ -153,6 +153,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::UserDisable { .. } => "user_disable",
         Request::UserEnable { .. } => "user_enable",
         Request::UserPassword { .. } => "user_password",
+        Request::UserDelete { .. } => "user_delete",
         Request::VmList => "vm_list",
         Request::VmShow { .. } => "vm_show",
         Request::Status => "status",

@@ -357,6 +357,42 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an account with its SSH keys and browser sessions, in one transaction;
+    /// refused while it has a hosting ([`StoreError::HostingExists`]: the hosting goes
+    /// first, with its VM). The username is free again; the audit log keeps its entries.
+    pub fn delete_user(&self, id: UserId, actor: &str) -> Result<User, StoreError> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let u = id.key();
+            if tx
+                .open_table(HOSTINGS_BY_USER)?
+                .range((u, 0)..=(u, u128::MAX))?
+                .next()
+                .is_some()
+            {
+                return Err(StoreError::HostingExists);
+            }
+            let user: User = match tx.open_table(USERS)?.remove(u)? {
+                Some(g) => decode("users", g.value())?,
+                None => return Err(StoreError::NoSuchUser),
+            };
+            tx.open_table(USERNAMES)?.remove(user.username.as_str())?;
+            let mut keys = tx.open_table(SSH_KEYS)?;
+            let ids: Vec<(u128, u128)> = keys
+                .range((u, 0)..=(u, u128::MAX))?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in ids {
+                keys.remove(k)?;
+            }
+            sessions::remove_all_of(&tx, id)?;
+            append_audit(&tx, actor, "user.delete", &user.username, "")?;
+            user
+        };
+        tx.commit()?;
+        Ok(user)
+    }
+
     pub fn ssh_keys(&self, user: UserId) -> Result<Vec<SshKey>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(SSH_KEYS)?;
@@ -401,6 +437,10 @@ impl Store {
         let tx = self.db.begin_write()?;
         let h = {
             let u = user.key();
+            // An account deleted since its request was authenticated gets nothing.
+            if tx.open_table(USERS)?.get(u)?.is_none() {
+                return Err(StoreError::NoSuchUser);
+            }
             let mut by_user = tx.open_table(HOSTINGS_BY_USER)?;
             if by_user.range((u, 0)..=(u, u128::MAX))?.next().is_some() {
                 return Err(StoreError::HostingExists);
@@ -725,6 +765,74 @@ mod tests {
         // Released addresses and ports are handed out again, lowest first.
         let h3 = reserve(a.id).expect("reuse after release");
         assert_eq!((h3.ip, h3.ssh_port), (Ipv4Addr::new(10, 0, 0, 2), 22000));
+    }
+
+    /// Deleting an account takes its keys and sessions and frees its name, in one
+    /// transaction, and never while it has a hosting (nor can a hosting be reserved for an
+    /// account deleted meanwhile).
+    #[test]
+    fn deleting_an_account_takes_its_keys_and_sessions_but_not_its_hosting() {
+        let (_d, s) = store();
+        let a = s.create_user(new_user("alice"), "t").expect("a");
+        let b = s.create_user(new_user("bob"), "t").expect("b");
+        for (n, u) in [&a, &b].into_iter().enumerate() {
+            let key = SshKey {
+                id: SshKeyId::new(),
+                user: u.id,
+                public_key: format!("ssh-ed25519 AAAA{}", u.username),
+                fingerprint: format!("SHA256:{}", u.username),
+                comment: String::new(),
+                created_at: now(),
+            };
+            s.add_ssh_key(&key, 32).expect("key");
+            let session = Session {
+                user: u.id,
+                csrf: "c".into(),
+                created_at: now(),
+                expires_at: now() + std::time::Duration::from_secs(60),
+            };
+            s.add_session(&[n as u8; 32], &session).expect("session");
+        }
+        let reserve = |user: UserId| {
+            s.reserve_hosting(
+                user,
+                [Ipv4Addr::new(10, 0, 0, 2)],
+                22000..=22000,
+                |_| true,
+                |ip, port| hosting(user, ip.octets(), port),
+                "t",
+            )
+        };
+        let h = reserve(a.id).expect("hosting");
+        assert!(matches!(
+            s.delete_user(a.id, "t"),
+            Err(StoreError::HostingExists)
+        ));
+        assert!(s.user(a.id).expect("read").is_some(), "nothing removed");
+        assert_eq!(s.ssh_keys(a.id).expect("keys").len(), 1);
+        s.remove_hosting(h.id, "t").expect("remove");
+
+        let gone = s.delete_user(a.id, "t").expect("delete");
+        assert_eq!(gone.username, "alice");
+        assert!(s.user(a.id).expect("read").is_none());
+        assert!(s.user_by_name("alice").expect("read").is_none());
+        assert!(s.ssh_keys(a.id).expect("keys").is_empty());
+        assert_eq!(s.session_count_of(a.id).expect("sessions"), 0);
+        // Bob keeps his.
+        assert_eq!(s.ssh_keys(b.id).expect("keys").len(), 1);
+        assert_eq!(s.session_count_of(b.id).expect("sessions"), 1);
+        assert!(matches!(reserve(a.id), Err(StoreError::NoSuchUser)));
+        assert!(matches!(
+            s.delete_user(a.id, "t"),
+            Err(StoreError::NoSuchUser)
+        ));
+        // The name is free again, for a new account.
+        let again = s.create_user(new_user("alice"), "t").expect("alice again");
+        assert_ne!(again.id, a.id);
+        let log = s.audit_log(20).expect("audit");
+        assert!(log
+            .iter()
+            .any(|e| e.action == "user.delete" && e.target == "alice"));
     }
 
     /// A watcher wakes for its own user's hosting and domains, never for another user's

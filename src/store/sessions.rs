@@ -97,6 +97,23 @@ impl Store {
     }
 }
 
+/// Removes every session of `user` inside `tx` (the account's own deletion).
+pub(super) fn remove_all_of(tx: &redb::WriteTransaction, user: UserId) -> Result<(), StoreError> {
+    let mut t = tx.open_table(SESSIONS)?;
+    let mut gone = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        let s: Session = decode("sessions", v.value())?;
+        if s.user == user {
+            gone.push(k.value().to_vec());
+        }
+    }
+    for k in gone {
+        t.remove(k.as_slice())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::*;
-use crate::store::{Hosting, HostingId, HostingState, Store, UserId};
+use crate::store::{Hosting, HostingId, HostingState, Store};
 use fake::{Fake, FakeVm, World};
 
 mod fake;
@@ -49,15 +49,27 @@ impl Rig {
         let id = HostingId::new();
         let n = self.store.hostings().expect("hostings").len() as u8;
         let ip = Ipv4Addr::new(10, 77, 0, 2 + n);
+        let owner = self
+            .store
+            .create_user(
+                crate::store::NewUser {
+                    username: slug,
+                    email: None,
+                    password_hash: "$argon2id$x",
+                    role: crate::store::Role::User,
+                },
+                "test",
+            )
+            .expect("owner");
         self.store
             .reserve_hosting(
-                UserId::new(),
+                owner.id,
                 [ip],
                 22000 + u16::from(n)..=22000 + u16::from(n),
                 |_| true,
                 |ip, port| Hosting {
                     id,
-                    user: UserId::new(),
+                    user: owner.id,
                     slug: slug.into(),
                     state,
                     reason: None,
