@@ -863,6 +863,18 @@ fn delete_and_metrics(st: &Stage) {
         eprintln!("SKIPPED the /metrics part of step 8: GET /metrics answers 404 (not there yet)");
     }
 
+    // An account with a hosting cannot be deleted.
+    let (s, v) = http(
+        "DELETE",
+        "/api/v1/auth/me",
+        Some(&st.token),
+        Some(&json!({"password": PASSWORD})),
+    );
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("hosting_exists")),
+        "{v}"
+    );
     log_in(b, USER, PASSWORD);
     poll("the hosting page", Duration::from_secs(30), || {
         b.text("[data-testid=state]").filter(|s| s == "running")
