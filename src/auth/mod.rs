@@ -202,12 +202,7 @@ impl Auth {
                 .check(ip)
                 .map_err(AuthError::RegisterLimited)?;
         }
-        let pw = password.to_owned();
-        let hash = self
-            .hashing
-            .run(move || password::hash_password(&pw))
-            .await?
-            .map_err(AuthError::Hash)?;
+        let hash = self.hash(password).await?;
         let store = self.store.clone();
         let (username, email, actor) = (
             username.to_owned(),
@@ -319,6 +314,41 @@ impl Auth {
         Ok(self.store.remove_session(&session::key(secret))?)
     }
 
+    /// The account `username`, proved by its `password` when one is given (checked and
+    /// rate-limited like a login from `peer`; a wrong one is [`AuthError::WrongPassword`]),
+    /// or taken as it is for the operator (`None`).
+    async fn confirm(
+        &self,
+        peer: Option<IpAddr>,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<User, AuthError> {
+        match password {
+            Some(pw) => {
+                let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                self.check_credentials(peer, username, pw)
+                    .await
+                    .map_err(|e| match e {
+                        AuthError::InvalidCredentials => AuthError::WrongPassword,
+                        e => e,
+                    })
+            }
+            None => self
+                .store
+                .user_by_name(username)?
+                .ok_or_else(|| AuthError::NoSuchUser(username.to_owned())),
+        }
+    }
+
+    /// The argon2id hash of `password`, computed off the async threads.
+    async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let pw = password.to_owned();
+        self.hashing
+            .run(move || password::hash_password(&pw))
+            .await?
+            .map_err(AuthError::Hash)
+    }
+
     /// The account behind a username and password, rate-limited per address and username.
     async fn check_credentials(
         &self,
@@ -428,23 +458,8 @@ impl Auth {
         actor: &str,
     ) -> Result<User, AuthError> {
         validate_password(new).map_err(AuthError::InvalidPassword)?;
-        if let Some(current) = current {
-            let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-            self.check_credentials(peer, username, current)
-                .await
-                .map_err(|e| match e {
-                    AuthError::InvalidCredentials => AuthError::WrongPassword,
-                    e => e,
-                })?;
-        } else if self.store.user_by_name(username)?.is_none() {
-            return Err(AuthError::NoSuchUser(username.to_owned()));
-        }
-        let pw = new.to_owned();
-        let hash = self
-            .hashing
-            .run(move || password::hash_password(&pw))
-            .await?
-            .map_err(AuthError::Hash)?;
+        self.confirm(peer, username, current).await?;
+        let hash = self.hash(new).await?;
         let u = self
             .store
             .modify_user(username, actor, "user.password", |u| {
@@ -468,21 +483,7 @@ impl Auth {
         password: Option<&str>,
         actor: &str,
     ) -> Result<User, AuthError> {
-        let user = match password {
-            Some(pw) => {
-                let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-                self.check_credentials(peer, username, pw)
-                    .await
-                    .map_err(|e| match e {
-                        AuthError::InvalidCredentials => AuthError::WrongPassword,
-                        e => e,
-                    })?
-            }
-            None => self
-                .store
-                .user_by_name(username)?
-                .ok_or_else(|| AuthError::NoSuchUser(username.to_owned()))?,
-        };
+        let user = self.confirm(peer, username, password).await?;
         let u = self.store.delete_user(user.id, actor)?;
         tracing::info!(user = %u.username, %actor, "account deleted");
         Ok(u)

@@ -178,6 +178,11 @@ pub enum ControlError {
     Backup(String),
 }
 
+/// An [`AuthError`] as the operator reads it: what could not be done, then why.
+fn cannot(what: String) -> impl FnOnce(AuthError) -> ControlError {
+    move |e| ControlError::Auth(format!("{what}: {}", crate::error_chain(&e)))
+}
+
 impl From<AuthError> for ControlError {
     fn from(e: AuthError) -> Self {
         ControlError::Auth(crate::error_chain(&e))
@@ -249,12 +254,7 @@ impl Ops {
                     .auth
                     .register(None, &username, &password, None, role, ACTOR)
                     .await
-                    .map_err(|e| {
-                        ControlError::Auth(format!(
-                            "cannot add user {username:?}: {}",
-                            crate::error_chain(&e)
-                        ))
-                    })?;
+                    .map_err(cannot(format!("cannot add user {username:?}")))?;
                 Ok(Reply::User(user_row(&u)))
             }
             Request::UserList => Ok(Reply::Users(
@@ -274,12 +274,7 @@ impl Ops {
                     .auth
                     .delete_account(None, &username, None, ACTOR)
                     .await
-                    .map_err(|e| {
-                        ControlError::Auth(format!(
-                            "cannot delete user {username:?}: {}",
-                            crate::error_chain(&e)
-                        ))
-                    })?;
+                    .map_err(cannot(format!("cannot delete user {username:?}")))?;
                 Ok(Reply::User(user_row(&u)))
             }
             Request::UserPassword { username, password } => {
@@ -287,12 +282,7 @@ impl Ops {
                     .auth
                     .change_password(None, &username, None, &password, ACTOR)
                     .await
-                    .map_err(|e| {
-                        ControlError::Auth(format!(
-                            "cannot set the password of {username:?}: {}",
-                            crate::error_chain(&e)
-                        ))
-                    })?;
+                    .map_err(cannot(format!("cannot set the password of {username:?}")))?;
                 Ok(Reply::User(user_row(&u)))
             }
             Request::VmList => {
