@@ -77,41 +77,35 @@ impl Store {
 
     fn remove_sessions_where(&self, f: impl Fn(&Session) -> bool) -> Result<usize, StoreError> {
         let tx = self.db.begin_write()?;
-        let n = {
-            let mut t = tx.open_table(SESSIONS)?;
-            let mut doomed = Vec::new();
-            for row in t.iter()? {
-                let (k, v) = row?;
-                let s: Session = decode("sessions", v.value())?;
-                if f(&s) {
-                    doomed.push(k.value().to_vec());
-                }
-            }
-            for k in &doomed {
-                t.remove(k.as_slice())?;
-            }
-            doomed.len()
-        };
+        let n = remove_where(&tx, f)?;
         tx.commit()?;
         Ok(n)
     }
 }
 
-/// Removes every session of `user` inside `tx` (the account's own deletion).
-pub(super) fn remove_all_of(tx: &redb::WriteTransaction, user: UserId) -> Result<(), StoreError> {
+/// Removes, inside `tx`, every session for which `f` holds; returns how many.
+fn remove_where(
+    tx: &redb::WriteTransaction,
+    f: impl Fn(&Session) -> bool,
+) -> Result<usize, StoreError> {
     let mut t = tx.open_table(SESSIONS)?;
-    let mut gone = Vec::new();
+    let mut doomed = Vec::new();
     for row in t.iter()? {
         let (k, v) = row?;
         let s: Session = decode("sessions", v.value())?;
-        if s.user == user {
-            gone.push(k.value().to_vec());
+        if f(&s) {
+            doomed.push(k.value().to_vec());
         }
     }
-    for k in gone {
+    for k in &doomed {
         t.remove(k.as_slice())?;
     }
-    Ok(())
+    Ok(doomed.len())
+}
+
+/// Removes every session of `user` inside `tx` (the account's own deletion).
+pub(super) fn remove_all_of(tx: &redb::WriteTransaction, user: UserId) -> Result<(), StoreError> {
+    remove_where(tx, |s| s.user == user).map(drop)
 }
 
 #[cfg(test)]
