@@ -180,6 +180,73 @@ fn an_account_deleted_by_its_owner_is_gone_with_its_keys() {
     );
 }
 
+/// An administrator locks an abusive account out from the API (and lets it back in); the
+/// account's tokens die at once, and no administrator can lock themselves out.
+#[test]
+fn an_admin_disables_and_enables_an_account() {
+    let d = Daemon::start();
+    d.user_add("ops", "ops password", true);
+    let admin = token(&d, "ops", "ops password");
+    assert_eq!(
+        register(&d, "mallory", "mallory pw 1").0,
+        StatusCode::CREATED
+    );
+    let mallory = token(&d, "mallory", "mallory pw 1");
+    let act = |token: &str, path: &str| {
+        let r = client()
+            .post(d.url(path))
+            .bearer_auth(token)
+            .send()
+            .expect("send");
+        (r.status(), r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, v) = act(&mallory, "/api/v1/admin/users/ops/disable");
+    assert_eq!(s, StatusCode::FORBIDDEN, "not for users: {v}");
+    let (s, v) = act(&admin, "/api/v1/admin/users/mallory/disable");
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["disabled_at"].is_string(), "{v}");
+    let (s, v) = get(&d, "/api/v1/auth/me", Some(&mallory));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("account_disabled"))
+    );
+    assert_eq!(
+        login(&d, "mallory", "mallory pw 1").0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, v) = act(&admin, "/api/v1/admin/users/mallory/enable");
+    assert_eq!(
+        (s, v["disabled_at"].is_null()),
+        (StatusCode::OK, true),
+        "{v}"
+    );
+    assert_eq!(login(&d, "mallory", "mallory pw 1").0, StatusCode::OK);
+
+    let (s, v) = act(&admin, "/api/v1/admin/users/ops/disable");
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_error(&v, "own_account");
+    assert_eq!(
+        act(&admin, "/api/v1/admin/users/nobody/disable").0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        act(&admin, "/api/v1/admin/users/mallory/explode").0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, audit) = get(&d, "/api/v1/admin/audit", Some(&admin));
+    let by_ops: Vec<&str> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|e| e["actor"] == "ops" && e["target"] == "mallory")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        by_ops.contains(&"user.disable") && by_ops.contains(&"user.enable"),
+        "{by_ops:?}"
+    );
+}
+
 #[test]
 fn every_error_status_from_real_bad_requests() {
     let d = Daemon::start_with("[auth]\nlogin_attempts = 5\nlogin_window_secs = 600\n");

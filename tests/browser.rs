@@ -221,6 +221,8 @@ fn steps(st: &mut Stage) {
     let _ = st.b.console_log();
     logout_ends_the_session(st);
     admin_page(st);
+    // The admin disabled and enabled the user: the tokens from before are revoked.
+    st.token = login(USER, PASSWORD);
     console_clean(st, "logging out, the admin page");
     let t = Instant::now();
     delete_and_metrics(st);
@@ -828,6 +830,38 @@ fn admin_page(st: &Stage) {
     b.wait_for("[data-testid=user-row]", Duration::from_secs(30));
     b.wait_for("[data-testid=audit-row]", Duration::from_secs(30));
     shoot(st, "admin", 1280, None);
+    // Disabling an account locks it out at once; enabling lets it log in again.
+    let row = format!("[data-testid=user-row][data-username={USER}]");
+    // Read through the admin API (logging in to find out would spend the login limit).
+    let disabled = || {
+        let (s, users) = http("GET", "/api/v1/admin/users", Some(&st.admin), None);
+        assert_eq!(s, 200, "{users}");
+        users
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["username"] == USER).cloned())
+            .map(|u| u["disabled_at"].is_string())
+    };
+    b.click(&format!("{row} [data-testid=user-disable]"));
+    b.click("[data-testid=user-disable-dialog-confirm]");
+    poll("the user disabled", Duration::from_secs(30), || {
+        disabled().filter(|d| *d)
+    });
+    let body = json!({"username": USER, "password": PASSWORD});
+    let (s, v) = http("POST", "/api/v1/auth/login", None, Some(&body));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("account_disabled")),
+        "{v}"
+    );
+    b.click(&format!("{row} [data-testid=user-enable]"));
+    poll("the user enabled", Duration::from_secs(30), || {
+        disabled().filter(|d| !*d)
+    });
+    assert!(
+        b.find("[data-testid=user-row] [data-testid=user-disable]")
+            .is_some(),
+        "the table follows"
+    );
     b.click("[data-testid=logout]");
     b.wait_for("[data-testid=login-form]", Duration::from_secs(30));
 }

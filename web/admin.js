@@ -1,7 +1,7 @@
 // Administration: capacity, every VM with its actions and console, users, the audit log.
 // Refreshed every 5 s while the page is shown (and the tab visible).
 
-import { get, post, seg } from "./api.js";
+import { get, post, seg, session } from "./api.js";
 import { bytes, duration, h, keepFocus, replace, routeLink, timeEl } from "./dom.js";
 import { busy, confirmDialog, showError, showNotice } from "./ui.js";
 
@@ -171,6 +171,28 @@ export function adminPage({ main, alive }) {
     replace(vms, table(["VM", "Owner", "State", "CPU", "Memory", "Uptime", "Address", "Actions"], rows));
   }
 
+  async function userAct(btn, username, action) {
+    if (action === "disable") {
+      const ok = await confirmDialog({
+        title: `Disable ${username}?`,
+        body: h(
+          "p",
+          {},
+          "The account cannot log in, and every session and token it holds ends at once. Its hosting keeps running.",
+        ),
+        confirmText: "Disable",
+        danger: true,
+        testid: "user-disable-dialog",
+      });
+      if (!ok) return;
+    }
+    await busy(btn, async () => {
+      await post(`/api/v1/admin/users/${seg(username)}/${action}`);
+      showNotice(`${username} is ${action}d.`);
+      await refresh();
+    });
+  }
+
   async function act(btn, vm, action) {
     if (action === "kill" || action === "stop") {
       const ok = await confirmDialog({
@@ -199,18 +221,37 @@ export function adminPage({ main, alive }) {
     replace(
       users,
       table(
-        ["Username", "Email", "Role", "Created", "Disabled"],
-        list.map((u) =>
-          h(
+        ["Username", "Email", "Role", "Created", "Disabled", "Actions"],
+        list.map((u) => {
+          const action = u.disabled_at ? "enable" : "disable";
+          const own = session.user && session.user.username === u.username;
+          return h(
             "tr",
-            { "data-testid": "user-row" },
+            { "data-testid": "user-row", dataset: { username: u.username } },
             td("Username", h("strong", {}, u.username)),
             td("Email", u.email || "—"),
             td("Role", u.role),
             td("Created", timeEl(u.created_at)),
             td("Disabled", u.disabled_at ? timeEl(u.disabled_at) : "no"),
-          ),
-        ),
+            td(
+              "Actions",
+              own
+                ? h("span", { class: "muted small" }, "you")
+                : h(
+                    "button",
+                    {
+                      type: "button",
+                      class: action === "disable" ? "danger small" : "secondary small",
+                      "data-testid": `user-${action}`,
+                      dataset: { focusKey: `${u.username}-${action}` },
+                      "aria-label": `${action} ${u.username}`,
+                      on: { click: (e) => userAct(e.currentTarget, u.username, action) },
+                    },
+                    action,
+                  ),
+            ),
+          );
+        }),
       ),
     );
   }

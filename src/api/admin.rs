@@ -1,6 +1,7 @@
-//! `/api/v1/admin/*` (administrator token): accounts and the audit log.
+//! `/api/v1/admin/*` (administrator token): accounts (and disabling them) and the audit log.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -41,9 +42,58 @@ pub struct AuditQuery {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(users))
+        .routes(routes!(user_action))
         .routes(routes!(audit))
         .routes(routes!(tls_status))
         .routes(routes!(tls_renew))
+}
+
+fn user_view(u: crate::store::User) -> AdminUserView {
+    AdminUserView {
+        id: u.id.to_string(),
+        username: u.username,
+        email: u.email,
+        role: u.role.as_str().into(),
+        created_at: rfc3339(u.created_at),
+        disabled_at: u.disabled_at.map(rfc3339),
+    }
+}
+
+/// Disables an account (it cannot log in, and every token and browser session it holds
+/// ends at once; its hosting keeps running) or enables it again (its old tokens stay
+/// revoked). Audited with the administrator as actor. An administrator cannot disable
+/// their own account.
+#[utoipa::path(post, path = "/api/v1/admin/users/{username}/{action}", tag = "admin", security(("bearer" = [])),
+    params(("username" = String, Path, description = "the account"),
+           ("action" = String, Path, description = "disable | enable")),
+    responses((status = 200, body = AdminUserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, description = "no such account or action", body = ErrorBody),
+              (status = 409, description = "an administrator disabling themselves (`own_account`)", body = ErrorBody)))]
+async fn user_action(
+    State(st): State<AppState>,
+    admin: AdminUser,
+    Path((username, action)): Path<(String, String)>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let actor = &admin.0.username;
+    let u = match action.as_str() {
+        "disable" if username == *actor => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "own_account",
+                "you cannot disable your own account",
+            ))
+        }
+        "disable" => st.auth.disable(&username, actor)?,
+        "enable" => st.auth.enable(&username, actor)?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such action; use disable or enable",
+            ))
+        }
+    };
+    Ok(Json(user_view(u)))
 }
 
 /// Every account.
@@ -54,19 +104,7 @@ async fn users(
     _admin: AdminUser,
 ) -> Result<Json<Vec<AdminUserView>>, ApiError> {
     let users = st.store.users()?;
-    Ok(Json(
-        users
-            .into_iter()
-            .map(|u| AdminUserView {
-                id: u.id.to_string(),
-                username: u.username,
-                email: u.email,
-                role: u.role.as_str().into(),
-                created_at: rfc3339(u.created_at),
-                disabled_at: u.disabled_at.map(rfc3339),
-            })
-            .collect(),
-    ))
+    Ok(Json(users.into_iter().map(user_view).collect()))
 }
 
 /// The newest audit log entries, newest first.
