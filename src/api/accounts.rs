@@ -63,6 +63,16 @@ pub struct TokenView {
     pub expires_in: u64,
 }
 
+impl From<crate::auth::Token> for TokenView {
+    fn from(t: crate::auth::Token) -> TokenView {
+        TokenView {
+            access_token: t.access_token,
+            token_type: "Bearer".into(),
+            expires_in: t.expires_in,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MeView {
     pub id: String,
@@ -147,11 +157,7 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
     let t = st.auth.login(peer, &req.username, &req.password).await?;
-    Ok(Json(TokenView {
-        access_token: t.access_token,
-        token_type: "Bearer".into(),
-        expires_in: t.expires_in,
-    }))
+    Ok(Json(TokenView::from(t)))
 }
 
 /// The signed-in account.
@@ -201,11 +207,7 @@ async fn change_password(
             e => e.into(),
         })?;
     let t = st.auth.issue(&u)?;
-    Ok(Json(TokenView {
-        access_token: t.access_token,
-        token_type: "Bearer".into(),
-        expires_in: t.expires_in,
-    }))
+    Ok(Json(TokenView::from(t)))
 }
 
 /// Deletes the caller's account with its SSH keys and sessions. Its hosting must be

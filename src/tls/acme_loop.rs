@@ -139,14 +139,15 @@ pub async fn start(
     renew: RenewNow,
     tasks: &Tasks,
 ) {
+    // Where DOMAIN's `_acme-challenge` points by CNAME, if it does.
+    let dns_alias = match cfg.acme.dns_alias.as_str() {
+        "" => None,
+        alias => Some(alias.to_ascii_lowercase()),
+    };
     let dns = match cfg.acme.dns_listen {
         Some(listen) => {
-            // The zone delegated to roost: DOMAIN's `_acme-challenge`, or the alias's that
-            // DOMAIN's points to by CNAME.
-            let zone = match cfg.acme.dns_alias.as_str() {
-                "" => cfg.domain.clone(),
-                alias => alias.to_ascii_lowercase(),
-            };
+            // The zone delegated to roost: DOMAIN's `_acme-challenge`, or the alias's.
+            let zone = dns_alias.clone().unwrap_or_else(|| cfg.domain.clone());
             match ChallengeDns::start(listen, zone, challenges.clone()).await {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -163,10 +164,7 @@ pub async fn start(
         email: cfg.acme.email.clone(),
         ca_roots: cfg.acme.ca_roots.clone(),
         dir: cfg.state_dir.join("acme"),
-        dns_alias: match cfg.acme.dns_alias.as_str() {
-            "" => None,
-            alias => Some(alias.to_ascii_lowercase()),
-        },
+        dns_alias,
     };
     let dir = cert_dir(&cfg.state_dir);
     tasks.spawn("acme", move |mut stop| async move {
