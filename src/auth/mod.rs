@@ -427,20 +427,37 @@ impl Auth {
         Ok(u)
     }
 
-    /// Disables an account: it cannot log in, and every token issued so far is refused
-    /// from the next request on. Its hosting keeps running (an operator's separate call).
-    pub fn disable(&self, username: &str, actor: &str) -> Result<User, AuthError> {
+    /// Changes account `username` with `f` and ends everything it is signed in with: the
+    /// token generation moves on (every token issued so far is refused) and its browser
+    /// sessions are deleted. Audited as `action` with `detail`.
+    fn revoking(
+        &self,
+        username: &str,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        f: impl FnOnce(&mut User),
+    ) -> Result<User, AuthError> {
         let u = self
             .store
-            .modify_user(username, actor, "user.disable", |u| {
-                if u.disabled_at.is_none() {
-                    u.disabled_at = Some(crate::store::now());
-                }
+            .modify_user(username, actor, action, |u| {
+                f(u);
                 u.token_generation = u.token_generation.wrapping_add(1);
-                Ok::<_, AuthError>("tokens revoked".to_owned())
+                Ok::<_, AuthError>(detail.to_owned())
             })
             .map_err(|e| named(e, username))?;
         self.store.remove_sessions_of(u.id)?;
+        Ok(u)
+    }
+
+    /// Disables an account: it cannot log in, and every token issued so far is refused
+    /// from the next request on. Its hosting keeps running (an operator's separate call).
+    pub fn disable(&self, username: &str, actor: &str) -> Result<User, AuthError> {
+        let u = self.revoking(username, actor, "user.disable", "tokens revoked", |u| {
+            if u.disabled_at.is_none() {
+                u.disabled_at = Some(crate::store::now());
+            }
+        })?;
         tracing::info!(user = %u.username, %actor, "account disabled; its tokens and sessions are revoked");
         Ok(u)
     }
@@ -460,15 +477,13 @@ impl Auth {
         validate_password(new).map_err(AuthError::InvalidPassword)?;
         self.confirm(peer, username, current).await?;
         let hash = self.hash(new).await?;
-        let u = self
-            .store
-            .modify_user(username, actor, "user.password", |u| {
-                u.password_hash = hash;
-                u.token_generation = u.token_generation.wrapping_add(1);
-                Ok::<_, AuthError>("tokens and sessions revoked".to_owned())
-            })
-            .map_err(|e| named(e, username))?;
-        self.store.remove_sessions_of(u.id)?;
+        let u = self.revoking(
+            username,
+            actor,
+            "user.password",
+            "tokens and sessions revoked",
+            |u| u.password_hash = hash,
+        )?;
         tracing::info!(user = %u.username, %actor, "password changed; the account's tokens and sessions are revoked");
         Ok(u)
     }
