@@ -443,10 +443,34 @@ fn last_row(rows: &[String]) -> String {
 }
 
 /// True when the rows show `$ hostname` followed by a line that is exactly the VM's name.
+/// The typed `hostname` and, on a later row, its output. The command is usually echoed
+/// after the prompt (`alice@alice:~$ hostname`), but a boot message the guest prints
+/// while the prompt is shown (cloud-init's last stages often do) pushes the echo onto a
+/// row of its own.
 fn shows_hostname(rows: &[String]) -> bool {
     rows.iter()
-        .position(|r| r.ends_with("$ hostname"))
+        .rposition(|r| r.ends_with("$ hostname") || r.trim() == "hostname")
         .is_some_and(|i| rows[i + 1..].iter().any(|r| r.trim() == USER))
+}
+
+#[test]
+fn hostname_output_is_found_when_a_boot_message_splits_the_echo() {
+    let rows = |s: &str| s.lines().map(str::to_owned).collect::<Vec<_>>();
+    // As CI's terminal showed it: cloud-init wrote after the prompt, the echo moved down.
+    assert!(shows_hostname(&rows(
+        "alice@alice:~$ [   25.19] cloud-init[316]: running 'modules:final'\n\
+         p 24.37 seconds.\nhostname\nalice\nalice@alice:~$ [   25.59] cloud-init finished"
+    )));
+    assert!(shows_hostname(&rows(
+        "alice@alice:~$ hostname\nalice\nalice@alice:~$"
+    )));
+    // The login's own rows are not the command's output.
+    assert!(!shows_hostname(&rows(
+        "alice login: alice\nalice@alice:~$ hostname"
+    )));
+    assert!(!shows_hostname(&rows(
+        "Debian GNU/Linux 12 alice ttyS0\n\nalice login:"
+    )));
 }
 
 fn viewers(b: &Browser) -> String {
