@@ -373,6 +373,9 @@ pub struct LimitsConfig {
     /// `vm.disk_reserve_gib`) times this (1.0: a guest filling its disk can never eat the
     /// host's reserve).
     pub disk_overcommit: f64,
+    /// Disk snapshots one hosting may keep (0: snapshots are off). Each is charged a whole
+    /// disk (`vm.disk_gib`) against the disk budget.
+    pub snapshots_per_hosting: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -518,6 +521,7 @@ impl Default for LimitsConfig {
             memory_reserve_mib: 2048,
             memory_overcommit: 1.0,
             disk_overcommit: 1.0,
+            snapshots_per_hosting: 3,
         }
     }
 }

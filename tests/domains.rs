@@ -129,6 +129,7 @@ fn hosting_for(store: &Store, username: &str) -> Hosting {
                 incarnation: 1,
                 ssh_keys: vec![],
                 console_password_hash: None,
+                snapshots: Vec::new(),
                 created_at: time::OffsetDateTime::now_utc(),
                 updated_at: time::OffsetDateTime::now_utc(),
             },

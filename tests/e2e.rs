@@ -597,6 +597,142 @@ fn stop_start_reboot(st: &Stage) {
         a_port,
         ..
     } = st;
+    let run = |cmd: &str| {
+        let o = ssh(*a_port, "alice", alice_key, cmd);
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let snapshots = "/api/v1/host/snapshots";
+    let take = |name: &str| {
+        http(
+            "POST",
+            snapshots,
+            Some(alice),
+            Some(&serde_json::json!({ "name": name })),
+        )
+    };
+    let on_disk = || {
+        let disk = st
+            .roost
+            .state_dir()
+            .join("vms")
+            .join(a_id)
+            .join("disk.qcow2");
+        let o = Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&disk)
+            .output()
+            .expect("qemu-img info");
+        let v: Value = serde_json::from_slice(&o.stdout).expect("qemu-img json");
+        let names: Vec<String> = v["snapshots"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names
+    };
+    let listed = || {
+        let (s, v) = http("GET", snapshots, Some(alice), None);
+        assert_eq!(s, 200, "{v}");
+        v["snapshots"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // A snapshot of the running VM's disk, with a file written (and synced) before it and
+    // another after it.
+    run("echo before-snapshot > ~/marker && sync");
+    let (s, v) = take("before");
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["name"], "before");
+    run("rm ~/marker && echo after > ~/after && sync");
+    // Bad input changes nothing: a taken name, a name qcow2 would read as an id, a restore
+    // under the running guest, a snapshot that does not exist, more than the limit (3).
+    let (s, v) = take("before");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("snapshot_exists")),
+        "{v}"
+    );
+    let (s, v) = take("1");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (422, Some("invalid_field")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("name:"),
+        "{v}"
+    );
+    let (s, v) = http(
+        "POST",
+        &format!("{snapshots}/before/restore"),
+        Some(alice),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("invalid_state")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("running"),
+        "{v}"
+    );
+    let (s, _) = http(
+        "POST",
+        &format!("{snapshots}/nope/restore"),
+        Some(alice),
+        None,
+    );
+    assert_eq!(s, 404);
+    assert_eq!(take("second").0, 201);
+    assert_eq!(take("third").0, 201);
+    let (s, v) = take("fourth");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("snapshot_limit")),
+        "{v}"
+    );
+    // Deleted live, over QMP.
+    let (s, _) = http("DELETE", &format!("{snapshots}/third"), Some(alice), None);
+    assert_eq!(s, 204);
+    assert_eq!(listed(), ["before", "second"]);
+    assert_eq!(on_disk(), ["before", "second"]);
+    // Bob sees none of alice's.
+    let (s, v) = http("GET", snapshots, Some(&st.bob), None);
+    assert_eq!(
+        (s, v["snapshots"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (s, _) = http(
+        "DELETE",
+        &format!("{snapshots}/second"),
+        Some(&st.bob),
+        None,
+    );
+    assert_eq!(s, 404);
+    // Each is charged a disk.
+    let (_, cap) = http("GET", "/api/v1/admin/capacity", Some(admin), None);
+    assert_eq!(cap["snapshots"], 2, "{cap}");
+
     // Stop and start.
     assert_eq!(
         http(
@@ -611,6 +747,20 @@ fn stop_start_reboot(st: &Stage) {
     wait_state(alice, "stopped", Duration::from_secs(60));
     assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 503);
     assert!(admin_vm(admin, a_id)["pid"].is_null());
+    // While stopped, snapshots are taken and deleted with qemu-img, and the disk goes
+    // back to "before".
+    let (s, v) = http(
+        "POST",
+        &format!("{snapshots}/before/restore"),
+        Some(alice),
+        None,
+    );
+    assert_eq!((s, v["name"].as_str()), (200, Some("before")), "{v}");
+    assert_eq!(take("stopped").0, 201);
+    let (s, _) = http("DELETE", &format!("{snapshots}/second"), Some(alice), None);
+    assert_eq!(s, 204);
+    assert_eq!(listed(), ["before", "stopped"]);
+    assert_eq!(on_disk(), ["before", "stopped"]);
     assert_eq!(
         http(
             "POST",
@@ -623,6 +773,8 @@ fn stop_start_reboot(st: &Stage) {
     );
     wait_state(alice, "running", Duration::from_secs(300));
     assert_eq!(curl("GET", "/alice/", None, None, &[]).0, 200);
+    // The restored disk: the file from before the snapshot is back, the later one gone.
+    assert_eq!(run("cat ~/marker; ls ~"), "before-snapshot\nmarker");
 
     // Reboot through QMP: the guest starts over (a new boot id) and comes back.
     let boot_id = || {

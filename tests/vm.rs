@@ -312,6 +312,7 @@ fn qmp_deadlines_on_a_silent_socket() {
             connect: Duration::from_millis(500),
             default: Duration::from_millis(500),
             slow: Duration::from_secs(1),
+            snapshot: Duration::from_secs(1),
         };
         let t = Instant::now();
         let err = Qmp::connect_with(&silent, d).await.expect_err("times out");

@@ -233,6 +233,14 @@ impl From<HostingError> for ApiError {
             HostingError::ConsoleUnavailable(m) => {
                 ApiError::new(S::CONFLICT, "console_unavailable", m)
             }
+            HostingError::InvalidSnapshotName(m) => ApiError::field("name", m),
+            HostingError::SnapshotExists(_) => {
+                ApiError::new(S::CONFLICT, "snapshot_exists", e.to_string())
+            }
+            HostingError::TooManySnapshots(_) => {
+                ApiError::new(S::CONFLICT, "snapshot_limit", e.to_string())
+            }
+            HostingError::NoSuchSnapshot => ApiError::not_found("snapshot"),
             e
             @ (HostingError::Step { .. } | HostingError::Store(_) | HostingError::Internal(_)) => {
                 ApiError::internal(&e)

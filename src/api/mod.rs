@@ -16,6 +16,7 @@ mod hostings;
 mod keys;
 mod metrics;
 mod session;
+mod snapshots;
 mod vms;
 
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(hostings::router())
         .merge(keys::router())
         .merge(domains::router())
+        .merge(snapshots::router())
         .merge(vms::router())
         .merge(metrics::router())
         .merge(session::router())

@@ -63,6 +63,8 @@ pub struct CapacityView {
     pub vms: u32,
     /// `null`: no count limit besides memory and disk.
     pub max_vms: Option<u32>,
+    /// Disk snapshots over all hostings; each is charged `vm_disk_gib` of disk.
+    pub snapshots: u32,
     pub memory_mib_used: u64,
     pub memory_mib_budget: u64,
     pub disk_gib_used: u64,
@@ -121,6 +123,7 @@ async fn capacity(
     Ok(Json(CapacityView {
         vms: c.usage.vms,
         max_vms: c.budget.max_vms,
+        snapshots: c.usage.snapshots,
         memory_mib_used: c.usage.memory_mib,
         memory_mib_budget: c.budget.memory_mib,
         disk_gib_used: c.usage.disk_gib,

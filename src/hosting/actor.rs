@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use super::core::{Event, Machine, QmpSignal, Refusal, RunState, Slot};
 use super::effects::{Effects, StepError, Vm};
 use super::lifecycle::{Action, ExitCause};
+use super::snapshots::SnapshotOp;
 use super::timing::BootClock;
 use super::HostingError;
 use crate::store::{Hosting, Store, StoreError};
@@ -36,6 +37,14 @@ pub(super) enum Command {
     },
     /// Delete; answered once `deleting` is recorded, before the teardown.
     Delete {
+        actor: String,
+        reply: oneshot::Sender<Result<Hosting, HostingError>>,
+    },
+    /// A snapshot of the disk: take (its record is written), delete or restore; answered
+    /// with the hosting as it stands after it.
+    Snapshot {
+        op: SnapshotOp,
+        name: String,
         actor: String,
         reply: oneshot::Sender<Result<Hosting, HostingError>>,
     },
@@ -235,6 +244,7 @@ impl<E: Effects> Actor<E> {
                     None => self.vm.as_ref().map(|_| Some(RunState::Running)),
                 };
                 let _ = self.run(Event::Recovered(adopted), None).await;
+                self.reconcile_snapshots().await;
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -248,6 +258,15 @@ impl<E: Effects> Actor<E> {
                     .run(Event::Act(action), Some(Audit::Action(&actor)))
                     .await;
                 let _ = reply.send(r.map(|()| self.row.clone()));
+            }
+            Input::Command(Command::Snapshot {
+                op,
+                name,
+                actor,
+                reply,
+            }) => {
+                let r = self.snapshot(op, &name, &actor).await;
+                let _ = reply.send(r);
             }
             Input::Command(Command::Delete { actor, reply }) => {
                 self.deleted_by = actor;
@@ -421,6 +440,7 @@ pub(super) const READY_POLL: Duration = Duration::from_millis(100);
 mod apply;
 mod registry;
 mod saga;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 

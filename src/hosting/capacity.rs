@@ -8,8 +8,10 @@
 //!   each VM's memory limit (its cgroup's: guest memory, QEMU's own overhead and, under TCG,
 //!   the translation cache; see `vm::Limits::for_vm`);
 //! - disk: the state directory's file system minus `[vm] disk_reserve_gib`, times
-//!   `disk_overcommit`, against each VM's virtual disk size. With the default ratio of 1 a
-//!   guest that fills its disk can never eat the host's reserve.
+//!   `disk_overcommit`, against each VM's virtual disk size, and that size again for each
+//!   snapshot of its disk (a snapshot keeps the blocks the guest overwrites after it, up to
+//!   a whole disk). With the default ratio of 1 a guest that fills its disk can never eat
+//!   the host's reserve. Snapshots are admitted against the disk budget alone.
 //!
 //! The caller measures the host (`HostSize`) and counts the hostings (`Usage`).
 
@@ -52,17 +54,20 @@ pub struct Budget {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Usage {
     pub vms: u32,
+    /// Disk snapshots, over all hostings.
+    pub snapshots: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
 }
 
 impl Usage {
-    /// `vms` hostings of `size` each.
-    pub fn of(vms: u32, size: VmSize) -> Usage {
+    /// `vms` hostings of `size` each, with `snapshots` disk snapshots between them.
+    pub fn of(vms: u32, snapshots: u32, size: VmSize) -> Usage {
         Usage {
             vms,
+            snapshots,
             memory_mib: u64::from(vms) * size.memory_mib,
-            disk_gib: u64::from(vms) * size.disk_gib,
+            disk_gib: (u64::from(vms) + u64::from(snapshots)) * size.disk_gib,
         }
     }
 }
@@ -80,6 +85,10 @@ pub enum Refusal {
         "this host's disk for VMs is taken ({used} of {budget} GiB; a VM needs {needed} GiB); try again later or ask the operator"
     )]
     Disk { budget: u64, used: u64, needed: u64 },
+    #[error(
+        "this host's disk for VMs is taken ({used} of {budget} GiB; a snapshot is charged {needed} GiB, the size of your disk); delete a snapshot or ask the operator"
+    )]
+    SnapshotDisk { budget: u64, used: u64, needed: u64 },
 }
 
 fn scaled(total: u64, reserve: u64, ratio: f64) -> u64 {
@@ -122,6 +131,18 @@ pub fn admit(budget: &Budget, usage: &Usage, size: VmSize) -> Result<(), Refusal
     }
     if usage.disk_gib.saturating_add(size.disk_gib) > budget.disk_gib {
         return Err(Refusal::Disk {
+            budget: budget.disk_gib,
+            used: usage.disk_gib,
+            needed: size.disk_gib,
+        });
+    }
+    Ok(())
+}
+
+/// Admits one more snapshot of a disk of `size` next to `usage`.
+pub fn admit_snapshot(budget: &Budget, usage: &Usage, size: VmSize) -> Result<(), Refusal> {
+    if usage.disk_gib.saturating_add(size.disk_gib) > budget.disk_gib {
+        return Err(Refusal::SnapshotDisk {
             budget: budget.disk_gib,
             used: usage.disk_gib,
             needed: size.disk_gib,
@@ -200,15 +221,15 @@ mod tests {
             disk_gib: 10,
         };
         // Room for one more of everything.
-        assert_eq!(admit(&b, &Usage::of(1, SMALL), SMALL), Ok(()));
+        assert_eq!(admit(&b, &Usage::of(1, 0, SMALL), SMALL), Ok(()));
         // The count first.
         assert_eq!(
-            admit(&b, &Usage::of(3, SMALL), SMALL),
+            admit(&b, &Usage::of(3, 0, SMALL), SMALL),
             Err(Refusal::Vms { max: 3 })
         );
         // Disk: two VMs of 4 GiB hold 8 of 10.
         assert_eq!(
-            admit(&b, &Usage::of(2, SMALL), SMALL),
+            admit(&b, &Usage::of(2, 0, SMALL), SMALL),
             Err(Refusal::Disk {
                 budget: 10,
                 used: 8,
@@ -222,10 +243,45 @@ mod tests {
             disk_gib: 1000,
         };
         assert_eq!(admit(&b, &Usage::default(), SMALL), Ok(()));
-        let e = admit(&b, &Usage::of(1, SMALL), SMALL).expect_err("full");
+        let e = admit(&b, &Usage::of(1, 0, SMALL), SMALL).expect_err("full");
         assert!(matches!(e, Refusal::Memory { needed: 768, .. }), "{e:?}");
         assert!(e.to_string().contains("MiB"), "{e}");
         assert!(Refusal::Vms { max: 10 }.to_string().contains("10 VMs"));
+    }
+
+    #[test]
+    fn snapshots_are_charged_a_disk_each() {
+        let b = Budget {
+            max_vms: Some(1),
+            memory_mib: 768,
+            disk_gib: 12,
+        };
+        // One VM of 4 GiB and one snapshot hold 8 of 12: one more snapshot fits (the VM
+        // count and memory do not matter to a snapshot), a second does not.
+        let u = Usage::of(1, 1, SMALL);
+        assert_eq!(u.disk_gib, 8);
+        assert_eq!(admit_snapshot(&b, &u, SMALL), Ok(()));
+        let e = admit_snapshot(&b, &Usage::of(1, 2, SMALL), SMALL).expect_err("full");
+        assert_eq!(
+            e,
+            Refusal::SnapshotDisk {
+                budget: 12,
+                used: 12,
+                needed: 4
+            }
+        );
+        assert!(e.to_string().contains("delete a snapshot"), "{e}");
+        // And they count against new VMs.
+        let b = Budget {
+            max_vms: None,
+            memory_mib: 10_000,
+            disk_gib: 12,
+        };
+        assert!(matches!(admit(&b, &Usage::of(1, 1, SMALL), SMALL), Ok(())));
+        assert!(matches!(
+            admit(&b, &Usage::of(1, 2, SMALL), SMALL),
+            Err(Refusal::Disk { used: 12, .. })
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use super::core::RunState;
 use crate::store::{Hosting, HostingId};
+use crate::vm::snapshot::OfflineOp;
 use crate::vm::VmEvent;
 
 /// A step that failed: its name (shown to the owner, matched by `ROOST_FAULTS`) and why.
@@ -95,6 +96,19 @@ pub trait Effects: Send + Sync + 'static {
         &self,
         h: &Hosting,
     ) -> impl Future<Output = Option<(Self::Vm, Option<RunState>)>> + Send;
+    /// Takes, deletes or reverts to snapshot `name` of the VM's disk while no QEMU holds it
+    /// (step `snapshot`).
+    fn disk_snapshot(
+        &self,
+        id: HostingId,
+        op: OfflineOp,
+        name: &str,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// The names of the snapshots on the VM's disk (in any state).
+    fn disk_snapshots(
+        &self,
+        id: HostingId,
+    ) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
     /// One readiness round: whether the guest answers HTTP on :80 and SSH on :22 (each
     /// probed only while not yet known).
     fn probe(
@@ -116,6 +130,12 @@ pub trait Vm: Send + Sync + 'static {
     fn qmp(
         &self,
         action: super::lifecycle::Action,
+    ) -> impl Future<Output = Result<(), VmOpError>> + Send;
+    /// Takes (`true`) or deletes snapshot `name` of the running VM's disk over QMP.
+    fn snapshot(
+        &self,
+        take: bool,
+        name: &str,
     ) -> impl Future<Output = Result<(), VmOpError>> + Send;
     /// QMP `query-status`, in QEMU's words.
     fn status(&self) -> impl Future<Output = Result<String, VmOpError>> + Send;

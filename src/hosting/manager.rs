@@ -28,7 +28,7 @@ pub(super) struct Inner {
     pub ctx: Arc<Ctx<RealEffects>>,
     /// Held from the capacity check to the reservation, so two creations cannot both take
     /// the last room.
-    admission: Mutex<()>,
+    pub(super) admission: Mutex<()>,
     /// The serial console hubs of VMs someone is watching.
     pub consoles: super::console::Consoles,
 }
@@ -39,7 +39,7 @@ pub struct Hostings {
     pub(super) inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -98,7 +98,7 @@ impl Hostings {
         self.runtime().err().cloned()
     }
 
-    fn rt(&self) -> Result<&VmRuntime, HostingError> {
+    pub(super) fn rt(&self) -> Result<&VmRuntime, HostingError> {
         self.runtime()
             .map_err(|r| HostingError::Unavailable(r.clone()))
     }
@@ -133,11 +133,13 @@ impl Hostings {
             memory_mib: runtime::limits(cfg, accel).memory_bytes >> 20,
             disk_gib: u64::from(cfg.vm.disk_gib),
         };
-        let count = u32::try_from(self.inner.store.hostings()?.len()).unwrap_or(u32::MAX);
+        let hostings = self.inner.store.hostings()?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let snapshots = count(hostings.iter().map(|h| h.snapshots.len()).sum());
         Ok(CapacityReport {
             host,
             budget: capacity::budget(host, &limits),
-            usage: capacity::Usage::of(count, vm),
+            usage: capacity::Usage::of(count(hostings.len()), snapshots, vm),
             vm,
         })
     }
@@ -267,6 +269,7 @@ impl Hostings {
                     incarnation: 1,
                     ssh_keys: keys,
                     console_password_hash,
+                    snapshots: Vec::new(),
                     created_at: now,
                     updated_at: now,
                 },
@@ -318,7 +321,7 @@ impl Hostings {
     }
 
     /// Hands `make(reply)` to the hosting's actor and waits for its answer.
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         id: HostingId,
         make: impl FnOnce(oneshot::Sender<Result<Hosting, HostingError>>) -> Command,

@@ -20,6 +20,7 @@ mod queries;
 mod real;
 mod reconcile;
 mod runtime;
+pub mod snapshots;
 mod stats;
 mod timing;
 pub mod urls;
@@ -62,10 +63,26 @@ pub enum HostingError {
     Step { step: String, message: String },
     #[error("{0}")]
     ConsoleUnavailable(String),
+    #[error("{0}")]
+    InvalidSnapshotName(String),
+    #[error("a snapshot named {0:?} exists already")]
+    SnapshotExists(String),
+    /// The per-hosting limit (0: snapshots are off on this host).
+    #[error("{}", snapshot_limit(*.0))]
+    TooManySnapshots(usize),
+    #[error("no such snapshot")]
+    NoSuchSnapshot,
     #[error("store")]
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+}
+
+fn snapshot_limit(max: usize) -> String {
+    match max {
+        0 => "snapshots are turned off on this host".into(),
+        n => format!("a hosting keeps at most {n} snapshots; delete one first"),
+    }
 }
 
 /// The host's capacity as admission sees it.

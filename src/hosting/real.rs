@@ -324,6 +324,23 @@ impl Effects for RealEffects {
         Some((RealVm::new(proc, qmp, started, &p), status))
     }
 
+    async fn disk_snapshot(
+        &self,
+        id: HostingId,
+        op: vm::snapshot::OfflineOp,
+        name: &str,
+    ) -> Result<(), StepError> {
+        vm::snapshot::offline(op, name, &self.paths(id).overlay)
+            .await
+            .map_err(|e| StepError::new("snapshot", chain(&e)))
+    }
+
+    async fn disk_snapshots(&self, id: HostingId) -> Result<Vec<String>, StepError> {
+        vm::snapshot::names(&self.paths(id).overlay)
+            .await
+            .map_err(|e| StepError::new("snapshot", chain(&e)))
+    }
+
     fn probe(
         &self,
         ip: Ipv4Addr,
@@ -404,6 +421,15 @@ impl Vm for RealVm {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("{s:?}").to_lowercase()))
+    }
+
+    async fn snapshot(&self, take: bool, name: &str) -> Result<(), VmOpError> {
+        let q = self.client().await.ok_or(VmOpError::NoQmp)?;
+        let r = match take {
+            true => q.snapshot_create(name).await,
+            false => q.snapshot_delete(name).await,
+        };
+        r.map_err(VmOpError::Qmp)
     }
 
     async fn block_stats(&self) -> Option<serde_json::Value> {

@@ -27,7 +27,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use records::{
-    AuditEntry, Hosting, HostingId, HostingState, Role, SshKey, SshKeyId, User, UserId,
+    AuditEntry, Hosting, HostingId, HostingState, Role, Snapshot, SshKey, SshKeyId, User, UserId,
 };
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
@@ -489,19 +489,34 @@ impl Store {
         id: HostingId,
         f: impl FnOnce(&mut Hosting),
     ) -> Result<Hosting, StoreError> {
-        let tx = self.db.begin_write()?;
+        self.try_modify_hosting(id, |h| {
+            f(h);
+            Ok::<(), StoreError>(())
+        })
+    }
+
+    /// [`Store::modify_hosting`] with a change that may refuse: an error from `f` writes
+    /// nothing. The check and the write are one transaction, so a rule `f` checks (a limit,
+    /// a unique name) holds against concurrent changes.
+    pub fn try_modify_hosting<E: From<StoreError>>(
+        &self,
+        id: HostingId,
+        f: impl FnOnce(&mut Hosting) -> Result<(), E>,
+    ) -> Result<Hosting, E> {
+        let tx = self.db.begin_write().map_err(StoreError::from)?;
         let h = {
-            let mut t = tx.open_table(HOSTINGS)?;
-            let mut h: Hosting = match t.get(id.key())? {
+            let mut t = tx.open_table(HOSTINGS).map_err(StoreError::from)?;
+            let mut h: Hosting = match t.get(id.key()).map_err(StoreError::from)? {
                 Some(g) => decode("hostings", g.value())?,
-                None => return Err(StoreError::NoSuchHosting),
+                None => return Err(StoreError::NoSuchHosting.into()),
             };
-            f(&mut h);
+            f(&mut h)?;
             h.updated_at = now();
-            t.insert(id.key(), encode(&h).as_slice())?;
+            t.insert(id.key(), encode(&h).as_slice())
+                .map_err(StoreError::from)?;
             h
         };
-        tx.commit()?;
+        tx.commit().map_err(StoreError::from)?;
         self.written_for(h.user);
         Ok(h)
     }
@@ -677,6 +692,7 @@ mod tests {
             incarnation: 1,
             ssh_keys: vec![],
             console_password_hash: None,
+            snapshots: Vec::new(),
             created_at: now(),
             updated_at: now(),
         }

@@ -175,10 +175,23 @@ pub struct Hosting {
     /// The owner's serial-console password as a crypt(3) SHA-512 hash, if they set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_password_hash: Option<String>,
+    /// The disk's snapshots, oldest first. The VM's qcow2 overlay holds their data; a
+    /// record is written before its snapshot is taken and removed after it is deleted, so
+    /// the capacity it is charged never lags behind the disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// One snapshot of a hosting's disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 /// One line of the append-only audit log.

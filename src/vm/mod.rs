@@ -8,7 +8,8 @@
 //! per-command deadlines and an event stream; [`disk`] makes qcow2 overlays and checks free
 //! space; [`lifecycle`] composes these into a graceful stop. [`confine`] gives each QEMU its
 //! own uid (dropped to before exec, no capabilities); [`cgroup`] puts it in its own cgroups
-//! (CPU quota, memory and task limits) on cgroup v1 or v2.
+//! (CPU quota, memory and task limits) on cgroup v1 or v2. [`snapshot`] takes, reverts and
+//! deletes internal qcow2 snapshots of an overlay.
 //!
 //! This module knows nothing about users, hostings or HTTP: callers hand it a [`VmSpec`] and
 //! paths, and get processes, QMP handles and events back.
@@ -24,6 +25,7 @@ pub mod process;
 pub mod procfs;
 pub mod qmp;
 pub mod serial;
+pub mod snapshot;
 
 mod error;
 

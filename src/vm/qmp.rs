@@ -36,6 +36,9 @@ pub struct Deadlines {
     pub default: Duration,
     /// Run-state changes and block queries, which wait for QEMU's main loop and I/O.
     pub slow: Duration,
+    /// Taking or deleting a disk snapshot: QEMU drains the disk's I/O and rewrites the
+    /// refcounts of every allocated cluster, which grows with what the guest has written.
+    pub snapshot: Duration,
 }
 
 impl Default for Deadlines {
@@ -44,6 +47,7 @@ impl Default for Deadlines {
             connect: Duration::from_secs(2),
             default: Duration::from_millis(500),
             slow: Duration::from_secs(5),
+            snapshot: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +125,21 @@ impl Command for QueryBlockstatsRaw {
     const ALLOW_OOB: bool = false;
 }
 impl QmpCommand for QueryBlockstatsRaw {}
+
+/// `blockdev-snapshot-delete-internal-sync` with an untyped answer (a `SnapshotInfo` that
+/// roost does not read; see [`QueryBlockstatsRaw`] for why untyped).
+#[derive(Debug, Serialize)]
+struct SnapshotDeleteRaw {
+    device: String,
+    name: String,
+}
+
+impl Command for SnapshotDeleteRaw {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "blockdev-snapshot-delete-internal-sync";
+    const ALLOW_OOB: bool = false;
+}
+impl QmpCommand for SnapshotDeleteRaw {}
 
 /// A negotiated QMP connection to one QEMU.
 pub struct Qmp {
@@ -293,6 +312,30 @@ impl Qmp {
             Ok(_) | Err(VmError::QmpIo { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `blockdev-snapshot-internal-sync`: an internal snapshot `name` of the VM's disk,
+    /// taken while the guest runs (see [`super::snapshot`]).
+    pub async fn snapshot_create(&self, name: &str) -> Result<(), VmError> {
+        let cmd = qmp::BlockdevSnapshotInternal {
+            device: super::snapshot::DISK_DEVICE.into(),
+            name: name.into(),
+        };
+        self.exec(
+            qmp::blockdev_snapshot_internal_sync(cmd),
+            self.deadlines.snapshot,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `blockdev-snapshot-delete-internal-sync` by name.
+    pub async fn snapshot_delete(&self, name: &str) -> Result<(), VmError> {
+        let cmd = SnapshotDeleteRaw {
+            device: super::snapshot::DISK_DEVICE.into(),
+            name: name.into(),
+        };
+        self.exec(cmd, self.deadlines.snapshot).await.map(drop)
     }
 
     /// `query-blockstats`, reduced to the counters roost reports.

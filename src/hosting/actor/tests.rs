@@ -14,6 +14,7 @@ use crate::store::{Hosting, HostingId, HostingState, Store};
 use fake::{Fake, FakeVm, World};
 
 mod fake;
+mod snapshots;
 
 struct Rig {
     ctx: Arc<Ctx<Fake>>,
@@ -81,6 +82,7 @@ impl Rig {
                     incarnation: 1,
                     ssh_keys: vec![],
                     console_password_hash: None,
+                    snapshots: Vec::new(),
                     created_at: crate::store::now(),
                     updated_at: crate::store::now(),
                 },

@@ -27,6 +27,8 @@ pub(super) struct World {
     pub(super) routes: HashMap<String, (HostingState, u64)>,
     /// QEMU exits counted as crashes (the metrics' `crashed`).
     pub(super) crashes: usize,
+    /// The snapshots on the (one) disk the snapshot tests use.
+    pub(super) snapshots: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,26 @@ impl Vm for FakeVm {
         }
         Ok(())
     }
+    async fn snapshot(
+        &self,
+        take: bool,
+        name: &str,
+    ) -> Result<(), crate::hosting::effects::VmOpError> {
+        let w = &self.0.world;
+        w.did(format!(
+            "qmp snapshot {} {name}",
+            if take { "take" } else { "delete" }
+        ));
+        if w.w().fail.contains("qmp snapshot") {
+            return Err(crate::hosting::effects::VmOpError::NoQmp);
+        }
+        let mut w = w.w();
+        match take {
+            true => w.snapshots.push(name.into()),
+            false => w.snapshots.retain(|s| s != name),
+        }
+        Ok(())
+    }
     async fn status(&self) -> Result<String, crate::hosting::effects::VmOpError> {
         Ok("running".into())
     }
@@ -147,6 +169,31 @@ impl Effects for Fake {
 
     fn files_exist(&self, id: HostingId) -> bool {
         self.w().dirs.contains(&id)
+    }
+
+    async fn disk_snapshot(
+        &self,
+        _id: HostingId,
+        op: crate::vm::snapshot::OfflineOp,
+        name: &str,
+    ) -> Result<(), StepError> {
+        use crate::vm::snapshot::OfflineOp;
+        self.step("snapshot")?;
+        self.did(format!("qemu-img {op:?} {name}"));
+        let mut w = self.w();
+        let has = w.snapshots.iter().any(|s| s == name);
+        match op {
+            OfflineOp::Create if has => return Err(StepError::new("snapshot", "exists")),
+            OfflineOp::Create => w.snapshots.push(name.into()),
+            _ if !has => return Err(StepError::new("snapshot", "not found")),
+            OfflineOp::Delete => w.snapshots.retain(|s| s != name),
+            OfflineOp::Revert => {}
+        }
+        Ok(())
+    }
+
+    async fn disk_snapshots(&self, _id: HostingId) -> Result<Vec<String>, StepError> {
+        Ok(self.w().snapshots.clone())
     }
     fn make_dir(&self, h: &Hosting) -> Result<bool, StepError> {
         self.step("directory")?;
