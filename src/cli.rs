@@ -205,6 +205,18 @@ pub fn render(reply: &Reply, json: bool) -> String {
                     },
                 ),
                 ("created", v.created_at.clone()),
+                (
+                    "snapshots",
+                    match d.snapshots.is_empty() {
+                        true => "-".into(),
+                        false => d
+                            .snapshots
+                            .iter()
+                            .map(|(name, at)| format!("{name} ({at})"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    },
+                ),
             ]);
             if !d.serial_tail.is_empty() {
                 s.push_str("serial console (last lines):\n");

@@ -11,7 +11,9 @@
 //!    made on the keys page, create the hosting with a console password;
 //! 2. the state element reaches `running` with no page load (a marker set in the page
 //!    survives);
-//! 3. both site links load the guest's nginx page;
+//! 3. both site links load the guest's nginx page; the hosting page's Snapshots section
+//!    takes a snapshot, says in words that a taken name is refused, keeps Restore off
+//!    while the VM runs, and deletes the snapshot (the API agrees);
 //! 4. the console in two windows: log in on the serial console in one, run `hostname`,
 //!    and both terminals show the VM's name; both count 2 viewers;
 //! 5. an attack page on the user's own site (by path and by host name) cannot read the API
@@ -210,6 +212,10 @@ fn steps(st: &mut Stage) {
     shoot_hosting(st);
     site_links(st);
     console_clean(st, "signing up, creating, watching, the site links");
+    let t = Instant::now();
+    snapshots_section(st);
+    eprintln!("snapshots step: {:?}", t.elapsed());
+    console_clean(st, "the snapshots section");
     let t = Instant::now();
     console_in_two_windows(st);
     eprintln!("console step: {:?}", t.elapsed());
@@ -417,6 +423,96 @@ fn site_links(st: &Stage) {
         b.close_window();
         b.switch_to(&st.main);
     }
+}
+
+/// (3) The hosting page's Snapshots section, while the VM runs: take one, see a taken name
+/// refused in words and Restore kept off (with its hint), delete it through its dialog.
+/// Restoring needs a stopped VM, which costs a boot: tests/e2e.rs covers it.
+fn snapshots_section(st: &Stage) {
+    let b = &st.b;
+    let names = || {
+        let (s, v) = http("GET", "/api/v1/host/snapshots", Some(&st.token), None);
+        assert_eq!(s, 200, "{v}");
+        let names: Vec<String> = v["snapshots"]
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(str::to_owned))
+            .collect();
+        (names, v["limit"].as_u64().expect("limit"))
+    };
+    let message = |what: &str, want: &str| {
+        poll(what, Duration::from_secs(90), || {
+            b.text("[data-testid=snapshot-message]")
+                .filter(|m| m.contains(want))
+        })
+    };
+    let (before, limit) = names();
+    assert!(before.is_empty() && limit > 0, "{before:?} of {limit}");
+    b.wait_for("[data-testid=snapshots-empty]", Duration::from_secs(30));
+    assert_eq!(
+        b.text("[data-testid=snapshots-count]"),
+        Some(format!("0 of {limit}"))
+    );
+
+    b.type_into("[data-testid=snapshot-input]", "first", true);
+    b.click("[data-testid=snapshot-take]");
+    message("the snapshot taken", "first is taken");
+    let item = "[data-testid=snapshot-item][data-name=first]";
+    b.wait_for(item, Duration::from_secs(30));
+    assert_eq!(
+        b.text("[data-testid=snapshots-count]"),
+        Some(format!("1 of {limit}"))
+    );
+    assert_eq!(names().0, ["first"]);
+
+    // The same name again: refused, and said on the page.
+    b.type_into("[data-testid=snapshot-input]", "first", true);
+    b.click("[data-testid=snapshot-take]");
+    let m = message("the taken name refused", "exists already");
+    assert!(m.contains("\"first\""), "{m}");
+    assert_eq!(names().0, ["first"]);
+
+    // While the VM runs, Restore is off and the hint says why; the server agrees.
+    let restore = b.js(
+        "const b = document.querySelector(arguments[0] + ' [data-testid=snapshot-restore]'); \
+         const hint = document.querySelector('[data-testid=snapshot-restore-hint]'); \
+         return [b.disabled, hint.hidden, hint.textContent];",
+        vec![json!(item)],
+    );
+    assert_eq!(
+        (&restore[0], &restore[1]),
+        (&json!(true), &json!(false)),
+        "{restore}"
+    );
+    let hint = restore[2].as_str().unwrap_or_default();
+    assert!(hint.contains("Stop the VM to restore"), "{hint}");
+    let (s, v) = http(
+        "POST",
+        "/api/v1/host/snapshots/first/restore",
+        Some(&st.token),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("invalid_state")),
+        "{v}"
+    );
+
+    // Delete, through the confirmation dialog: the list is empty, here and in the API.
+    b.click(&format!("{item} [data-testid=snapshot-delete]"));
+    b.wait_for(
+        "[data-testid=snapshot-delete-dialog]",
+        Duration::from_secs(10),
+    );
+    b.click("[data-testid=snapshot-delete-dialog-confirm]");
+    message("the snapshot deleted", "first was deleted");
+    b.wait_for("[data-testid=snapshots-empty]", Duration::from_secs(30));
+    assert_eq!(
+        b.text("[data-testid=snapshots-count]"),
+        Some(format!("0 of {limit}"))
+    );
+    assert!(names().0.is_empty(), "the snapshot is still there");
 }
 
 /// The visible rows of the terminal on this window's page, right-trimmed.
@@ -1042,6 +1138,8 @@ fn console_clean(st: &Stage, during: &str) {
                 || msg.contains("/api/v1/host - Failed to load resource: the server responded with a status of 404")
                 || msg.contains("Content Security Policy") && msg.contains("style")
                 || msg.contains("Cross-Origin-Opener-Policy header has been ignored")
+                // The taken snapshot name, given on purpose in step 3.
+                || msg.contains("/api/v1/host/snapshots - Failed to load resource: the server responded with a status of 409")
                 // The wrong current password, given on purpose in step 9.
                 || msg.contains("/api/v1/auth/password - Failed to load resource: the server responded with a status of 403");
             level == "SEVERE" && msg.starts_with(&origin) && !expected

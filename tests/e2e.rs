@@ -761,6 +761,21 @@ fn stop_start_reboot(st: &Stage) {
     assert_eq!(s, 204);
     assert_eq!(listed(), ["before", "stopped"]);
     assert_eq!(on_disk(), ["before", "stopped"]);
+    // The operator sees them in `roost vm show`.
+    let o = Command::new(common::daemon::bin())
+        .args(["vm", "show", "alice", "--config"])
+        .arg(&st.roost.config)
+        .output()
+        .expect("roost vm show");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("snapshots"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("before (") && line.contains("stopped ("),
+        "{text}"
+    );
     assert_eq!(
         http(
             "POST",

@@ -1,8 +1,10 @@
 // "My hosting": the create form, or the hosting's live state, its site links and SSH
-// command, power buttons and deletion. The state follows GET /api/v1/host/events (SSE).
+// command, power buttons, disk snapshots (snapshots.js) and deletion. The state follows
+// GET /api/v1/host/events (SSE).
 
 import { ApiError, del, get, post, seg, session } from "./api.js";
 import { h, replace, routeLink, timeEl } from "./dom.js";
+import { snapshotsSection } from "./snapshots.js";
 import { busy, clearError, confirmDialog, copyButton, showError, showNotice } from "./ui.js";
 
 // A generated private key, kept in memory (never stored) until the user says it is saved,
@@ -372,6 +374,7 @@ function hostingView(area, first, { apply, live, alive }) {
   const sites = h("ul", { class: "links", "data-testid": "site-links" }, h("li", { class: "muted" }, "Loading…"));
   const ssh = h("code", { id: "ssh-command", "data-testid": "ssh-command" }, "…");
   const sshWithKey = h("div", { id: "ssh-with-key", hidden: true });
+  const snapshots = snapshotsSection({ alive });
 
   const buttons = {};
   for (const [action, label] of [
@@ -495,6 +498,7 @@ function hostingView(area, first, { apply, live, alive }) {
       else li.removeAttribute("aria-current");
     });
     syncButtons();
+    snapshots.setState(cur.state);
     if (domainsChanged) renderSites();
     if (sshFor !== generatedKey) renderSsh();
   }
@@ -542,6 +546,7 @@ function hostingView(area, first, { apply, live, alive }) {
         routeLink("/console", "Open the console", { class: "button secondary", id: "console-link", "data-testid": "console-link" }),
       ),
     ),
+    snapshots.el,
     h(
       "section",
       { class: "card danger-zone", "aria-labelledby": "delete-title" },

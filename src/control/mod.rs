@@ -132,6 +132,9 @@ pub struct VmDetailRow {
     pub rss_bytes: Option<u64>,
     pub tap_rx_bytes: Option<u64>,
     pub tap_tx_bytes: Option<u64>,
+    /// The disk's snapshots, oldest first: name and when taken.
+    #[serde(default)]
+    pub snapshots: Vec<(String, String)>,
     pub serial_tail: Vec<String>,
 }
 
@@ -402,6 +405,13 @@ fn vm_row(s: VmStatus) -> VmRow {
 
 fn detail_row(d: VmDetail) -> VmDetailRow {
     let (tap, mac) = (d.status.hosting.tap.clone(), d.status.hosting.mac.clone());
+    let snapshots = d
+        .status
+        .hosting
+        .snapshots
+        .iter()
+        .map(|s| (s.name.clone(), crate::store::rfc3339(s.created_at)))
+        .collect();
     let (cpu_time_secs, memory_bytes, rss_bytes) = (
         d.status.cpu_time_secs,
         d.status.memory_bytes,
@@ -416,6 +426,7 @@ fn detail_row(d: VmDetail) -> VmDetailRow {
         rss_bytes,
         tap_rx_bytes: d.tap_rx_bytes,
         tap_tx_bytes: d.tap_tx_bytes,
+        snapshots,
         serial_tail: d.serial_tail,
     }
 }
