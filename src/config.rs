@@ -376,6 +376,10 @@ pub struct LimitsConfig {
     /// Disk snapshots one hosting may keep (0: snapshots are off). Each is charged a whole
     /// disk (`vm.disk_gib`) against the disk budget.
     pub snapshots_per_hosting: usize,
+    /// Costly operations (create, delete, start, stop, reboot, snapshot take, restore and
+    /// delete) one account may ask for per hour: a sixth at once, then evenly (0: no
+    /// limit). Administrators are exempt.
+    pub operations_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -522,6 +526,7 @@ impl Default for LimitsConfig {
             memory_overcommit: 1.0,
             disk_overcommit: 1.0,
             snapshots_per_hosting: 3,
+            operations_per_hour: 120,
         }
     }
 }

@@ -985,3 +985,85 @@ fn a_full_host_refuses_new_vms_naming_the_limit() {
         );
     }
 }
+
+/// An account hammering costly operations (here snapshots of a hosting it does not have,
+/// and reboots) gets 429 with `Retry-After` once its budget is spent, whatever each would
+/// have answered; reads stay free, another account's budget is its own, and administrators
+/// are exempt.
+#[test]
+fn costly_operations_are_budgeted_per_account() {
+    let d = Daemon::start_with("[limits]\noperations_per_hour = 60\n");
+    d.user_add("root-admin", "password123", true);
+    for u in ["mallory", "alice"] {
+        assert_eq!(register(&d, u, "password123").0, StatusCode::CREATED);
+    }
+    let (mallory, alice) = (
+        token(&d, "mallory", "password123"),
+        token(&d, "alice", "password123"),
+    );
+    let admin = token(&d, "root-admin", "password123");
+    let send = |method: reqwest::Method, path: &str, t: &str| {
+        let mut r = client().request(method, d.url(path)).bearer_auth(t);
+        // Only taking a snapshot has a body (the others would refuse one before counting).
+        if path == "/api/v1/host/snapshots" {
+            r = r.json(&json!({"name": "snap"}));
+        }
+        let r = r.send().expect("send");
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        (r.status(), retry, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let take = |t: &str| send(reqwest::Method::POST, "/api/v1/host/snapshots", t);
+    // 60 an hour: 10 at once. Each is answered on its merits until then (no hosting).
+    for i in 0..10 {
+        let (s, _, v) = take(&mallory);
+        assert_eq!(s, StatusCode::NOT_FOUND, "operation {i}: {v}");
+    }
+    let (s, retry, v) = take(&mallory);
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_error(&v, "rate_limited");
+    assert!(matches!(retry, Some(1..=60)), "{retry:?}");
+    // Every costly operation draws on the same budget.
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/api/v1/host/snapshots/snap"),
+        (reqwest::Method::POST, "/api/v1/host/snapshots/snap/restore"),
+        (reqwest::Method::POST, "/api/v1/host"),
+        (
+            reqwest::Method::POST,
+            "/api/v1/host/01ARZ3NDEKTSV4RRFFQ69G5FAV/reboot",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/host/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        ),
+    ] {
+        let (s, _, v) = send(method, path, &mallory);
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{path}: {v}");
+    }
+    // Reads are free.
+    for _ in 0..20 {
+        assert_eq!(
+            get(&d, "/api/v1/host/snapshots", Some(&mallory)).0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // Alice's budget is hers; the administrator has none.
+    assert_eq!(take(&alice).0, StatusCode::NOT_FOUND);
+    for _ in 0..30 {
+        let (s, _, v) = send(
+            reqwest::Method::POST,
+            "/api/v1/admin/vms/01ARZ3NDEKTSV4RRFFQ69G5FAV/stop",
+            &admin,
+        );
+        assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+        let (s, _, v) = send(
+            reqwest::Method::POST,
+            "/api/v1/host/01ARZ3NDEKTSV4RRFFQ69G5FAV/reboot",
+            &admin,
+        );
+        assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    }
+}

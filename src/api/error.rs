@@ -241,6 +241,10 @@ impl From<HostingError> for ApiError {
                 ApiError::new(S::CONFLICT, "snapshot_limit", e.to_string())
             }
             HostingError::NoSuchSnapshot => ApiError::not_found("snapshot"),
+            HostingError::RateLimited(wait) => ApiError {
+                retry_after: Some(wait.as_secs_f64().ceil() as u64),
+                ..ApiError::new(S::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
             e
             @ (HostingError::Step { .. } | HostingError::Store(_) | HostingError::Internal(_)) => {
                 ApiError::internal(&e)

@@ -131,6 +131,7 @@ fn public_reason(reason: &str) -> String {
         (status = 202, body = HostingView),
         (status = 409, description = "the user already has a hosting", body = ErrorBody),
         (status = 422, description = "the key does not parse", body = ErrorBody),
+        (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody),
         (status = 503, description = "no capacity, or VM hosting unavailable on this host", body = ErrorBody),
         (status = 507, description = "not enough disk space", body = ErrorBody),
     ))]
@@ -139,6 +140,7 @@ async fn create(
     user: AuthUser,
     OptionalJson(req): OptionalJson<CreateHostingRequest>,
 ) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    spend(&st, &user)?;
     if req.generate_key && req.ssh_public_key.is_some() {
         return Err(ApiError::field(
             "generate_key",
@@ -248,12 +250,13 @@ async fn events(
 /// Deletes a hosting (the owner's, or any for an admin); completes in the background.
 #[utoipa::path(delete, path = "/api/v1/host/{id}", tag = "hosting", security(("bearer" = [])),
     params(("id" = String, Path, description = "hosting id")),
-    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody), (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody)))]
 async fn delete(
     State(st): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    spend(&st, &user)?;
     let h = owned(&st, &user, &id)?;
     let h = st.hostings.delete(h.id, &user.username).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
@@ -263,7 +266,7 @@ async fn delete(
 #[utoipa::path(post, path = "/api/v1/host/{id}/{action}", tag = "hosting", security(("bearer" = [])),
     params(("id" = String, Path, description = "hosting id"),
            ("action" = String, Path, description = "start | stop | reboot")),
-    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody), (status = 409, description = "the VM's state does not allow it", body = ErrorBody)))]
+    responses((status = 202, body = HostingView), (status = 404, body = ErrorBody), (status = 409, description = "the VM's state does not allow it", body = ErrorBody), (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody)))]
 async fn act(
     State(st): State<AppState>,
     user: AuthUser,
@@ -281,9 +284,19 @@ async fn act(
             ))
         }
     };
+    spend(&st, &user)?;
     let h = owned(&st, &user, &id)?;
     let h = st.hostings.act(h.id, action, &user.username).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
+}
+
+/// Spends one of the caller's costly operations (`hosting::budget`); administrators are
+/// exempt.
+pub(super) fn spend(st: &AppState, user: &AuthUser) -> Result<(), ApiError> {
+    match user.role {
+        Role::Admin => Ok(()),
+        Role::User => Ok(st.hostings.spend(user.id)?),
+    }
 }
 
 /// Finds a hosting the caller may touch. Someone else's hosting is a 404, not a 403, so

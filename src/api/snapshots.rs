@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
+use super::hostings::spend;
 use super::{rfc3339, AppState};
 use crate::auth::AuthUser;
 use crate::hosting::snapshots::SnapshotOp;
@@ -74,6 +75,7 @@ fn found(h: &Hosting, name: &str) -> Result<SnapshotView, ApiError> {
         (status = 404, description = "the caller has no hosting", body = ErrorBody),
         (status = 409, description = "the name is taken, the hosting keeps its limit of snapshots already, or its state does not allow one (it is being created or deleted)", body = ErrorBody),
         (status = 422, description = "not a snapshot name", body = ErrorBody),
+        (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody),
         (status = 507, description = "the host's disk budget has no room for one more", body = ErrorBody),
     ))]
 async fn take(
@@ -81,6 +83,7 @@ async fn take(
     user: AuthUser,
     ApiJson(req): ApiJson<SnapshotRequest>,
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
+    spend(&st, &user)?;
     let h = my_hosting(&st, &user)?;
     let h = st
         .hostings
@@ -108,12 +111,14 @@ async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Snapsho
         (status = 200, body = SnapshotView),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the VM is not stopped", body = ErrorBody),
+        (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody),
     ))]
 async fn restore(
     State(st): State<AppState>,
     user: AuthUser,
     Path(name): Path<String>,
 ) -> Result<Json<SnapshotView>, ApiError> {
+    spend(&st, &user)?;
     let h = my_hosting(&st, &user)?;
     let h = st
         .hostings
@@ -129,12 +134,14 @@ async fn restore(
         (status = 204),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the hosting's state does not allow it (it is being created or deleted)", body = ErrorBody),
+        (status = 429, description = "the account's operation budget is spent; see Retry-After", body = ErrorBody),
     ))]
 async fn remove(
     State(st): State<AppState>,
     user: AuthUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    spend(&st, &user)?;
     let h = my_hosting(&st, &user)?;
     st.hostings
         .snapshot_op(h.id, SnapshotOp::Delete, &name, &user.username)

@@ -31,6 +31,8 @@ pub(super) struct Inner {
     pub(super) admission: Mutex<()>,
     /// The serial console hubs of VMs someone is watching.
     pub consoles: super::console::Consoles,
+    /// Each account's budget of costly operations.
+    budget: super::budget::OperationBudget,
 }
 
 /// The manager handle; cheap to clone.
@@ -74,6 +76,7 @@ impl Hostings {
             stop_timeout: Duration::from_secs(cfg.vm.stop_timeout_secs),
             registry: Registry::default(),
         });
+        let budget = super::budget::OperationBudget::new(cfg.limits.operations_per_hour);
         Hostings {
             inner: Arc::new(Inner {
                 cfg,
@@ -81,8 +84,18 @@ impl Hostings {
                 ctx,
                 admission: Mutex::new(()),
                 consoles: Default::default(),
+                budget,
             }),
         }
+    }
+
+    /// Spends one of `user`'s costly operations (create, delete, start, stop, reboot, a
+    /// snapshot's take, restore or delete), or says how long to wait.
+    pub fn spend(&self, user: UserId) -> Result<(), HostingError> {
+        self.inner
+            .budget
+            .spend(user)
+            .map_err(HostingError::RateLimited)
     }
 
     pub fn routes(&self) -> proxy::Routes {

@@ -6,6 +6,7 @@
 //! Knows a hosting's owner id and slug, but nothing of HTTP requests or tokens.
 
 mod actor;
+pub mod budget;
 pub mod capacity;
 mod console;
 pub mod core;
@@ -72,6 +73,9 @@ pub enum HostingError {
     TooManySnapshots(usize),
     #[error("no such snapshot")]
     NoSuchSnapshot,
+    /// The account's operation budget is spent; the wait until the next one.
+    #[error("too many operations on your hosting; try again in {} s", .0.as_secs().max(1))]
+    RateLimited(Duration),
     #[error("store")]
     Store(#[from] StoreError),
     #[error("{0}")]
