@@ -10,10 +10,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
+use super::hostings::my_hosting;
 use super::{rfc3339, AppState};
 use crate::auth::AuthUser;
 use crate::domains::{instructions, DomainError};
-use crate::store::{Domain, Hosting};
+use crate::store::Domain;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,12 +61,6 @@ pub(super) fn view(d: &Domain, service_domain: &str) -> DomainView {
         created_at: rfc3339(d.created_at),
         verified_at: d.verified_at.map(rfc3339),
     }
-}
-
-fn my_hosting(st: &AppState, user: &AuthUser) -> Result<Hosting, ApiError> {
-    st.hostings
-        .of_user(user.id)?
-        .ok_or_else(|| ApiError::not_found("hosting"))
 }
 
 /// Claims a domain for the caller's hosting; answers with the DNS records to publish.

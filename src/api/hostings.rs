@@ -290,6 +290,13 @@ async fn act(
     Ok((StatusCode::ACCEPTED, Json(view(&h, None))))
 }
 
+/// The caller's own hosting (404 without one).
+pub(super) fn my_hosting(st: &AppState, user: &AuthUser) -> Result<Hosting, ApiError> {
+    st.hostings
+        .of_user(user.id)?
+        .ok_or_else(|| ApiError::not_found("hosting"))
+}
+
 /// Spends one of the caller's costly operations (`hosting::budget`); administrators are
 /// exempt.
 pub(super) fn spend(st: &AppState, user: &AuthUser) -> Result<(), ApiError> {

@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::hostings::spend;
+use super::hostings::{my_hosting, spend};
 use super::{rfc3339, AppState};
 use crate::auth::AuthUser;
 use crate::hosting::snapshots::SnapshotOp;
@@ -49,12 +49,6 @@ fn view(s: &Snapshot) -> SnapshotView {
         name: s.name.clone(),
         created_at: rfc3339(s.created_at),
     }
-}
-
-fn my_hosting(st: &AppState, user: &AuthUser) -> Result<Hosting, ApiError> {
-    st.hostings
-        .of_user(user.id)?
-        .ok_or_else(|| ApiError::not_found("hosting"))
 }
 
 fn found(h: &Hosting, name: &str) -> Result<SnapshotView, ApiError> {

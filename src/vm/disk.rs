@@ -38,22 +38,47 @@ pub async fn create_overlay(base: &Path, overlay: &Path, size_gib: u32) -> Resul
         path: base.to_path_buf(),
         source,
     })?;
+    if let Err(e) = qemu_img(overlay_argv(&base, overlay, size_gib)).await {
+        // Do not leave a half-written overlay behind.
+        let _ = std::fs::remove_file(overlay);
+        return Err(e);
+    }
+    info!(overlay = %overlay.display(), base = %base.display(), size_gib, "overlay created");
+    Ok(())
+}
+
+/// Runs `qemu-img` with `args`; its standard output, or its status and standard error.
+pub(super) async fn qemu_img<I, S>(args: I) -> Result<Vec<u8>, VmError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = tokio::process::Command::new("qemu-img")
-        .args(overlay_argv(&base, overlay, size_gib))
+        .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .await
         .map_err(VmError::QemuImg)?;
     if !out.status.success() {
-        // Do not leave a half-written overlay behind.
-        let _ = std::fs::remove_file(overlay);
         return Err(VmError::QemuImgFailed {
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    info!(overlay = %overlay.display(), base = %base.display(), size_gib, "overlay created");
-    Ok(())
+    Ok(out.stdout)
+}
+
+/// Whether `qemu-img` runs here (tests that need it skip without it).
+#[cfg(test)]
+pub(super) fn qemu_img_at_hand() -> bool {
+    let at_hand = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !at_hand {
+        eprintln!("skipping: no qemu-img");
+    }
+    at_hand
 }
 
 /// Fails with [`VmError::DiskFull`] unless the file system holding `dir` has `needed` bytes
@@ -180,12 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn overlay_is_constant_cost_and_refuses_overwrite() {
-        if std::process::Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: no qemu-img");
+        if !qemu_img_at_hand() {
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");

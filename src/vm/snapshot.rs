@@ -10,9 +10,10 @@
 //! holds fails instead of corrupting it; listing reads with `-U` (shared), so it works in
 //! any state.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
+use super::disk::qemu_img;
 use super::VmError;
 
 /// The QMP device name of the VM's disk: the first `-drive if=virtio` (see `argv`).
@@ -52,37 +53,18 @@ pub async fn offline(op: OfflineOp, name: &str, overlay: &Path) -> Result<(), Vm
             stderr: format!("a snapshot named {name:?} exists already"),
         });
     }
-    let out = tokio::process::Command::new("qemu-img")
-        .args(offline_argv(op, name, overlay))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(VmError::QemuImg)?;
-    if !out.status.success() {
-        return Err(VmError::QemuImgFailed {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    qemu_img(offline_argv(op, name, overlay)).await.map(drop)
 }
 
 /// The names of the snapshots in `overlay`, read shared (a running QEMU may hold it).
 pub async fn names(overlay: &Path) -> Result<Vec<String>, VmError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(overlay)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(VmError::QemuImg)?;
-    if !out.status.success() {
-        return Err(VmError::QemuImgFailed {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    parse_names(&out.stdout).map_err(|detail| VmError::QemuImgFailed {
+    let info = [
+        OsStr::new("info"),
+        OsStr::new("-U"),
+        OsStr::new("--output=json"),
+        overlay.as_os_str(),
+    ];
+    parse_names(&qemu_img(info).await?).map_err(|detail| VmError::QemuImgFailed {
         status: "unreadable output".into(),
         stderr: detail,
     })
@@ -144,12 +126,7 @@ mod tests {
     /// revert that brings the old bytes back.
     #[tokio::test]
     async fn a_real_overlay_round_trip() {
-        if std::process::Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: no qemu-img");
+        if !super::super::disk::qemu_img_at_hand() {
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
