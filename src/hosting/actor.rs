@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use super::core::{Event, Machine, QmpSignal, Refusal, RunState, Slot};
+use super::core::{Event, Machine, Refusal, RunState, Slot};
 use super::effects::{Effects, StepError, Vm};
 use super::lifecycle::{Action, ExitCause};
 use super::snapshots::SnapshotOp;
@@ -160,43 +160,6 @@ async fn run<E: Effects>(
         a.handle(input).await;
     }
     ctx.registry.remove(id, serial);
-}
-
-async fn exited<V: Vm>(vm: Option<&V>) {
-    match vm {
-        Some(v) => v.exited().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next QMP event the core cares about; `None` when there is none to wait for any
-/// more (the receiver is then dropped).
-async fn next_event(rx: &mut Option<broadcast::Receiver<VmEvent>>) -> Option<QmpSignal> {
-    let Some(r) = rx.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        match r.recv().await {
-            Ok(VmEvent::Stop) => return Some(QmpSignal::Stop),
-            Ok(VmEvent::Resume) => return Some(QmpSignal::Resume),
-            Ok(VmEvent::Reset { .. }) => return Some(QmpSignal::Reset),
-            Ok(VmEvent::Shutdown { guest: true, .. }) => return Some(QmpSignal::GuestShutdown),
-            Ok(VmEvent::Powerdown) => info!("power button pressed"),
-            Ok(VmEvent::Shutdown { .. }) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => warn!(n, "missed qmp events"),
-            Ok(VmEvent::Disconnected) | Err(broadcast::error::RecvError::Closed) => {
-                *rx = None;
-                return None;
-            }
-        }
-    }
 }
 
 impl<E: Effects> Actor<E> {
@@ -438,10 +401,12 @@ const DELETE_STOP: Duration = Duration::from_secs(10);
 pub(super) const READY_POLL: Duration = Duration::from_millis(100);
 
 mod apply;
+mod inputs;
 mod registry;
 mod saga;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+use inputs::{exited, next_event, sleep_until};
 pub(super) use registry::Registry;
