@@ -321,6 +321,10 @@ fn readme_commands_work_as_written() {
     assert!(output("curl -s localhost/api/v1/host/access-urls")
         .contains("ssh -p 22000 alice@localhost"));
     assert!(!output("ssh -p 22000").trim().is_empty(), "{context}");
+    assert!(
+        output("curl -sf localhost/api/v1/host/snapshots -H").contains("\"name\":\"first\""),
+        "{context}"
+    );
     assert!(output("roost status").contains("running (pid"));
     assert!(output("roost check").contains("qemu"), "{context}");
     eprintln!("--- the README session ---\n{text}");

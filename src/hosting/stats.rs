@@ -107,6 +107,7 @@ impl Hostings {
             Ok(c) => Some(Capacity {
                 vms: u64::from(c.usage.vms),
                 max_vms: c.budget.max_vms.map(u64::from),
+                snapshots: u64::from(c.usage.snapshots),
                 memory_bytes: c.usage.memory_mib << 20,
                 memory_budget_bytes: c.budget.memory_mib << 20,
                 disk_bytes: c.usage.disk_gib << 30,

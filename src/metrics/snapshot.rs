@@ -64,6 +64,8 @@ pub struct Capacity {
     pub vms: u64,
     /// `None`: no count limit besides memory and disk.
     pub max_vms: Option<u64>,
+    /// Disk snapshots over all hostings (each holds a disk's worth of `disk_bytes`).
+    pub snapshots: u64,
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
     pub disk_bytes: u64,
@@ -210,6 +212,13 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), st
             None,
             c.vms,
         )?;
+        gauge(
+            enc,
+            "roost_capacity_snapshots",
+            "Disk snapshots over all hostings; each holds a virtual disk's size of the disk budget.",
+            None,
+            c.snapshots,
+        )?;
         if let Some(max) = c.max_vms {
             gauge(
                 enc,
@@ -236,7 +245,7 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), st
         gauge(
             enc,
             "roost_capacity_disk_reserved",
-            "Disk the hostings hold: each its virtual disk size.",
+            "Disk the hostings hold: each its virtual disk size, once more per snapshot.",
             Some(Unit::Bytes),
             c.disk_bytes,
         )?;

@@ -318,6 +318,7 @@ async fn vm_series_follow_the_live_list_of_hostings() {
         capacity: Some(Capacity {
             vms: 2,
             max_vms: None,
+            snapshots: 1,
             memory_bytes: 2 * (768 << 20),
             memory_budget_bytes: 8 << 30,
             disk_bytes: 8 << 30,
@@ -340,6 +341,7 @@ async fn vm_series_follow_the_live_list_of_hostings() {
         "roost_hostings{state=\"stopped\"} 1",
         "roost_hostings{state=\"failed\"} 0",
         "roost_capacity_vms 2",
+        "roost_capacity_snapshots 1",
         "roost_capacity_memory_reserved_bytes 1610612736",
         "roost_capacity_memory_budget_bytes 8589934592",
         "roost_capacity_disk_reserved_bytes 8589934592",
