@@ -39,6 +39,8 @@ pub struct VmView {
     pub memory_bytes: Option<u64>,
     /// Resident memory of the QEMU process.
     pub rss_bytes: Option<u64>,
+    /// The names of the disk's snapshots, oldest first (each charged a disk).
+    pub snapshots: Vec<String>,
     pub created_at: String,
 }
 
@@ -104,6 +106,7 @@ fn vm_view(s: VmStatus) -> VmView {
         cpu_time_secs: s.cpu_time_secs,
         memory_bytes: s.memory_bytes,
         rss_bytes: s.rss_bytes,
+        snapshots: s.hosting.snapshots.iter().map(|x| x.name.clone()).collect(),
         created_at: rfc3339(s.hosting.created_at),
     }
 }
