@@ -732,7 +732,10 @@ fn stop_start_reboot(st: &Stage) {
     // Each is charged a disk.
     let (_, cap) = http("GET", "/api/v1/admin/capacity", Some(admin), None);
     assert_eq!(cap["snapshots"], 2, "{cap}");
-    assert_eq!(admin_vm(admin, a_id)["snapshots"], json!(["before", "second"]));
+    assert_eq!(
+        admin_vm(admin, a_id)["snapshots"],
+        json!(["before", "second"])
+    );
 
     // Stop and start.
     assert_eq!(
