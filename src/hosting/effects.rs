@@ -97,17 +97,17 @@ pub trait Effects: Send + Sync + 'static {
         h: &Hosting,
     ) -> impl Future<Output = Option<(Self::Vm, Option<RunState>)>> + Send;
     /// Takes, deletes or reverts to snapshot `name` of the VM's disk while no QEMU holds it
-    /// (step `snapshot`).
+    /// (step `snapshot`), with the VM's own identity (its QEMU writes that file).
     fn disk_snapshot(
         &self,
-        id: HostingId,
+        h: &Hosting,
         op: OfflineOp,
         name: &str,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// The names of the snapshots on the VM's disk (in any state).
+    /// The names of the snapshots on the VM's disk (in any state), read likewise.
     fn disk_snapshots(
         &self,
-        id: HostingId,
+        h: &Hosting,
     ) -> impl Future<Output = Result<Vec<String>, StepError>> + Send;
     /// One readiness round: whether the guest answers HTTP on :80 and SSH on :22 (each
     /// probed only while not yet known).

@@ -80,18 +80,30 @@ impl RealEffects {
         h: &Hosting,
         p: &VmPaths,
     ) -> Result<vm::Credentials, StepError> {
+        let c = self.identity(rt, h, "user")?;
+        vm::confine::hand_over(&p.dir, c.uid, c.gid)
+            .map_err(|e| StepError::new("user", chain(&e)))?;
+        Ok(c)
+    }
+
+    /// The VM's own identity (its uid from its address; `kvm` under KVM), for `step`.
+    fn identity(
+        &self,
+        rt: &VmRuntime,
+        h: &Hosting,
+        step: &'static str,
+    ) -> Result<vm::Credentials, StepError> {
         let uid = rt
             .subnet
             .host_offset(h.ip)
             .and_then(|o| vm::confine::vm_uid(self.cfg.vm.uid_base, o))
             .ok_or_else(|| {
                 StepError::new(
-                    "user",
+                    step,
                     format!("address {} is outside network.subnet {}", h.ip, rt.subnet),
                 )
             })?;
         let kvm = (rt.accel == vm::Accel::Kvm).then_some(rt.kvm_gid).flatten();
-        vm::confine::hand_over(&p.dir, uid, uid).map_err(|e| StepError::new("user", chain(&e)))?;
         Ok(vm::Credentials::for_vm(uid, kvm))
     }
 }
@@ -324,17 +336,19 @@ impl Effects for RealEffects {
 
     async fn disk_snapshot(
         &self,
-        id: HostingId,
+        h: &Hosting,
         op: vm::snapshot::OfflineOp,
         name: &str,
     ) -> Result<(), StepError> {
-        vm::snapshot::offline(op, name, &self.paths(id).overlay)
+        let user = self.identity(self.rt("snapshot")?, h, "snapshot")?;
+        vm::snapshot::offline(op, name, &self.paths(h.id).overlay, Some(&user))
             .await
             .map_err(|e| StepError::new("snapshot", chain(&e)))
     }
 
-    async fn disk_snapshots(&self, id: HostingId) -> Result<Vec<String>, StepError> {
-        vm::snapshot::names(&self.paths(id).overlay)
+    async fn disk_snapshots(&self, h: &Hosting) -> Result<Vec<String>, StepError> {
+        let user = self.identity(self.rt("snapshot")?, h, "snapshot")?;
+        vm::snapshot::names(&self.paths(h.id).overlay, Some(&user))
             .await
             .map_err(|e| StepError::new("snapshot", chain(&e)))
     }

@@ -38,7 +38,8 @@ pub async fn create_overlay(base: &Path, overlay: &Path, size_gib: u32) -> Resul
         path: base.to_path_buf(),
         source,
     })?;
-    if let Err(e) = qemu_img(overlay_argv(&base, overlay, size_gib)).await {
+    // A new file, written by nothing else yet: roost's own identity is fine here.
+    if let Err(e) = qemu_img(overlay_argv(&base, overlay, size_gib), None).await {
         // Do not leave a half-written overlay behind.
         let _ = std::fs::remove_file(overlay);
         return Err(e);
@@ -47,17 +48,39 @@ pub async fn create_overlay(base: &Path, overlay: &Path, size_gib: u32) -> Resul
     Ok(())
 }
 
-/// Runs `qemu-img` with `args`; its standard output, or its status and standard error.
-pub(super) async fn qemu_img<I, S>(args: I) -> Result<Vec<u8>, VmError>
+/// How long one `qemu-img` run may take before it is killed.
+const QEMU_IMG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs `qemu-img` with `args`, as `user` when given (a VM's disk is written by its QEMU,
+/// which may be compromised: the file is parsed with that QEMU's identity and no
+/// capabilities, never as root), killed after [`QEMU_IMG_DEADLINE`]. Its standard output,
+/// or its status and standard error.
+pub(super) async fn qemu_img<I, S>(
+    args: I,
+    user: Option<&super::Credentials>,
+) -> Result<Vec<u8>, VmError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(args)
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true);
+    if let Some(c) = user.cloned() {
+        // SAFETY: `drop_privileges` only makes system calls on data built before the fork.
+        unsafe {
+            cmd.pre_exec(move || super::confine::drop_privileges(&c));
+        }
+    }
+    let out = tokio::time::timeout(QEMU_IMG_DEADLINE, cmd.output())
         .await
+        .map_err(|_| {
+            VmError::QemuImg(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", QEMU_IMG_DEADLINE.as_secs()),
+            ))
+        })?
         .map_err(VmError::QemuImg)?;
     if !out.status.success() {
         return Err(VmError::QemuImgFailed {

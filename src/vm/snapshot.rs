@@ -14,7 +14,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 use super::disk::qemu_img;
-use super::VmError;
+use super::{Credentials, VmError};
 
 /// The QMP device name of the VM's disk: the first `-drive if=virtio` (see `argv`).
 pub const DISK_DEVICE: &str = "virtio0";
@@ -44,27 +44,36 @@ pub fn offline_argv(op: OfflineOp, name: &str, overlay: &Path) -> Vec<OsString> 
     ]
 }
 
-/// Runs `op` on `overlay` (no QEMU may hold it). Creating refuses a name the disk has
-/// already (`qemu-img` itself would make a second snapshot of that name).
-pub async fn offline(op: OfflineOp, name: &str, overlay: &Path) -> Result<(), VmError> {
-    if op == OfflineOp::Create && names(overlay).await?.iter().any(|n| n == name) {
+/// Runs `op` on `overlay` (no QEMU may hold it) as `user` (the VM's own identity: see
+/// [`super::disk`]'s `qemu_img`). Creating refuses a name the disk has already (`qemu-img`
+/// itself would make a second snapshot of that name).
+pub async fn offline(
+    op: OfflineOp,
+    name: &str,
+    overlay: &Path,
+    user: Option<&Credentials>,
+) -> Result<(), VmError> {
+    if op == OfflineOp::Create && names(overlay, user).await?.iter().any(|n| n == name) {
         return Err(VmError::QemuImgFailed {
             status: "refused".into(),
             stderr: format!("a snapshot named {name:?} exists already"),
         });
     }
-    qemu_img(offline_argv(op, name, overlay)).await.map(drop)
+    qemu_img(offline_argv(op, name, overlay), user)
+        .await
+        .map(drop)
 }
 
-/// The names of the snapshots in `overlay`, read shared (a running QEMU may hold it).
-pub async fn names(overlay: &Path) -> Result<Vec<String>, VmError> {
+/// The names of the snapshots in `overlay`, read shared (a running QEMU may hold it), as
+/// `user`.
+pub async fn names(overlay: &Path, user: Option<&Credentials>) -> Result<Vec<String>, VmError> {
     let info = [
         OsStr::new("info"),
         OsStr::new("-U"),
         OsStr::new("--output=json"),
         overlay.as_os_str(),
     ];
-    parse_names(&qemu_img(info).await?).map_err(|detail| VmError::QemuImgFailed {
+    parse_names(&qemu_img(info, user).await?).map_err(|detail| VmError::QemuImgFailed {
         status: "unreadable output".into(),
         stderr: detail,
     })
@@ -122,6 +131,45 @@ mod tests {
         assert!(parse_names(b"not json").is_err());
     }
 
+    /// `qemu-img` on a VM's disk runs as the VM's uid, not as root: a root-only disk is
+    /// refused to it, the same disk handed to that uid is read. (Needs root to drop.)
+    #[tokio::test]
+    async fn qemu_img_reads_a_disk_as_the_given_user_only() {
+        if !super::super::disk::qemu_img_at_hand() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs qemu-img and root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = dir.path().join("disk.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("16M")
+            .status()
+            .expect("qemu-img create");
+        assert!(st.success());
+        // Private as a VM's files are (`confine`): root's own until handed over.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        // An unused uid from the range VMs get (see `confine::vm_uid`).
+        let vm = Credentials::for_vm(64_999, None);
+        assert!(names(&disk, None).await.is_ok(), "root reads it");
+        let e = names(&disk, Some(&vm)).await.expect_err("not the VM's");
+        assert!(e.to_string().contains("qemu-img"), "{e}");
+        super::super::confine::hand_over(dir.path(), vm.uid, vm.gid).expect("hand over");
+        assert_eq!(
+            names(&disk, Some(&vm)).await.expect("the VM's"),
+            Vec::<String>::new()
+        );
+        offline(OfflineOp::Create, "mine", &disk, Some(&vm))
+            .await
+            .expect("create as the VM");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&disk).expect("meta").uid(), vm.uid);
+    }
+
     /// With `qemu-img` at hand: create, list, revert and delete on a real overlay, and a
     /// revert that brings the old bytes back.
     #[tokio::test]
@@ -147,25 +195,32 @@ mod tests {
                 .unwrap_or_default()
         };
         io("write -P 0xab 0 64k");
-        offline(OfflineOp::Create, "first", &disk)
+        offline(OfflineOp::Create, "first", &disk, None)
             .await
             .expect("create");
         io("write -P 0xcd 0 64k");
-        assert!(offline(OfflineOp::Create, "first", &disk).await.is_err());
-        offline(OfflineOp::Create, "second", &disk)
+        assert!(offline(OfflineOp::Create, "first", &disk, None)
+            .await
+            .is_err());
+        offline(OfflineOp::Create, "second", &disk, None)
             .await
             .expect("create");
-        assert_eq!(names(&disk).await.expect("names"), ["first", "second"]);
-        offline(OfflineOp::Revert, "first", &disk)
+        assert_eq!(
+            names(&disk, None).await.expect("names"),
+            ["first", "second"]
+        );
+        offline(OfflineOp::Revert, "first", &disk, None)
             .await
             .expect("revert");
         let read = io("read -P 0xab 0 64k");
         assert!(read.contains("read 65536/65536"), "{read}");
         assert!(!read.contains("Pattern verification failed"), "{read}");
-        offline(OfflineOp::Delete, "first", &disk)
+        offline(OfflineOp::Delete, "first", &disk, None)
             .await
             .expect("delete");
-        assert_eq!(names(&disk).await.expect("names"), ["second"]);
-        assert!(offline(OfflineOp::Delete, "first", &disk).await.is_err());
+        assert_eq!(names(&disk, None).await.expect("names"), ["second"]);
+        assert!(offline(OfflineOp::Delete, "first", &disk, None)
+            .await
+            .is_err());
     }
 }

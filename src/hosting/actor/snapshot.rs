@@ -59,16 +59,16 @@ impl<E: Effects> Actor<E> {
             return Err(HostingError::NoSuchSnapshot);
         }
         let access = self.access(op)?;
-        let id = self.row.id;
+        let h = self.row.clone();
         let fx = self.ctx.fx.clone();
         match (op, access) {
             (SnapshotOp::Take, Access::Live(vm)) => vm.snapshot(true, name).await.map_err(live),
             (SnapshotOp::Take, Access::Offline) => fx
-                .disk_snapshot(id, OfflineOp::Create, name)
+                .disk_snapshot(&h, OfflineOp::Create, name)
                 .await
                 .map_err(step),
             (SnapshotOp::Restore, Access::Offline) => fx
-                .disk_snapshot(id, OfflineOp::Revert, name)
+                .disk_snapshot(&h, OfflineOp::Revert, name)
                 .await
                 .map_err(step),
             (SnapshotOp::Restore, Access::Live(_)) => Err(self.invalid(op)),
@@ -76,13 +76,13 @@ impl<E: Effects> Actor<E> {
                 let r = match access {
                     Access::Live(vm) => vm.snapshot(false, name).await.map_err(live),
                     Access::Offline => fx
-                        .disk_snapshot(id, OfflineOp::Delete, name)
+                        .disk_snapshot(&h, OfflineOp::Delete, name)
                         .await
                         .map_err(step),
                 };
                 // A record whose snapshot is not on the disk (any more) goes all the same.
                 let gone = || async {
-                    fx.disk_snapshots(id)
+                    fx.disk_snapshots(&h)
                         .await
                         .is_ok_and(|on_disk| !on_disk.iter().any(|s| s == name))
                 };
@@ -151,11 +151,11 @@ impl<E: Effects> Actor<E> {
     /// snapshot on the disk without a record (taken just before a crash, or left by a
     /// failed command). Logged, never fatal.
     pub(super) async fn reconcile_snapshots(&mut self) {
-        let id = self.row.id;
-        if !self.ctx.fx.files_exist(id) || self.m.state == HostingState::Deleting {
+        let h = self.row.clone();
+        if !self.ctx.fx.files_exist(h.id) || self.m.state == HostingState::Deleting {
             return;
         }
-        let on_disk = match self.ctx.fx.disk_snapshots(id).await {
+        let on_disk = match self.ctx.fx.disk_snapshots(&h).await {
             Ok(names) => names,
             Err(e) => {
                 warn!(error = %e, "cannot list the disk's snapshots");
@@ -183,7 +183,7 @@ impl<E: Effects> Actor<E> {
                 Ok(Access::Offline) => self
                     .ctx
                     .fx
-                    .disk_snapshot(id, OfflineOp::Delete, name)
+                    .disk_snapshot(&h, OfflineOp::Delete, name)
                     .await
                     .map_err(step),
                 Err(e) => Err(e),

@@ -173,7 +173,7 @@ impl Effects for Fake {
 
     async fn disk_snapshot(
         &self,
-        _id: HostingId,
+        _h: &Hosting,
         op: crate::vm::snapshot::OfflineOp,
         name: &str,
     ) -> Result<(), StepError> {
@@ -192,7 +192,7 @@ impl Effects for Fake {
         Ok(())
     }
 
-    async fn disk_snapshots(&self, _id: HostingId) -> Result<Vec<String>, StepError> {
+    async fn disk_snapshots(&self, _h: &Hosting) -> Result<Vec<String>, StepError> {
         Ok(self.w().snapshots.clone())
     }
     fn make_dir(&self, h: &Hosting) -> Result<bool, StepError> {
