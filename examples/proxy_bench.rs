@@ -56,6 +56,7 @@ fn bench_routes(upstream: SocketAddrV4) -> Routes {
         upstream: Some(upstream),
         ssh: None,
         status: RouteStatus::Live,
+        presence: roost::presence::Presence::new(),
     }])
 }
 
@@ -129,7 +130,8 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
                 client_mark,
                 ..ForwardLimits::default()
             };
-            fw.ensure(port, target, limits).await?;
+            fw.ensure(port, target, limits, roost::presence::Presence::new())
+                .await?;
             std::future::pending::<()>().await;
         }
         "client-routing" => {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All benchmarks, in one run: create-to-ready (roost vs bare QEMU + seed, and SSH into the
 # real VM through the forwarder vs direct), HTTP proxy (roost vs nginx proxy_pass), SSH path
-# on loopback (forwarder vs direct), daemon memory per VM and overlay creation. Appends the tables, the
+# on loopback (forwarder vs direct), daemon memory per VM and overlay creation, an idle VM
+# awake vs asleep and the first request to a sleeping site. Appends the tables, the
 # machine and the command to docs/benchmarks.md. Timings never decide a test: compare the
 # ratios measured within one run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,4 +27,8 @@ OUT="$ROOT/docs/benchmarks.md"
     echo "### Daemon memory per VM and overlay creation (scripts/bench-scale.sh)"
     echo
     "$ROOT/scripts/bench-scale.sh" "${SCALE_VMS:-8}"
+    echo
+    echo "### Sleeping while idle (scripts/bench-sleep.sh)"
+    echo
+    "$ROOT/scripts/bench-sleep.sh" "${SLEEP_ROUNDS:-5}"
 } | tee -a "$OUT"

@@ -356,6 +356,11 @@ pub struct VmConfig {
     pub egress_max_conns: u32,
     /// New connections per second one VM may open to the internet (burst: twice that).
     pub egress_new_conns_per_sec: u32,
+    /// A hosting whose owner lets it sleep is paused after nobody visited its site or held
+    /// an SSH session for this long (0: no VM ever sleeps).
+    pub sleep_after_secs: u64,
+    /// A visit to a sleeping site waits this long for its VM to wake.
+    pub wake_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -513,6 +518,8 @@ impl Default for VmConfig {
             ingress_mbit: 100,
             egress_max_conns: 1024,
             egress_new_conns_per_sec: 100,
+            sleep_after_secs: 900,
+            wake_timeout_secs: 15,
         }
     }
 }
@@ -838,6 +845,18 @@ impl VmConfig {
             "vm.boot_timeout_secs",
             "seconds from 10 to 3600",
             self.boot_timeout_secs,
+        )?;
+        check(
+            self.sleep_after_secs <= 7 * 86400,
+            "vm.sleep_after_secs",
+            "seconds from 0 (never) to 604800",
+            self.sleep_after_secs,
+        )?;
+        check(
+            (1..=300).contains(&self.wake_timeout_secs),
+            "vm.wake_timeout_secs",
+            "seconds from 1 to 300",
+            self.wake_timeout_secs,
         )
     }
 }

@@ -312,6 +312,7 @@ fn proxy_config(cfg: &Config, fd_limit: u64) -> proxy::ProxyConfig {
     p.upstream_timeout = Duration::from_secs(cfg.http.upstream_timeout_secs);
     p.send_timeout = Duration::from_secs(cfg.http.send_timeout_secs);
     p.tunnel_idle_timeout = Duration::from_secs(cfg.http.tunnel_idle_secs);
+    p.wake_timeout = Duration::from_secs(cfg.vm.wake_timeout_secs);
     tracing::info!(
         fd_limit,
         max_conns = p.max_conns,

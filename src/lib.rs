@@ -36,6 +36,9 @@ pub(crate) mod idle;
 pub mod metrics;
 /// Bridge and taps over netlink and tun ioctls; MAC addresses; the firewall.
 pub mod net;
+/// Whether anyone uses a site, and the doorbell that wakes a sleeping one (proxy, forwarder
+/// and actor share it).
+pub mod presence;
 /// Route table (pure) and the HTTP reverse proxy.
 pub mod proxy;
 /// The only code that opens redb: tables, typed records, transactions, schema.

@@ -295,6 +295,32 @@ fn every_error_status_from_real_bad_requests() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_error(&v, "not_found");
 
+    // The sleep switch: 422 for a non-boolean, 404 without a hosting, 401 without a token.
+    let put_sleep = |body: &str, token: Option<&str>| {
+        let mut r = c
+            .put(d.url("/api/v1/host/sleep"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().expect("send");
+        (r.status(), r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, v) = put_sleep(r#"{"enabled": "yes"}"#, Some(&t));
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = put_sleep(r#"{"enabled": true}"#, Some(&t));
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_error(&v, "not_found");
+    assert_eq!(
+        put_sleep(r#"{"enabled": true}"#, None).0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&d, "/api/v1/host/sleep", Some(&t)).0,
+        StatusCode::NOT_FOUND
+    );
+
     // 405.
     let r = c.delete(d.url("/api/v1/auth/login")).send().expect("send");
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);

@@ -130,6 +130,8 @@ fn hosting_for(store: &Store, username: &str) -> Hosting {
                 ssh_keys: vec![],
                 console_password_hash: None,
                 snapshots: Vec::new(),
+                sleep_when_idle: false,
+                asleep: false,
                 created_at: time::OffsetDateTime::now_utc(),
                 updated_at: time::OffsetDateTime::now_utc(),
             },

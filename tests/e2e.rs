@@ -71,7 +71,7 @@ fn hosting_end_to_end() {
     common::in_netns(|| {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().to_path_buf();
-        let mut roost = Daemon::hosting(&dir, "");
+        let mut roost = Daemon::hosting(&dir, &format!("sleep_after_secs = {SLEEP_AFTER}"));
         roost.user_add("root-admin", "password123", true);
         roost.spawn();
         let (mut st, flooding) = create_under_flood(roost, dir);
@@ -80,6 +80,7 @@ fn hosting_end_to_end() {
         isolation(&st);
         ownership(&st, &urls);
         let (a_pid, b_pid) = admin_view_and_pause(&st);
+        sleep_while_idle(&st);
         daemon_restart_adopts(&mut st, a_pid, b_pid);
         qemu_crash_restarts(&st, b_pid);
         stop_start_reboot(&st);
@@ -452,6 +453,145 @@ fn admin_view_and_pause(st: &Stage) -> (i64, i64) {
         "{audit}"
     );
     (a_pid, b_pid)
+}
+
+/// `[vm] sleep_after_secs` of the end-to-end daemon.
+const SLEEP_AFTER: u64 = 4;
+
+fn host_of(token: &str) -> Value {
+    let (s, v) = http("GET", "/api/v1/host", Some(token), None);
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Alice lets her VM sleep (bob does not): with nobody visiting it is paused (QMP says so)
+/// while bob's runs on; the next request to her site wakes it and is served by it; the
+/// guest's clock, which stood still while it slept, is the host's again (set through the
+/// guest agent); an open SSH session keeps it awake past the idle period; asleep again, an
+/// SSH connection wakes it; and once she turns sleep off it stays awake.
+fn sleep_while_idle(st: &Stage) {
+    let Stage {
+        admin,
+        alice,
+        bob,
+        a_id,
+        a_port,
+        alice_key,
+        ..
+    } = st;
+    let (s, v) = http(
+        "PUT",
+        "/api/v1/host/sleep",
+        Some(alice),
+        Some(&json!({"enabled": "yes"})),
+    );
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = http(
+        "PUT",
+        "/api/v1/host/sleep",
+        Some(alice),
+        Some(&json!({"enabled": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], true, "{v}");
+    assert_eq!(v["after_secs"], SLEEP_AFTER, "{v}");
+    let asleep = |what: &str| {
+        common::poll(what, Duration::from_secs(60), || {
+            let v = host_of(alice);
+            (v["asleep"] == true).then_some(v)
+        })
+    };
+    let v = asleep("alice's vm asleep");
+    assert_eq!(v["state"], "paused", "{v}");
+    let slept_at = std::time::Instant::now();
+    assert_eq!(admin_vm(admin, a_id)["qmp_status"], "paused");
+    assert_eq!(host_of(bob)["state"], "running", "bob's vm slept too");
+    // Asleep long enough for a stopped clock to show: it stays asleep meanwhile.
+    common::poll("ten seconds asleep", Duration::from_secs(60), || {
+        assert_eq!(host_of(alice)["asleep"], true, "woke with nobody visiting");
+        (slept_at.elapsed() >= Duration::from_secs(10)).then_some(())
+    });
+
+    // The next request wakes it, and the VM itself answers it.
+    let (s, page) = curl("GET", "/alice/", None, None, &[]);
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("alice"), "{page}");
+    let v = host_of(alice);
+    assert_eq!(
+        (v["state"].as_str(), v["asleep"].as_bool()),
+        (Some("running"), Some(false)),
+        "{v}"
+    );
+    // Its clock is right again: a guest agent set it (without that it is 10 s behind).
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    common::poll(
+        "the guest's clock set again",
+        Duration::from_secs(30),
+        || {
+            let before = now();
+            let o = ssh(*a_port, "alice", alice_key, "date +%s.%N");
+            let after = now();
+            let guest: f64 = String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0.0);
+            (guest > before - 2.0 && guest < after + 2.0).then_some(())
+        },
+    );
+
+    // An SSH session longer than the idle period keeps it awake throughout.
+    let session = {
+        let key = alice_key.clone();
+        let port = *a_port;
+        std::thread::spawn(move || ssh(port, "alice", &key, "sleep 9; echo done"))
+    };
+    while !session.is_finished() {
+        assert_eq!(
+            host_of(alice)["state"],
+            "running",
+            "slept during an ssh session"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = session.join().expect("session");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "done");
+
+    // Asleep again, an SSH connection wakes it.
+    asleep("asleep again after the session");
+    let o = ssh(*a_port, "alice", alice_key, "echo awake");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "awake", "{o:?}");
+    assert_eq!(host_of(alice)["state"], "running");
+
+    // Turned off, it stays awake past the idle period.
+    let (s, v) = http(
+        "PUT",
+        "/api/v1/host/sleep",
+        Some(alice),
+        Some(&json!({"enabled": false})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["enabled"].as_bool(), v["asleep"].as_bool()),
+        (Some(false), Some(false)),
+        "{v}"
+    );
+    let off_at = std::time::Instant::now();
+    common::poll(
+        "awake past the idle period",
+        Duration::from_secs(60),
+        || {
+            assert_eq!(
+                host_of(alice)["state"],
+                "running",
+                "slept while sleep is off"
+            );
+            (off_at.elapsed() >= Duration::from_secs(2 * SLEEP_AFTER)).then_some(())
+        },
+    );
 }
 
 /// kill -9 the daemon: the VMs keep running, and a new daemon on the same state dir adopts

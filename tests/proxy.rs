@@ -184,6 +184,13 @@ impl Drop for Harness {
     }
 }
 
+/// One presence for every forward of these tests (a port's presence is part of its identity).
+fn presence() -> std::sync::Arc<roost::presence::Presence> {
+    static P: std::sync::OnceLock<std::sync::Arc<roost::presence::Presence>> =
+        std::sync::OnceLock::new();
+    P.get_or_init(roost::presence::Presence::new).clone()
+}
+
 fn route(slug: &str, upstream: SocketAddrV4, status: RouteStatus) -> Route {
     Route {
         generation: 0,
@@ -192,6 +199,7 @@ fn route(slug: &str, upstream: SocketAddrV4, status: RouteStatus) -> Route {
         upstream: Some(upstream),
         ssh: None,
         status,
+        presence: roost::presence::Presence::new(),
     }
 }
 
@@ -803,6 +811,7 @@ fn limits(splice: bool) -> ForwardLimits {
         max_conns_per_address: 1000,
         silent_timeout: Duration::from_secs(30),
         client_mark: None,
+        wake_timeout: Duration::from_secs(15),
     }
 }
 
@@ -826,8 +835,10 @@ async fn forwarder_roundtrip(splice: bool) {
     let echo = echo_server().await;
     let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
-    fw.ensure(port, echo, limits(splice)).await.expect("ensure");
-    fw.ensure(port, echo, limits(splice))
+    fw.ensure(port, echo, limits(splice), presence())
+        .await
+        .expect("ensure");
+    fw.ensure(port, echo, limits(splice), presence())
         .await
         .expect("ensure is idempotent");
     assert_eq!(fw.ports().await, vec![(port, echo)]);
@@ -873,7 +884,9 @@ async fn forwarder_caps_connections_and_removal_closes_them() {
     let echo = echo_server().await;
     let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let port = free_port();
-    fw.ensure(port, echo, limits(true)).await.expect("ensure");
+    fw.ensure(port, echo, limits(true), presence())
+        .await
+        .expect("ensure");
     let connect = || tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
     let mut a = connect().await.expect("a");
     ping(&mut a).await;
@@ -911,7 +924,7 @@ async fn forwarder_limits_new_connections_per_address() {
         new_conns_per_minute: 3,
         ..limits(true)
     };
-    fw.ensure(port, echo, l).await.expect("ensure");
+    fw.ensure(port, echo, l, presence()).await.expect("ensure");
     // Three in a row are fine, even once closed again...
     for _ in 0..3 {
         let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
@@ -942,7 +955,7 @@ async fn forwarder_caps_each_address_and_closes_silent_clients() {
             max_conns_per_address: 3,
             ..limits(splice)
         };
-        fw.ensure(port, echo, l).await.expect("ensure");
+        fw.ensure(port, echo, l, presence()).await.expect("ensure");
         let mut held = Vec::new();
         for _ in 0..3 {
             let mut s = connect_from(Ipv4Addr::LOCALHOST, port).await;
@@ -980,7 +993,7 @@ async fn forwarder_caps_each_address_and_closes_silent_clients() {
             silent_timeout: Duration::from_millis(400),
             ..limits(splice)
         };
-        fw.ensure(port, echo, l).await.expect("ensure");
+        fw.ensure(port, echo, l, presence()).await.expect("ensure");
         let mut silent = connect_from(Ipv4Addr::new(127, 0, 0, 3), port).await;
         assert!(
             closed_within(&mut silent, Duration::from_secs(5)).await,
@@ -1007,7 +1020,7 @@ async fn forwarder_closes_idle_connections() {
             idle_timeout: Duration::from_millis(400),
             ..limits(splice)
         };
-        fw.ensure(port, echo, l).await.expect("ensure");
+        fw.ensure(port, echo, l, presence()).await.expect("ensure");
         let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .await
             .expect("connect");
@@ -1024,7 +1037,10 @@ async fn forwarder_reports_port_in_use() {
     let port = taken.local_addr().expect("addr").port();
     let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
     let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
-    match fw.ensure(port, target, ForwardLimits::default()).await {
+    match fw
+        .ensure(port, target, ForwardLimits::default(), presence())
+        .await
+    {
         Err(ForwardError::PortInUse { port: p, .. }) => assert_eq!(p, port),
         other => panic!("expected PortInUse, got {other:?}"),
     }
@@ -1067,11 +1083,11 @@ fn forwarding_does_not_wait_for_a_busy_daemon_runtime() {
         .expect("runtime");
     let port = free_port();
     daemon
-        .block_on(fw.ensure(port, echo, limits(true)))
+        .block_on(fw.ensure(port, echo, limits(true), presence()))
         .expect("ensure");
     // And from no runtime at all.
     let other = free_port();
-    futures::executor::block_on(fw.ensure(other, echo, limits(true)))
+    futures::executor::block_on(fw.ensure(other, echo, limits(true), presence()))
         .expect("ensure outside a runtime");
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, other)).expect("connect");
     s.write_all(b"ping").expect("write");
@@ -1404,4 +1420,161 @@ fn tls_clients_get_http2_by_alpn_and_the_handshake_has_a_deadline() {
     let n = idle.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the silent client got bytes");
     assert!(started.elapsed() < Duration::from_secs(25), "held open");
+}
+
+/// Polls `f` until it holds (or fails the test after 10 s).
+fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_request_to_a_sleeping_site_rings_and_is_served_once_it_wakes() {
+    let h = Harness::default();
+    let p = h
+        .routes
+        .snapshot()
+        .get("alice")
+        .expect("alice")
+        .presence
+        .clone();
+    assert!(p.doze(), "nobody visits");
+    // The actor's part: wake on the ring, as a QMP `cont` would.
+    let rang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (p, rang) = (p.clone(), rang.clone());
+        h._rt.spawn(async move {
+            p.rung().await;
+            rang.store(true, std::sync::atomic::Ordering::SeqCst);
+            p.set_awake();
+        });
+    }
+    let v = echo_json(client().get(h.url("/alice/woken")).send().expect("get"));
+    assert_eq!(v["path"], "/woken");
+    assert!(
+        rang.load(std::sync::atomic::Ordering::SeqCst),
+        "served without a ring"
+    );
+    until("the visit counted out", || p.open() == 0);
+    // Another site's sleep is not alice's.
+    assert!(!h
+        .routes
+        .snapshot()
+        .get("bob")
+        .expect("bob")
+        .presence
+        .asleep());
+}
+
+#[test]
+fn a_sleeping_site_that_does_not_wake_in_time_gets_the_starting_page() {
+    let h = Harness::start(ProxyConfig {
+        wake_timeout: Duration::from_millis(300),
+        ..ProxyConfig::new(DOMAIN)
+    });
+    let p = h
+        .routes
+        .snapshot()
+        .get("alice")
+        .expect("alice")
+        .presence
+        .clone();
+    assert!(p.doze());
+    let started = Instant::now();
+    let r = client().get(h.url("/alice/")).send().expect("get");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        r.headers().get("x-upstream").is_none(),
+        "reached the sleeping vm"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    until("the visit counted out", || p.open() == 0);
+}
+
+#[test]
+fn a_visit_lasts_until_the_response_body_is_sent() {
+    let h = Harness::default();
+    let p = h
+        .routes
+        .snapshot()
+        .get("alice")
+        .expect("alice")
+        .presence
+        .clone();
+    let mut s = TcpStream::connect(h.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let n = 64 * MB;
+    s.write_all(
+        format!("GET /alice/big?n={n} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    let head = read_head(&mut s, "closed before the head");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // The head is here, the body is not read: the download is a visit in progress, so the
+    // site cannot fall asleep under it.
+    assert_eq!(p.open(), 1);
+    assert!(!p.doze(), "dozed off during a download");
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).expect("body");
+    assert!(body.len() >= n, "{}", body.len());
+    until("the visit counted out", || p.open() == 0);
+    assert!(p.doze());
+}
+
+#[test]
+fn an_ssh_connection_to_a_sleeping_vm_wakes_it_first_and_keeps_it_awake() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let echo = echo_server().await;
+        let fw = Forwarders::new(Ipv4Addr::LOCALHOST).expect("forwarders");
+        let port = free_port();
+        let p = roost::presence::Presence::new();
+        fw.ensure(port, echo, limits(true), p.clone())
+            .await
+            .expect("ensure");
+        assert!(p.doze());
+        let woke = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.rung().await;
+                p.set_awake();
+            })
+        };
+        assert_eq!(roundtrip_open(port, &p).await, b"hello");
+        woke.await.expect("woken");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.open() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the session never counted out"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+/// One exchange with the echo server through `port`, checking that the open session counts
+/// as a visit.
+async fn roundtrip_open(port: u16, p: &roost::presence::Presence) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .expect("connect");
+    s.write_all(b"hello").await.expect("write");
+    let mut got = vec![0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    assert_eq!(p.open(), 1, "an open session is a visit");
+    got
 }

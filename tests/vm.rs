@@ -543,6 +543,7 @@ fn real_image_boots_on_a_tap() {
                 pidfile: dir.path().join("qemu.pid"),
                 serial_log: dir.path().join("serial.log"),
                 serial_socket: None,
+                agent_socket: None,
                 user: Some(Credentials::for_vm(65534, None)),
             };
             let start = Instant::now();
@@ -799,6 +800,7 @@ fn each_qemu_runs_as_its_own_uid() {
                 pidfile: p.pidfile.clone(),
                 serial_log: p.serial_log.clone(),
                 serial_socket: None,
+                agent_socket: None,
                 user: Some(Credentials::for_vm(uid, None)),
             };
             let proc = spawn(&spec, None, &p.qemu_log).await.unwrap_or_else(|e| {

@@ -47,6 +47,10 @@ pub struct HostingView {
     /// The hosting's own domains (in `GET /api/v1/host`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domains: Option<Vec<super::domains::DomainView>>,
+    /// The owner lets the VM sleep while nobody visits (`PUT /api/v1/host/sleep`).
+    pub sleep_when_idle: bool,
+    /// The VM sleeps (state `paused`): the next visit wakes it.
+    pub asleep: bool,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -102,6 +106,8 @@ pub(super) fn view(h: &Hosting, private_key: Option<String>) -> HostingView {
         created_at: rfc3339(h.created_at),
         private_key,
         domains: None,
+        sleep_when_idle: h.sleep_when_idle,
+        asleep: h.asleep,
     }
 }
 

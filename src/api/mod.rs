@@ -16,6 +16,7 @@ mod hostings;
 mod keys;
 mod metrics;
 mod session;
+mod sleep;
 mod snapshots;
 mod vms;
 
@@ -112,6 +113,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(keys::router())
         .merge(domains::router())
         .merge(snapshots::router())
+        .merge(sleep::router())
         .merge(vms::router())
         .merge(metrics::router())
         .merge(session::router())

@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::idle::{with_idle_timeout, Activity, Counted};
 use crate::metrics::{SshMetrics, SshRefusal};
+use crate::presence::Presence;
 
 /// Errors of the forwarder. Messages are short; causes are in `source`.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub struct ForwardLimits {
     /// packet mark, which the firewall and a policy route use to bring the replies back
     /// to the forwarder. `None`: connect from the host's own address.
     pub client_mark: Option<u32>,
+    /// A connection to a sleeping hosting waits this long for its VM to wake, then is
+    /// closed.
+    pub wake_timeout: Duration,
 }
 
 impl Default for ForwardLimits {
@@ -83,6 +87,7 @@ impl Default for ForwardLimits {
             max_conns_per_address: 8,
             silent_timeout: Duration::from_secs(20),
             client_mark: None,
+            wake_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -90,6 +95,7 @@ impl Default for ForwardLimits {
 struct Port {
     target: SocketAddrV4,
     limits: ForwardLimits,
+    presence: Arc<Presence>,
     task: JoinHandle<()>,
 }
 
@@ -163,18 +169,24 @@ impl Forwarders {
         self
     }
 
-    /// Makes `port` forward to `target`. Idempotent; a changed target or limits re-binds the
-    /// port (live connections to the old target are closed).
+    /// Makes `port` forward to `target`, each connection counted as a visit of `presence`
+    /// (and waking a sleeping VM first). Idempotent; a changed target, limits or presence
+    /// re-binds the port (live connections to the old target are closed).
     pub async fn ensure(
         &self,
         port: u16,
         target: SocketAddrV4,
         limits: ForwardLimits,
+        presence: Arc<Presence>,
     ) -> Result<(), ForwardError> {
         let rt = self.runtime.handle.clone();
         let mut ports = self.ports.lock().await;
         if let Some(p) = ports.get(&port) {
-            if p.target == target && p.limits == limits && !p.task.is_finished() {
+            if p.target == target
+                && p.limits == limits
+                && p.presence == presence
+                && !p.task.is_finished()
+            {
                 return Ok(());
             }
         }
@@ -192,6 +204,7 @@ impl Forwarders {
             port,
             target,
             limits,
+            presence.clone(),
             self.metrics.clone(),
         ));
         tracing::info!(port, %target, "ssh forward listening");
@@ -200,6 +213,7 @@ impl Forwarders {
             Port {
                 target,
                 limits,
+                presence,
                 task,
             },
         );
@@ -268,6 +282,7 @@ async fn accept_loop(
     port: u16,
     target: SocketAddrV4,
     limits: ForwardLimits,
+    presence: Arc<Presence>,
     metrics: SshMetrics,
 ) {
     let mut conns = JoinSet::new();
@@ -313,9 +328,21 @@ async fn accept_loop(
             continue;
         };
         let open = metrics.accepted();
+        // Counted in before `asleep` is read (see `presence`); an open session keeps the
+        // VM awake.
+        let visit = presence.enter();
+        let presence = presence.clone();
         conns.spawn(async move {
             let _slot = slot;
             let _open = open;
+            let _visit = visit;
+            if presence.asleep() {
+                tracing::info!(port, %peer, "ssh connection wakes a sleeping vm");
+                if !presence.wake(limits.wake_timeout).await {
+                    tracing::warn!(port, %peer, "the vm did not wake in time; connection closed");
+                    return;
+                }
+            }
             match forward(client, peer, target, limits).await {
                 Ok((up, down)) => tracing::debug!(port, %peer, up, down, "ssh connection closed"),
                 Err(e) => tracing::info!(port, %peer, error = %e, "ssh connection ended"),

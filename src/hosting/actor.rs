@@ -50,6 +50,11 @@ pub(super) enum Command {
     },
     /// The reconciler's periodic nudge.
     Tick,
+    /// The owner's choice whether the VM sleeps while idle; answered with the hosting.
+    SetSleep {
+        enabled: bool,
+        reply: oneshot::Sender<Result<Hosting, HostingError>>,
+    },
 }
 
 /// What every actor shares.
@@ -62,6 +67,9 @@ pub(super) struct Ctx<E: Effects> {
     pub faults: HashSet<String>,
     pub boot_timeout: Duration,
     pub stop_timeout: Duration,
+    /// A hosting that lets its VM sleep does so after nobody visited for this long (zero:
+    /// never).
+    pub sleep_after: Duration,
     pub registry: Registry<E>,
 }
 
@@ -82,6 +90,8 @@ enum Input {
     /// The attached QEMU has exited.
     Exited,
     Slot(OwnedSemaphorePermit),
+    /// Time to see whether the site has been idle long enough to sleep.
+    IdleCheck,
 }
 
 /// One readiness round in flight.
@@ -104,6 +114,10 @@ struct Actor<E: Effects> {
     deleted_by: String,
     /// When the boot in progress began (for the metrics).
     clock: BootClock,
+    /// Who visits the site, and its doorbell (shared with the route and the SSH forward).
+    presence: Arc<crate::presence::Presence>,
+    /// The site is marked asleep for visitors while the VM is being paused.
+    dozing: bool,
 }
 
 async fn run<E: Effects>(
@@ -114,13 +128,16 @@ async fn run<E: Effects>(
     serial: u64,
 ) {
     let id = row.id;
+    let mut m = Machine::new(
+        row.state,
+        row.reason.clone(),
+        row.desired_running,
+        ctx.boot_timeout,
+    );
+    m.asleep = row.asleep && row.state == crate::store::HostingState::Paused;
+    let presence = ctx.fx.presence(id);
     let mut a = Actor {
-        m: Machine::new(
-            row.state,
-            row.reason.clone(),
-            row.desired_running,
-            ctx.boot_timeout,
-        ),
+        m,
         ctx: ctx.clone(),
         row,
         vm: None,
@@ -132,10 +149,14 @@ async fn run<E: Effects>(
         known: (false, false),
         deleted_by: "system".into(),
         clock: BootClock::default(),
+        presence,
+        dozing: false,
     };
     while !a.m.finished {
         let restart_at = a.m.restart_at.map(tokio::time::Instant::from_std);
         let want_slot = a.m.slot == Slot::Wanted && a.permit.is_none();
+        let idle_check = a.idle_check();
+        let presence = a.presence.clone();
         let input = tokio::select! {
             c = rx.recv() => match c {
                 Some(c) => Input::Command(c),
@@ -151,6 +172,8 @@ async fn run<E: Effects>(
                 Err(_) => break,
             },
             _ = sleep_until(restart_at), if restart_at.is_some() => Input::Event(Event::RestartDue),
+            _ = sleep_until(idle_check), if idle_check.is_some() => Input::IdleCheck,
+            _ = presence.rung(), if a.m.asleep => Input::Event(Event::Wake),
             r = async { a.probe.as_mut().expect("guarded").await }, if a.probe.is_some() => {
                 a.probe = None;
                 a.known = (a.known.0 || r.0, a.known.1 || r.1);
@@ -192,6 +215,10 @@ impl<E: Effects> Actor<E> {
             }
             Input::Command(Command::Tick) => {
                 let _ = self.run(Event::Tick, None).await;
+            }
+            Input::IdleCheck => self.maybe_sleep().await,
+            Input::Command(Command::SetSleep { enabled, reply }) => {
+                let _ = reply.send(self.set_sleep(enabled).await);
             }
             Input::Command(Command::Recover { done }) => {
                 let found = match &self.vm {
@@ -331,12 +358,15 @@ impl<E: Effects> Actor<E> {
     fn persist(&mut self) {
         let m = &self.m;
         let r = &self.row;
-        if (r.state, &r.reason, r.desired_running) != (m.state, &m.reason, m.desired) {
-            let (state, reason, desired) = (m.state, m.reason.clone(), m.desired);
+        if (r.state, &r.reason, r.desired_running, r.asleep)
+            != (m.state, &m.reason, m.desired, m.asleep)
+        {
+            let (state, reason, desired, asleep) = (m.state, m.reason.clone(), m.desired, m.asleep);
             match self.ctx.store.modify_hosting(r.id, |h| {
                 h.state = state;
                 h.reason = reason.clone();
                 h.desired_running = desired;
+                h.asleep = asleep;
             }) {
                 Ok(h) => {
                     info!(
@@ -351,6 +381,11 @@ impl<E: Effects> Actor<E> {
             }
         }
         self.ctx.fx.publish(&self.row, self.m.generation);
+        if self.m.asleep {
+            self.presence.set_asleep();
+        } else if !self.dozing {
+            self.presence.set_awake();
+        }
     }
 
     /// Starts or ends the readiness rounds the machine asks for.
@@ -404,6 +439,7 @@ mod apply;
 mod inputs;
 mod registry;
 mod saga;
+mod sleep;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,13 @@ pub enum Event {
     Recovered(Option<Option<RunState>>),
     /// The reconciler's periodic nudge.
     Tick,
+    /// Nobody has visited the site for the idle period, and the site is marked asleep for
+    /// visitors (`presence`): pause the VM.
+    Sleep,
+    /// [`Effect::Sleep`] paused the VM.
+    Slept,
+    /// A visitor rang at a sleeping site: resume the VM.
+    Wake,
 }
 
 /// QMP events the core reacts to.
@@ -54,6 +61,9 @@ pub enum QmpSignal {
     /// The guest itself powered off (QEMU exits next).
     GuestShutdown,
 }
+
+/// The reason a sleeping hosting shows.
+pub const ASLEEP: &str = "asleep while idle: the next visit wakes it";
 
 /// The run states that matter to the core (from QMP `query-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +91,11 @@ pub enum Effect {
     Destroy,
     /// Serve the SSH port (an adopted VM).
     OpenSsh,
+    /// Pause the VM because it is idle (QMP `stop`); reports `Slept`.
+    Sleep,
+    /// Set the guest's clock to the host's (through the guest agent): a paused guest's
+    /// clock stood still. Failure is logged, never fatal.
+    SyncClock,
 }
 
 /// The creation slot (at most `max_concurrent_creates` creations boot at once).
@@ -147,6 +162,9 @@ pub struct Machine {
     pub backoff: Backoff,
     /// The actor is done (deleted).
     pub finished: bool,
+    /// Paused because it was idle (persisted as `asleep`): a visit wakes it. Only ever
+    /// true in `paused`.
+    pub asleep: bool,
     /// How long a booting guest gets to answer.
     pub boot_timeout: Duration,
 }
@@ -171,6 +189,7 @@ impl Machine {
             generation: 0,
             backoff: Backoff::default(),
             finished: false,
+            asleep: false,
             boot_timeout,
         }
     }
@@ -198,6 +217,9 @@ impl Machine {
         }
         self.state = to;
         self.reason = reason;
+        if to != HostingState::Paused {
+            self.asleep = false;
+        }
         Ok(())
     }
 
@@ -311,7 +333,15 @@ impl Machine {
             },
             Event::Act(action) => match lifecycle::plan(self.state, action) {
                 Plan::Refuse => return Err(self.invalid(action)),
-                Plan::Nothing => noop = true,
+                Plan::Nothing => {
+                    noop = true;
+                    // Pausing a sleeping VM keeps it paused: visits no longer wake it.
+                    if action == Action::Pause && self.asleep {
+                        self.asleep = false;
+                        self.reason = None;
+                        noop = false;
+                    }
+                }
                 Plan::Do => match action {
                     Action::Start => {
                         self.backoff = Backoff::default();
@@ -334,9 +364,32 @@ impl Machine {
             },
             Event::QmpDone(action) => match action {
                 Action::Pause => self.go(S::Paused, None)?,
-                Action::Resume => self.go(S::Running, None)?,
+                Action::Resume => {
+                    self.go(S::Running, None)?;
+                    fx.push(Effect::SyncClock);
+                }
                 _ => {}
             },
+            Event::Sleep => {
+                if self.state == S::Running && self.vm {
+                    fx.push(Effect::Sleep);
+                } else {
+                    noop = true;
+                }
+            }
+            Event::Slept => {
+                if self.state == S::Running {
+                    self.go(S::Paused, Some(ASLEEP.into()))?;
+                    self.asleep = true;
+                }
+            }
+            Event::Wake => {
+                if self.state == S::Paused && self.asleep && self.vm {
+                    fx.push(Effect::Qmp(Action::Resume));
+                } else {
+                    noop = true;
+                }
+            }
             Event::Delete => {
                 self.desired = false;
                 self.go(S::Deleting, None)?;
@@ -363,7 +416,10 @@ impl Machine {
                             self.generation += 1;
                             fx.push(Effect::OpenSsh);
                             match status {
-                                Some(RunState::Paused) => self.go(S::Paused, None)?,
+                                Some(RunState::Paused) => {
+                                    let reason = self.asleep.then(|| ASLEEP.into());
+                                    self.go(S::Paused, reason)?
+                                }
                                 Some(RunState::Running) if self.state == S::Booting => {
                                     self.probing = Some(now + self.boot_timeout)
                                 }

@@ -8,11 +8,13 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
 use super::core::RunState;
+use crate::presence::Presence;
 use crate::store::{Hosting, HostingId};
 use crate::vm::snapshot::OfflineOp;
 use crate::vm::VmEvent;
@@ -84,6 +86,11 @@ pub trait Effects: Send + Sync + 'static {
     fn close_ssh(&self, h: &Hosting) -> impl Future<Output = ()> + Send;
     /// Publishes the hosting's route (or removes it, for a deleting hosting).
     fn publish(&self, h: &Hosting, generation: u64);
+    /// The hosting's presence, shared with its route and SSH forward: one per hosting for
+    /// the life of the daemon (forgotten once the hosting is deleted).
+    fn presence(&self, id: HostingId) -> Arc<Presence>;
+    /// Sets the guest's clock to the host's, through its guest agent.
+    fn sync_clock(&self, h: &Hosting) -> impl Future<Output = Result<(), StepError>> + Send;
     /// A guest became ready `boot` after its QEMU started; `creation`: the time since a
     /// new hosting was requested, on its first boot. For the metrics only.
     fn booted(&self, _boot: Duration, _creation: Option<Duration>) {}

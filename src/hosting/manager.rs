@@ -69,11 +69,13 @@ impl Hostings {
                 forwarders,
                 lifecycle,
                 runtime,
+                presences: Default::default(),
             }),
             slots: Arc::new(Semaphore::new(cfg.limits.max_concurrent_creates)),
             faults,
             boot_timeout: Duration::from_secs(cfg.vm.boot_timeout_secs),
             stop_timeout: Duration::from_secs(cfg.vm.stop_timeout_secs),
+            sleep_after: Duration::from_secs(cfg.vm.sleep_after_secs),
             registry: Registry::default(),
         });
         let budget = super::budget::OperationBudget::new(cfg.limits.operations_per_hour);
@@ -283,6 +285,8 @@ impl Hostings {
                     ssh_keys: keys,
                     console_password_hash,
                     snapshots: Vec::new(),
+                    sleep_when_idle: false,
+                    asleep: false,
                     created_at: now,
                     updated_at: now,
                 },

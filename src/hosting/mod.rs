@@ -21,6 +21,7 @@ mod queries;
 mod real;
 mod reconcile;
 mod runtime;
+mod sleep;
 pub mod snapshots;
 mod stats;
 mod timing;

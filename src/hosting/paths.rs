@@ -19,6 +19,8 @@ pub struct VmPaths {
     pub serial_log: PathBuf,
     /// The serial console's socket (QEMU listens, roost's console hub connects).
     pub serial_sock: PathBuf,
+    /// The guest agent channel's socket (QEMU listens, roost connects after a pause).
+    pub agent_sock: PathBuf,
     pub qemu_log: PathBuf,
 }
 
@@ -50,6 +52,7 @@ impl VmPaths {
             pidfile: dir.join("qemu.pid"),
             serial_log: dir.join("serial.log"),
             serial_sock: dir.join("serial.sock"),
+            agent_sock: dir.join("agent.sock"),
             qemu_log: dir.join("qemu.log"),
             dir,
         }

@@ -137,17 +137,17 @@ impl Hostings {
     pub async fn rebuild_routes(&self) -> Result<ReloadDiff, HostingError> {
         let hostings = self.inner.store.hostings()?;
         let table = self.routes().snapshot();
+        let fx = &self.inner.ctx.fx;
         let routes: Vec<Route> = hostings
             .iter()
             .filter(|h| h.state != HostingState::Deleting)
             .map(|h| {
                 let generation = table.get(&h.slug).map_or(0, |r| r.generation);
-                super::real::route(h, route_status(h.state), generation)
+                super::real::route(h, route_status(h), generation, fx.presence(h.id))
             })
             .collect();
         let total = routes.len();
         let diff = self.routes().replace(routes);
-        let fx = &self.inner.ctx.fx;
         for h in &hostings {
             if matches!(
                 h.state,
@@ -168,10 +168,12 @@ impl Hostings {
     }
 }
 
-/// What the proxy answers for a hosting in `state`.
-pub(super) fn route_status(state: HostingState) -> RouteStatus {
-    match state {
+/// What the proxy answers for a hosting in its state. A sleeping VM is live: the proxy
+/// wakes it.
+pub(super) fn route_status(h: &Hosting) -> RouteStatus {
+    match h.state {
         HostingState::Running => RouteStatus::Live,
+        HostingState::Paused if h.asleep => RouteStatus::Live,
         HostingState::Provisioning => RouteStatus::Provisioning,
         HostingState::Booting => RouteStatus::Booting,
         HostingState::Paused | HostingState::Stopped | HostingState::Deleting => {

@@ -1,7 +1,7 @@
 //! The real effect boundary: [`Effects`] over `vm`, `net`, `cloudinit`, `proxy` and
 //! `forward`. Each method is one step; none of them decides anything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +17,7 @@ use crate::cloudinit;
 use crate::config::Config;
 use crate::forward;
 use crate::net;
+use crate::presence::Presence;
 use crate::proxy::{self, Route, RouteStatus};
 use crate::store::{Hosting, HostingId, HostingState, Store};
 use crate::vm;
@@ -28,10 +29,14 @@ pub(super) struct RealEffects {
     pub forwarders: forward::Forwarders,
     pub lifecycle: crate::metrics::LifecycleMetrics,
     pub runtime: Result<VmRuntime, String>,
+    /// One presence per hosting, shared by its route, its SSH forward and its actor.
+    pub presences: std::sync::Mutex<HashMap<HostingId, Arc<Presence>>>,
 }
 
 /// How long removing an exited VM's cgroup may wait for the kernel to release it.
 const CGROUP_REMOVE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the guest agent gets to set the clock after a pause.
+const AGENT_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a killed QEMU gets to be gone.
 pub(super) const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -109,8 +114,14 @@ impl RealEffects {
 }
 
 /// A hosting's route with `status`.
-pub(super) fn route(h: &Hosting, status: RouteStatus, generation: u64) -> Route {
+pub(super) fn route(
+    h: &Hosting,
+    status: RouteStatus,
+    generation: u64,
+    presence: Arc<Presence>,
+) -> Route {
     Route {
+        presence,
         generation,
         slug: h.slug.clone(),
         hosting_id: h.id.to_string(),
@@ -226,6 +237,7 @@ impl Effects for RealEffects {
             pidfile: p.pidfile.clone(),
             serial_log: p.serial_log.clone(),
             serial_socket: Some(p.serial_sock.clone()),
+            agent_socket: Some(p.agent_sock.clone()),
             user: Some(user),
         };
         let spawned = vm::process::spawn_argv(
@@ -279,10 +291,16 @@ impl Effects for RealEffects {
     async fn open_ssh(&self, h: &Hosting) -> Result<(), StepError> {
         let limits = forward::ForwardLimits {
             client_mark: self.rt("routes")?.net.client_mark(),
+            wake_timeout: Duration::from_secs(self.cfg.vm.wake_timeout_secs),
             ..forward::ForwardLimits::default()
         };
         self.forwarders
-            .ensure(h.ssh_port, SocketAddrV4::new(h.ip, 22), limits)
+            .ensure(
+                h.ssh_port,
+                SocketAddrV4::new(h.ip, 22),
+                limits,
+                self.presence(h.id),
+            )
             .await
             .map_err(|e| StepError::new("routes", chain(&e)))
     }
@@ -294,10 +312,31 @@ impl Effects for RealEffects {
     fn publish(&self, h: &Hosting, generation: u64) {
         if h.state == HostingState::Deleting {
             self.routes.remove(&h.slug);
+            self.presences
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&h.id);
         } else {
-            let status = super::queries::route_status(h.state);
-            self.routes.upsert(route(h, status, generation));
+            let status = super::queries::route_status(h);
+            self.routes
+                .upsert(route(h, status, generation, self.presence(h.id)));
         }
+    }
+
+    fn presence(&self, id: HostingId) -> Arc<Presence> {
+        self.presences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_insert_with(Presence::new)
+            .clone()
+    }
+
+    async fn sync_clock(&self, h: &Hosting) -> Result<(), StepError> {
+        let sock = self.paths(h.id).agent_sock;
+        vm::agent::set_time(&sock, SystemTime::now(), AGENT_DEADLINE)
+            .await
+            .map_err(|e| StepError::new("clock", chain(&e)))
     }
 
     fn booted(&self, boot: Duration, creation: Option<Duration>) {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -627,6 +628,21 @@ async fn proxy(
     else {
         return pages::render(Page::BadGateway, req.headers());
     };
+    // Counted in before `asleep` is read (see `presence`), and held until the response
+    // body has been sent, so a long download keeps the site awake.
+    let visit = route.presence.enter();
+    if route.presence.asleep() {
+        tracing::info!(slug = %route.slug, %peer, "waking a sleeping site");
+        if !route.presence.wake(shared.cfg.wake_timeout).await {
+            tracing::warn!(slug = %route.slug, after = ?shared.cfg.wake_timeout, "the site did not wake in time");
+            return pages::render(
+                Page::Starting {
+                    retry_after: RETRY_AFTER_SECS,
+                },
+                req.headers(),
+            );
+        }
+    }
     // A booting guest that does not take the connection yet is "starting", not broken,
     // and the visitor should not wait long for that answer.
     let connect_timeout = if booting {
@@ -727,9 +743,12 @@ async fn proxy(
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let slug = route.slug.clone();
             let idle = shared.cfg.tunnel_idle_timeout;
+            let visit = route.presence.enter();
             tokio::spawn(async move {
-                // The tunnel holds its client's connection slot until it ends.
+                // The tunnel holds its client's connection slot, and keeps the site awake,
+                // until it ends.
                 let _slot = client.slot;
+                let _visit = visit;
                 let (c, u) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok(x) => x,
                     Err(e) => {
@@ -748,5 +767,10 @@ async fn proxy(
             });
         }
     }
-    resp.map(Body::new)
+    resp.map(|b| {
+        Body::new(b.map_frame(move |f| {
+            let _held = &visit;
+            f
+        }))
+    })
 }

@@ -67,6 +67,9 @@ pub struct ProxyConfig {
     /// The dashboard's own host name (`console.DOMAIN`): every request to it goes to the
     /// API router, marked [`Transport::console`], before any site routing.
     pub console_host: Option<String>,
+    /// A request to a sleeping site waits at most this long for its VM to wake, then gets
+    /// the "starting" page.
+    pub wake_timeout: Duration,
 }
 
 /// How an API request reached roost, as a request extension: `secure` when over TLS.
@@ -135,6 +138,7 @@ impl Default for ProxyConfig {
             https: None,
             metrics: crate::metrics::HttpMetrics::default(),
             console_host: None,
+            wake_timeout: Duration::from_secs(15),
         }
     }
 }

@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use hyper::Method;
 
+use crate::presence::Presence;
+
 /// First path segments that never go to a VM on the bare domain.
 pub const RESERVED_SEGMENTS: &[&str] = &[
     "api",
@@ -67,6 +69,9 @@ pub struct Route {
     /// Changes whenever the VM behind the route (re)boots. Pooled connections belong to one
     /// generation: a rebooted guest has forgotten them, so they are dropped, not reused.
     pub generation: u64,
+    /// Who is visiting the site, and the doorbell of a sleeping one (shared with the
+    /// hosting's actor and its SSH forward; compared by identity).
+    pub presence: Arc<Presence>,
 }
 
 /// An immutable set of routes, looked up by slug.
@@ -479,6 +484,17 @@ mod tests {
     }
 
     fn route(slug: &str, status: RouteStatus) -> Route {
+        // One presence per slug, as the hosting module keeps one per hosting.
+        thread_local! {
+            static PRESENCES: std::cell::RefCell<HashMap<String, Arc<Presence>>> =
+                Default::default();
+        }
+        let presence = PRESENCES.with(|p| {
+            p.borrow_mut()
+                .entry(slug.into())
+                .or_insert_with(Presence::new)
+                .clone()
+        });
         Route {
             generation: 0,
             slug: slug.into(),
@@ -486,6 +502,7 @@ mod tests {
             upstream: Some(addr("10.0.0.2:80")),
             ssh: Some((30000, addr("10.0.0.2:22"))),
             status,
+            presence,
         }
     }
 

@@ -693,6 +693,8 @@ mod tests {
             ssh_keys: vec![],
             console_password_hash: None,
             snapshots: Vec::new(),
+            sleep_when_idle: false,
+            asleep: false,
             created_at: now(),
             updated_at: now(),
         }

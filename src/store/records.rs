@@ -180,6 +180,14 @@ pub struct Hosting {
     /// the capacity it is charged never lags behind the disk.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
+    /// The owner lets the VM sleep (pause) while nobody visits its site or holds an SSH
+    /// session, and wake on the next request or connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleep_when_idle: bool,
+    /// The VM is paused because it was idle (state `paused`): a visit wakes it. An
+    /// administrator's pause is not a sleep, and no visit resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asleep: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

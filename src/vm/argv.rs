@@ -87,6 +87,9 @@ pub struct VmSpec {
     /// [`super::serial`]); everything the guest writes is also appended to `serial_log`.
     /// `None`: the serial console goes to `serial_log` only.
     pub serial_socket: Option<PathBuf>,
+    /// Where QEMU listens for roost's side of the guest agent channel (a virtio-serial port
+    /// named `org.qemu.guest_agent.0`, see [`super::agent`]). `None`: no channel.
+    pub agent_socket: Option<PathBuf>,
     /// The uid, gid and groups QEMU is started with (not part of argv: see
     /// [`super::confine`]). `None` keeps the caller's.
     pub user: Option<Credentials>,
@@ -238,6 +241,20 @@ pub fn qemu_argv(spec: &VmSpec) -> Vec<OsString> {
     }
     // The guest's sshd and cloud-init want entropy early; a virtio RNG costs nothing.
     push(&[&"-device", &"virtio-rng-pci"]);
+    if let Some(sock) = &spec.agent_socket {
+        push(&[
+            &"-chardev",
+            &opt(&[
+                Lit("socket,id=agent0,path="),
+                Val(sock.as_os_str()),
+                Lit(",server=on,wait=off"),
+            ]),
+            &"-device",
+            &"virtio-serial-pci,id=vser0",
+            &"-device",
+            &"virtserialport,bus=vser0.0,chardev=agent0,name=org.qemu.guest_agent.0",
+        ]);
+    }
     push(&[
         &"-qmp",
         &opt(&[
@@ -313,6 +330,7 @@ mod tests {
             pidfile: "/run/roost/x/qemu.pid".into(),
             serial_log: "/vms/x/serial.log".into(),
             serial_socket: None,
+            agent_socket: None,
             user: Some(Credentials::for_vm(0x7000_0002, None)),
         }
     }
@@ -328,6 +346,34 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    #[test]
+    fn the_guest_agent_gets_a_virtio_serial_port_of_its_own_name() {
+        let mut s = spec();
+        s.agent_socket = Some("/vms/a,b/agent.sock".into());
+        let argv: Vec<String> = qemu_argv(&s)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = argv
+            .iter()
+            .position(|a| a.starts_with("socket,id=agent0,"))
+            .expect("agent chardev");
+        assert_eq!(
+            &argv[at - 1..at + 5],
+            [
+                "-chardev",
+                "socket,id=agent0,path=/vms/a,,b/agent.sock,server=on,wait=off",
+                "-device",
+                "virtio-serial-pci,id=vser0",
+                "-device",
+                "virtserialport,bus=vser0.0,chardev=agent0,name=org.qemu.guest_agent.0",
+            ]
+        );
+        assert!(!qemu_argv(&spec())
+            .iter()
+            .any(|a| a.to_string_lossy().contains("agent0")));
     }
 
     #[test]

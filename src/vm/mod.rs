@@ -15,6 +15,7 @@
 //! paths, and get processes, QMP handles and events back.
 
 pub mod accel;
+pub mod agent;
 pub mod argv;
 pub mod cgroup;
 pub mod confine;

@@ -450,6 +450,7 @@ mod tests {
             pidfile: "/nonexistent/qemu.pid".into(),
             serial_log: "/nonexistent/serial.log".into(),
             serial_socket: None,
+            agent_socket: None,
             user: None,
         };
         let err = spawn(&spec, None, Path::new("/nonexistent/qemu.log"))

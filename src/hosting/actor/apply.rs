@@ -74,6 +74,27 @@ impl<E: Effects> Actor<E> {
                 fx.remove_cgroup(h.id).await;
                 Ok(None)
             }
+            Effect::Sleep => {
+                let Some(vm) = self.vm.clone() else {
+                    return Ok(None);
+                };
+                match vm.qmp(crate::hosting::lifecycle::Action::Pause).await {
+                    Ok(()) => {
+                        info!("asleep: nobody visited for the idle period");
+                        Ok(Some(Event::Slept))
+                    }
+                    Err(e) => {
+                        warn!(error = %crate::hosting::chain(&e), "cannot pause an idle vm; it stays awake");
+                        Ok(None)
+                    }
+                }
+            }
+            Effect::SyncClock => {
+                if let Err(e) = fx.sync_clock(&h).await {
+                    warn!(error = %e, "cannot set the guest's clock after a pause");
+                }
+                Ok(None)
+            }
             Effect::OpenSsh => {
                 if let Err(e) = fx.open_ssh(&h).await {
                     warn!(error = %e, "cannot reopen the ssh port");

@@ -14,7 +14,11 @@ use crate::store::{Hosting, HostingId, HostingState, Store};
 use fake::{Fake, FakeVm, World};
 
 mod fake;
+mod sleep;
 mod snapshots;
+
+/// The idle period of the sleep tests.
+const SLEEP_AFTER: Duration = Duration::from_secs(60);
 
 struct Rig {
     ctx: Arc<Ctx<Fake>>,
@@ -34,6 +38,7 @@ fn rig(slots: usize) -> Rig {
         faults: HashSet::new(),
         boot_timeout: Duration::from_secs(300),
         stop_timeout: Duration::from_secs(30),
+        sleep_after: SLEEP_AFTER,
         registry: Registry::default(),
     });
     Rig {
@@ -83,6 +88,8 @@ impl Rig {
                     ssh_keys: vec![],
                     console_password_hash: None,
                     snapshots: Vec::new(),
+                    sleep_when_idle: false,
+                    asleep: false,
                     created_at: crate::store::now(),
                     updated_at: crate::store::now(),
                 },

@@ -29,6 +29,10 @@ pub(super) struct World {
     pub(super) crashes: usize,
     /// The snapshots on the (one) disk the snapshot tests use.
     pub(super) snapshots: Vec<String>,
+    /// Each hosting's presence (as the real boundary keeps one per hosting).
+    pub(super) presences: HashMap<HostingId, Arc<crate::presence::Presence>>,
+    /// The adoptable QEMU is paused (`query-status`), not running.
+    pub(super) adoptable_paused: bool,
 }
 
 #[derive(Clone)]
@@ -252,10 +256,25 @@ impl Effects for Fake {
             w.routes.insert(h.slug.clone(), (h.state, generation));
         }
     }
+    fn presence(&self, id: HostingId) -> Arc<crate::presence::Presence> {
+        self.w()
+            .presences
+            .entry(id)
+            .or_insert_with(crate::presence::Presence::new)
+            .clone()
+    }
+    async fn sync_clock(&self, _h: &Hosting) -> Result<(), StepError> {
+        self.step("clock")
+    }
     async fn adopt(&self, _h: &Hosting) -> Option<(FakeVm, Option<RunState>)> {
         let vm = self.w().adoptable.take()?;
         self.w().vms.push(vm.clone());
-        Some((vm, Some(RunState::Running)))
+        let status = if self.w().adoptable_paused {
+            RunState::Paused
+        } else {
+            RunState::Running
+        };
+        Some((vm, Some(status)))
     }
     fn probe(
         &self,
