@@ -13,7 +13,8 @@
 //!    survives);
 //! 3. both site links load the guest's nginx page; the hosting page's Snapshots section
 //!    takes a snapshot, says in words that a taken name is refused, keeps Restore off
-//!    while the VM runs, and deletes the snapshot (the API agrees);
+//!    while the VM runs, and deletes the snapshot (the API agrees); the "Sleep while
+//!    idle" switch turns on and off (the API agrees; the VM is not left to fall asleep);
 //! 4. the console in two windows: log in on the serial console in one, run `hostname`,
 //!    and both terminals show the VM's name; both count 2 viewers;
 //! 5. an attack page on the user's own site (by path and by host name) cannot read the API
@@ -216,6 +217,8 @@ fn steps(st: &mut Stage) {
     snapshots_section(st);
     eprintln!("snapshots step: {:?}", t.elapsed());
     console_clean(st, "the snapshots section");
+    sleep_section(st);
+    console_clean(st, "the sleep section");
     let t = Instant::now();
     console_in_two_windows(st);
     eprintln!("console step: {:?}", t.elapsed());
@@ -513,6 +516,73 @@ fn snapshots_section(st: &Stage) {
         Some(format!("0 of {limit}"))
     );
     assert!(names().0.is_empty(), "the snapshot is still there");
+}
+
+/// (3) The hosting page's "Sleep while idle" switch: on, then off, the API agreeing each
+/// time. The VM is not left idle long enough to sleep (900 s by default).
+fn sleep_section(st: &Stage) {
+    let b = &st.b;
+    let enabled = || {
+        let (s, v) = http("GET", "/api/v1/host/sleep", Some(&st.token), None);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["asleep"], false, "{v}");
+        v["enabled"].as_bool().expect("enabled")
+    };
+    let toggle = "[data-testid=sleep-toggle]";
+    // The switch as the page shows it, once no request of it runs: Some(checked).
+    let shown = || {
+        let v = b.js(
+            "const t = document.querySelector(arguments[0]); \
+             return t && !t.disabled && !t.hasAttribute('aria-busy') ? t.checked : null;",
+            vec![json!(toggle)],
+        );
+        v.as_bool()
+    };
+    let message = |what: &str, want: &str| {
+        poll(what, Duration::from_secs(30), || {
+            b.text("[data-testid=sleep-message]")
+                .filter(|m| m.contains(want))
+        })
+    };
+    assert!(!enabled(), "sleeping is off for a new hosting");
+    let off = poll("the sleep switch ready", Duration::from_secs(30), shown);
+    assert!(!off, "the switch shows on");
+    let hint = b.text("[data-testid=sleep-hint]").unwrap_or_default();
+    assert!(
+        hint.contains("After 15 minutes without visits") && hint.contains("no cron jobs"),
+        "{hint}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('[data-testid=sleep-status]').hidden;",
+            vec![]
+        ),
+        json!(true),
+        "awake, yet said asleep"
+    );
+
+    b.click(toggle);
+    message("the switch turned on", "On: the VM sleeps after 15 minutes");
+    poll("the switch shown on", Duration::from_secs(30), || {
+        shown().filter(|on| *on)
+    });
+    assert!(enabled(), "the API says off after turning it on");
+    let (s, v) = http("GET", "/api/v1/host", Some(&st.token), None);
+    assert_eq!((s, &v["sleep_when_idle"]), (200, &json!(true)), "{v}");
+    // The section, on, in the middle of a desktop's window.
+    b.viewport(1280, 720, false);
+    b.js(
+        "document.querySelector('[data-testid=sleep]').scrollIntoView({block: 'center'});",
+        vec![],
+    );
+    shoot(st, "sleep", 1280, Some(720));
+
+    b.click(toggle);
+    message("the switch turned off", "Off: the VM stays awake");
+    poll("the switch shown off", Duration::from_secs(30), || {
+        shown().filter(|on| !*on)
+    });
+    assert!(!enabled(), "the API says on after turning it off");
 }
 
 /// The visible rows of the terminal on this window's page, right-trimmed.

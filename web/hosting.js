@@ -1,9 +1,10 @@
 // "My hosting": the create form, or the hosting's live state, its site links and SSH
-// command, power buttons, disk snapshots (snapshots.js) and deletion. The state follows
-// GET /api/v1/host/events (SSE).
+// command, power buttons, sleeping while idle (sleep.js), disk snapshots (snapshots.js) and
+// deletion. The state follows GET /api/v1/host/events (SSE).
 
 import { ApiError, del, get, post, seg, session } from "./api.js";
 import { h, replace, routeLink, timeEl } from "./dom.js";
+import { sleepSection } from "./sleep.js";
 import { snapshotsSection } from "./snapshots.js";
 import { busy, clearError, confirmDialog, copyButton, showError, showNotice } from "./ui.js";
 
@@ -17,6 +18,7 @@ const PROGRESS = {
     "Booting: waiting for the web server (port 80) and SSH (port 22) to answer. The first boot takes a minute or two.",
   running: "Running: your site and SSH are up.",
   paused: "Paused by an administrator.",
+  asleep: "Asleep: nobody visited for a while. The next visit or SSH connection wakes it.",
   stopped: "Stopped. Start it to bring your site and SSH back.",
   failed: "Failed.",
   deleting: "Being deleted.",
@@ -374,6 +376,7 @@ function hostingView(area, first, { apply, live, alive }) {
   const sites = h("ul", { class: "links", "data-testid": "site-links" }, h("li", { class: "muted" }, "Loading…"));
   const ssh = h("code", { id: "ssh-command", "data-testid": "ssh-command" }, "…");
   const sshWithKey = h("div", { id: "ssh-with-key", hidden: true });
+  const sleep = sleepSection({ alive });
   const snapshots = snapshotsSection({ alive });
 
   const buttons = {};
@@ -487,7 +490,7 @@ function hostingView(area, first, { apply, live, alive }) {
     cur = { ...next, domains: next.domains || cur.domains };
     state.textContent = cur.state;
     state.className = `badge state-${cur.state}`;
-    progressText.textContent = PROGRESS[cur.state] || cur.state;
+    progressText.textContent = (cur.asleep && cur.state === "paused" ? PROGRESS.asleep : PROGRESS[cur.state]) || cur.state;
     reason.hidden = !cur.reason;
     reason.textContent = cur.reason ? `Reason: ${cur.reason}` : "";
     const idx = STEPS.findIndex(([s]) => s === cur.state);
@@ -498,6 +501,7 @@ function hostingView(area, first, { apply, live, alive }) {
       else li.removeAttribute("aria-current");
     });
     syncButtons();
+    sleep.update(cur);
     snapshots.setState(cur.state);
     if (domainsChanged) renderSites();
     if (sshFor !== generatedKey) renderSsh();
@@ -546,6 +550,7 @@ function hostingView(area, first, { apply, live, alive }) {
         routeLink("/console", "Open the console", { class: "button secondary", id: "console-link", "data-testid": "console-link" }),
       ),
     ),
+    sleep.el,
     snapshots.el,
     h(
       "section",

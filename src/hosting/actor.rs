@@ -7,81 +7,20 @@
 //! transition), publishes the route, and carries out the effects through [`Effects`].
 //! Work on one hosting is serialised by construction: no busy flags, no polling.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{error, info, warn};
 
 use super::core::{Event, Machine, Refusal, RunState, Slot};
-use super::effects::{Effects, StepError, Vm};
-use super::lifecycle::{Action, ExitCause};
-use super::snapshots::SnapshotOp;
+use super::effects::{Effects, Vm};
+use super::lifecycle::ExitCause;
 use super::timing::BootClock;
 use super::HostingError;
-use crate::store::{Hosting, Store, StoreError};
+use crate::store::{Hosting, StoreError};
 use crate::vm::VmEvent;
-
-/// What others ask of a hosting's actor.
-pub(super) enum Command {
-    /// Build and boot a new reservation.
-    Provision,
-    /// First look after a daemon start: adopt a running QEMU or act on its absence.
-    Recover { done: Option<oneshot::Sender<()>> },
-    /// An action; answered with the hosting as it stands after it.
-    Act {
-        action: Action,
-        actor: String,
-        reply: oneshot::Sender<Result<Hosting, HostingError>>,
-    },
-    /// Delete; answered once `deleting` is recorded, before the teardown.
-    Delete {
-        actor: String,
-        reply: oneshot::Sender<Result<Hosting, HostingError>>,
-    },
-    /// A snapshot of the disk: take (its record is written), delete or restore; answered
-    /// with the hosting as it stands after it.
-    Snapshot {
-        op: SnapshotOp,
-        name: String,
-        actor: String,
-        reply: oneshot::Sender<Result<Hosting, HostingError>>,
-    },
-    /// The reconciler's periodic nudge.
-    Tick,
-    /// The owner's choice whether the VM sleeps while idle; answered with the hosting.
-    SetSleep {
-        enabled: bool,
-        reply: oneshot::Sender<Result<Hosting, HostingError>>,
-    },
-}
-
-/// What every actor shares.
-pub(super) struct Ctx<E: Effects> {
-    pub store: Store,
-    pub fx: Arc<E>,
-    /// Creations booting at once (held from the slot to readiness).
-    pub slots: Arc<Semaphore>,
-    /// Test hook: `ROOST_FAULTS=step,...` makes those steps of the start saga fail.
-    pub faults: HashSet<String>,
-    pub boot_timeout: Duration,
-    pub stop_timeout: Duration,
-    /// A hosting that lets its VM sleep does so after nobody visited for this long (zero:
-    /// never).
-    pub sleep_after: Duration,
-    pub registry: Registry<E>,
-}
-
-impl<E: Effects> Ctx<E> {
-    fn fault(&self, step: &'static str) -> Result<(), StepError> {
-        if self.faults.contains(step) {
-            Err(StepError::new(step, "injected fault"))
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// What woke the actor.
 enum Input {
@@ -136,6 +75,10 @@ async fn run<E: Effects>(
     );
     m.asleep = row.asleep && row.state == crate::store::HostingState::Paused;
     let presence = ctx.fx.presence(id);
+    // A VM found asleep (daemon restart): visitors ring from the start.
+    if m.asleep {
+        presence.set_asleep();
+    }
     let mut a = Actor {
         m,
         ctx: ctx.clone(),
@@ -436,6 +379,7 @@ const DELETE_STOP: Duration = Duration::from_secs(10);
 pub(super) const READY_POLL: Duration = Duration::from_millis(100);
 
 mod apply;
+mod command;
 mod inputs;
 mod registry;
 mod saga;
@@ -444,5 +388,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub(super) use command::{Command, Ctx};
 use inputs::{exited, next_event, sleep_until};
 pub(super) use registry::Registry;

@@ -143,7 +143,13 @@ impl Hostings {
             .filter(|h| h.state != HostingState::Deleting)
             .map(|h| {
                 let generation = table.get(&h.slug).map_or(0, |r| r.generation);
-                super::real::route(h, route_status(h), generation, fx.presence(h.id))
+                let presence = fx.presence(h.id);
+                // A sleeping VM's route is live: its visitors must ring before its actor
+                // has looked at it (after a daemon restart).
+                if h.asleep && h.state == HostingState::Paused {
+                    presence.set_asleep();
+                }
+                super::real::route(h, route_status(h), generation, presence)
             })
             .collect();
         let total = routes.len();

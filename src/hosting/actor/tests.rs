@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::*;
+use crate::hosting::lifecycle::Action;
 use crate::store::{Hosting, HostingId, HostingState, Store};
 use fake::{Fake, FakeVm, World};
 

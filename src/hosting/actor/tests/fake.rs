@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch};
 
 use super::super::*;
+use crate::hosting::effects::StepError;
+use crate::hosting::lifecycle::Action;
 use crate::store::{Hosting, HostingId, HostingState};
 
 #[derive(Default)]
