@@ -19,6 +19,8 @@ roost_once() {
         BIN=$1 IMAGE=$2 XFER=$3 XFER_MIB=$4
         ip link set lo up
         W=$(mktemp -d /tmp/roost-bench-create.XXXXXX)
+        # Each VM QEMU runs as the VM uid and must pass through to the VM directory.
+        chmod 711 "$W"
         cleanup() {
             curl -s -m 10 -X DELETE -H "authorization: Bearer ${T:-x}" "http://127.0.0.1:8080/api/v1/host/${ID:-x}" >/dev/null 2>&1 || true
             for i in $(seq 300); do

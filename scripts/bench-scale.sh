@@ -48,6 +48,8 @@ unshare --net bash -euo pipefail -c '
     BIN=$1 IMAGE=$2 N=$3
     ip link set lo up
     W=$(mktemp -d /tmp/roost-bench-scale.XXXXXX)
+    # Each VM QEMU runs as the VM uid and must pass through to the VM directory.
+    chmod 711 "$W"
     cleanup() {
         for t in "${TOKENS[@]:-}"; do
             [ -n "$t" ] || continue

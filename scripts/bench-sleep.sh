@@ -17,6 +17,8 @@ unshare --net bash -euo pipefail -c '
     BIN=$1 IMAGE=$2 ROUNDS=$3 WINDOW=$4
     ip link set lo up
     W=$(mktemp -d /tmp/roost-bench-sleep.XXXXXX)
+    # Each VM QEMU runs as the VM uid and must pass through to the VM directory.
+    chmod 711 "$W"
     cleanup() {
         curl -s -m 10 -X DELETE -H "authorization: Bearer ${T:-x}" "http://127.0.0.1:8080/api/v1/host/${ID:-x}" >/dev/null 2>&1 || true
         for i in $(seq 300); do
@@ -46,11 +48,11 @@ CFG
     api() { curl -sf -H "authorization: Bearer $T" -H "content-type: application/json" "$@"; }
     curl -sf -o /dev/null -H "content-type: application/json" -d "{\"username\":\"bench\",\"password\":\"password123\"}" http://127.0.0.1:8080/api/v1/auth/register
     T=$(curl -sf -H "content-type: application/json" -d "{\"username\":\"bench\",\"password\":\"password123\"}" http://127.0.0.1:8080/api/v1/auth/login | sed -E "s/.*\"access_token\":\"([^\"]+)\".*/\1/")
-    H=$(api -X POST http://127.0.0.1:8080/api/v1/host)
+    H=$(api -X POST -d "{}" http://127.0.0.1:8080/api/v1/host)
     ID=$(sed -E "s/.*\"id\":\"([^\"]+)\".*/\1/" <<<"$H")
     field() { api http://127.0.0.1:8080/api/v1/host | sed -E "s/.*\"$1\":(\"?)([a-z0-9]+)\1.*/\2/"; }
-    for i in $(seq 6000); do [ "$(field state)" = running ] && break; sleep 0.1; done
-    [ "$(field state)" = running ] || { echo "the VM never ran" >&2; exit 1; }
+    for i in $(seq 3000); do [ "$(field state)" = running ] && break; sleep 0.1; done
+    [ "$(field state)" = running ] || { echo "the VM never ran: $(api http://127.0.0.1:8080/api/v1/host)" >&2; tail -20 "$W/log" >&2; exit 1; }
     qpid=$(cat "$W"/state/vms/*/qemu.pid)
     cpu() { awk -v hz="$(getconf CLK_TCK)" "{ sub(/^.*\\) /, \"\"); printf \"%.3f\", (\$12 + \$13) / hz }" "/proc/$qpid/stat"; }
     # Settle after the boot (cloud-init final stage, first requests), then sample awake.

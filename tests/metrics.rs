@@ -168,6 +168,7 @@ fn administrators_scrape_metrics_and_others_are_refused() {
             "{state}:\n{text}"
         );
     }
+    assert!(has(&text, "roost_hostings_asleep 0"), "{text}");
     assert!(has(&text, "roost_capacity_vms 0"), "{text}");
     assert!(
         value(&text, "roost_capacity_memory_budget_bytes") > 0.0,

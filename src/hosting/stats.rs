@@ -121,6 +121,7 @@ impl Hostings {
         Snapshot {
             vms,
             states: count_states(hostings.iter().map(|h| h.state)),
+            asleep: hostings.iter().filter(|h| h.asleep).count() as u64,
             capacity,
             state_dir,
             certificates: Vec::new(),

@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub vms: Vec<VmSample>,
     /// Hostings by state, every state listed (zero or not).
     pub states: Vec<(&'static str, u64)>,
+    /// Hostings whose VM sleeps while idle (paused by roost, woken by the next visit).
+    pub asleep: u64,
     /// The budgets and what the hostings hold (absent when they could not be read).
     pub capacity: Option<Capacity>,
     /// The file system of the state directory, where VM disks live (absent when it could
@@ -33,6 +35,7 @@ impl Snapshot {
     pub fn merge(&mut self, other: Snapshot) {
         self.vms.extend(other.vms);
         self.states.extend(other.states);
+        self.asleep += other.asleep;
         self.capacity = self.capacity.or(other.capacity);
         self.state_dir = self.state_dir.or(other.state_dir);
         self.certificates.extend(other.certificates);
@@ -194,15 +197,24 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), st
         |v| v.tap_tx_bytes.map(ConstCounter::new),
     )?;
     if !s.states.is_empty() {
-        let mut family = enc.encode_descriptor(
-            "roost_hostings",
-            "Hostings by state.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (state, n) in &s.states {
-            ConstGauge::new(*n).encode(family.encode_family(&[("state", *state)])?)?;
+        {
+            let mut family = enc.encode_descriptor(
+                "roost_hostings",
+                "Hostings by state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, n) in &s.states {
+                ConstGauge::new(*n).encode(family.encode_family(&[("state", *state)])?)?;
+            }
         }
+        gauge(
+            enc,
+            "roost_hostings_asleep",
+            "Hostings whose VM sleeps while idle (also counted as paused in roost_hostings).",
+            None,
+            s.asleep,
+        )?;
     }
     if let Some(c) = s.capacity {
         gauge(

@@ -429,6 +429,7 @@ async fn every_family_is_described_once_and_every_sample_belongs_to_one() {
             ..vm("01AAA", "alice")
         }],
         states: vec![("running", 1)],
+        asleep: 0,
         capacity: Some(Capacity {
             max_vms: Some(10),
             ..Capacity::default()
