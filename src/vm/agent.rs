@@ -55,30 +55,16 @@ async fn exchange(socket: &Path, ns: i64) -> Result<(), AgentError> {
     // with a fresh id, and everything before its echo is dropped.
     let id = ns.rem_euclid(1 << 40);
     let sync = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});
-    w.write_all(format!("{sync}\n").as_bytes())
-        .await
-        .map_err(AgentError::Io)?;
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .map_err(AgentError::Io)?
-            .ok_or(AgentError::Closed)?;
-        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
-        if v.get("return").and_then(|r| r.as_i64()) == Some(id) {
-            break;
-        }
-    }
+    send(&mut w, &sync).await?;
+    while answer(&mut lines)
+        .await?
+        .get("return")
+        .and_then(|r| r.as_i64())
+        != Some(id)
+    {}
     let set = serde_json::json!({"execute": "guest-set-time", "arguments": {"time": ns}});
-    w.write_all(format!("{set}\n").as_bytes())
-        .await
-        .map_err(AgentError::Io)?;
-    let line = lines
-        .next_line()
-        .await
-        .map_err(AgentError::Io)?
-        .ok_or(AgentError::Closed)?;
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    send(&mut w, &set).await?;
+    let v = answer(&mut lines).await?;
     if v.get("return").is_some() {
         return Ok(());
     }
@@ -89,6 +75,28 @@ async fn exchange(socket: &Path, ns: i64) -> Result<(), AgentError> {
     // The guest wrote this text: keep it short and printable for the log.
     let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
     Err(AgentError::Refused(why))
+}
+
+/// One command, as one line.
+async fn send(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    command: &serde_json::Value,
+) -> Result<(), AgentError> {
+    w.write_all(format!("{command}\n").as_bytes())
+        .await
+        .map_err(AgentError::Io)
+}
+
+/// The next line from the agent as JSON (`null` when it is not JSON).
+async fn answer(
+    lines: &mut tokio::io::Lines<BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>>,
+) -> Result<serde_json::Value, AgentError> {
+    let line = lines
+        .next_line()
+        .await
+        .map_err(AgentError::Io)?
+        .ok_or(AgentError::Closed)?;
+    Ok(serde_json::from_str(line.trim()).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -138,12 +138,19 @@ impl Flood {
                     let (s, h, p) = (s.clone(), h.clone(), p.clone());
                     tasks.push(tokio::spawn(async move {
                         while !s.load(Ordering::Relaxed) {
+                            // Out of descriptors or source ports for now (the test's
+                            // own other connections, TIME_WAIT): try again later, as an
+                            // attacker would, instead of leaving the flood for good.
                             let sock = match tokio::net::TcpSocket::new_v4() {
                                 Ok(x) => x,
-                                Err(_) => return,
+                                Err(_) => {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                    continue;
+                                }
                             };
                             if sock.bind(std::net::SocketAddr::from((src, 0))).is_err() {
-                                return;
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                continue;
                             }
                             let Ok(mut c) = sock.connect(target).await else {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
