@@ -21,10 +21,16 @@ struct Dns {
 
 impl Dns {
     fn new() -> Dns {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free port")
-            .port();
+        // Free for UDP and TCP both, and below the ephemeral range (32768 up), so no
+        // outgoing connection of another test takes it between two starts of dnsmasq.
+        let seed = std::process::id() as u16;
+        let port = (0..2000u16)
+            .map(|i| 20000 + (seed.wrapping_add(i.wrapping_mul(7)) % 12000))
+            .find(|&p| {
+                std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            })
+            .expect("a free port for dnsmasq");
         Dns { port, child: None }
     }
 
