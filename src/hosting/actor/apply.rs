@@ -60,6 +60,15 @@ impl<E: Effects> Actor<E> {
                             HostingState::Deleting => self.ctx.stop_timeout.min(DELETE_STOP),
                             _ => self.ctx.stop_timeout,
                         };
+                        // A paused guest (asleep, or paused by an administrator) cannot
+                        // hear the power button: let it run first, or every stop of one
+                        // would wait the whole deadline.
+                        if vm.status().await.is_ok_and(|s| s == "paused") {
+                            if let Err(e) = vm.qmp(crate::hosting::lifecycle::Action::Resume).await
+                            {
+                                warn!(error = %crate::hosting::chain(&e), "cannot resume a paused vm before its stop");
+                            }
+                        }
                         vm.stop(deadline).await;
                     } else {
                         vm.kill().await;

@@ -81,6 +81,8 @@ pub(super) struct FakeVm(pub(super) Arc<VmState>);
 pub(super) struct VmState {
     pub(super) pid: i32,
     pub(super) alive: watch::Sender<bool>,
+    /// QMP `stop` was sent (and no `cont` since).
+    pub(super) paused: std::sync::atomic::AtomicBool,
     pub(super) events: broadcast::Sender<VmEvent>,
     pub(super) world: Fake,
 }
@@ -90,6 +92,7 @@ impl FakeVm {
         FakeVm(Arc::new(VmState {
             pid,
             alive: watch::channel(true).0,
+            paused: Default::default(),
             events: broadcast::channel(16).0,
             world: world.clone(),
         }))
@@ -123,8 +126,18 @@ impl Vm for FakeVm {
     async fn qmp(&self, action: Action) -> Result<(), crate::hosting::effects::VmOpError> {
         self.0.world.did(format!("qmp {}", action.as_str()));
         match action {
-            Action::Pause => self.event(VmEvent::Stop),
-            Action::Resume => self.event(VmEvent::Resume),
+            Action::Pause => {
+                self.0
+                    .paused
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.event(VmEvent::Stop)
+            }
+            Action::Resume => {
+                self.0
+                    .paused
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                self.event(VmEvent::Resume)
+            }
             _ => self.event(VmEvent::Reset { guest: false }),
         }
         Ok(())
@@ -150,7 +163,12 @@ impl Vm for FakeVm {
         Ok(())
     }
     async fn status(&self) -> Result<String, crate::hosting::effects::VmOpError> {
-        Ok("running".into())
+        Ok(
+            match self.0.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                true => "paused".into(),
+                false => "running".into(),
+            },
+        )
     }
     async fn block_stats(&self) -> Option<serde_json::Value> {
         None

@@ -107,12 +107,15 @@ async fn an_administrators_pause_is_not_a_sleep_and_no_visit_undoes_it() {
     assert_eq!(held.state, HostingState::Paused);
     assert!(!held.asleep && !p.asleep(), "{held:?}");
     assert_eq!(held.reason, None);
-    // A stop of a sleeping VM is an ordinary stop.
+    // A stop of a sleeping VM is an ordinary stop: the guest runs again first, so that it
+    // hears the power button instead of sitting out the whole stop deadline.
     r.act(h.id, Action::Resume).await.expect("resume");
     r.until("asleep", || r.asleep(h.id)).await;
     r.act(h.id, Action::Stop).await.expect("stop");
     assert_eq!(r.state(h.id), Some(HostingState::Stopped));
     assert!(!r.asleep(h.id) && !p.asleep());
+    let log = r.fx.w().log.clone();
+    assert_eq!(log[log.len() - 2..], ["qmp resume", "stop"], "{log:?}");
 }
 
 #[tokio::test(start_paused = true)]
