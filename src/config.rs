@@ -382,7 +382,7 @@ pub struct LimitsConfig {
     /// disk (`vm.disk_gib`) against the disk budget.
     pub snapshots_per_hosting: usize,
     /// Costly operations (create, delete, start, stop, reboot, snapshot take, restore and
-    /// delete) one account may ask for per hour: a sixth at once, then evenly (0: no
+    /// delete, console password) one account may ask for per hour: a sixth at once, then evenly (0: no
     /// limit). Administrators are exempt.
     pub operations_per_hour: u32,
 }

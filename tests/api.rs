@@ -320,6 +320,28 @@ fn every_error_status_from_real_bad_requests() {
         get(&d, "/api/v1/host/sleep", Some(&t)).0,
         StatusCode::NOT_FOUND
     );
+    // The console password: 422 for a short one (before anything is looked up), 404
+    // without a hosting.
+    let put_pw = |body: &str| {
+        let r = c
+            .put(d.url("/api/v1/host/console-password"))
+            .header("content-type", "application/json")
+            .bearer_auth(&t)
+            .body(body.to_owned())
+            .send()
+            .expect("send");
+        (r.status(), r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, v) = put_pw(r#"{"password": "short"}"#);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("password")),
+        "{v}"
+    );
+    let (s, v) = put_pw(r#"{"password": "long enough password"}"#);
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // 405.
     let r = c.delete(d.url("/api/v1/auth/login")).send().expect("send");

@@ -468,7 +468,8 @@ fn host_of(token: &str) -> Value {
 /// while bob's runs on; the next request to her site wakes it and is served by it; the
 /// guest's clock, which stood still while it slept, is the host's again (set through the
 /// guest agent); an open SSH session keeps it awake past the idle period; asleep again, an
-/// SSH connection wakes it; and once she turns sleep off it stays awake.
+/// SSH connection wakes it; once she turns sleep off it stays awake; and the guest agent
+/// sets her new console password in the running VM.
 fn sleep_while_idle(st: &Stage) {
     let Stage {
         admin,
@@ -592,6 +593,29 @@ fn sleep_while_idle(st: &Stage) {
             (off_at.elapsed() >= Duration::from_secs(2 * SLEEP_AFTER)).then_some(())
         },
     );
+
+    // The same guest agent sets a new console password in the running VM (the way back in
+    // when SSH is broken): the guest's shadow entry is the new password's hash.
+    let put = |pw: &str| {
+        http(
+            "PUT",
+            "/api/v1/host/console-password",
+            Some(alice),
+            Some(&json!({"password": pw})),
+        )
+    };
+    let (s, v) = put("short");
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = put("a new console password");
+    assert_eq!(s, 204, "{v}");
+    let o = ssh(*a_port, "alice", alice_key, "sudo getent shadow alice");
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    let hash = line.split(':').nth(1).unwrap_or_default();
+    assert!(
+        sha_crypt::sha512_check("a new console password", hash).is_ok(),
+        "shadow: {line:?}"
+    );
+    assert!(sha_crypt::sha512_check("password123", hash).is_err());
 }
 
 /// kill -9 the daemon: the VMs keep running, and a new daemon on the same state dir adopts

@@ -241,6 +241,7 @@ impl From<HostingError> for ApiError {
                 ApiError::new(S::CONFLICT, "snapshot_limit", e.to_string())
             }
             HostingError::NoSuchSnapshot => ApiError::not_found("snapshot"),
+            HostingError::GuestAgent => ApiError::new(S::BAD_GATEWAY, "guest_agent", e.to_string()),
             HostingError::RateLimited(wait) => ApiError {
                 retry_after: Some(wait.as_secs_f64().ceil() as u64),
                 ..ApiError::new(S::TOO_MANY_REQUESTS, "rate_limited", e.to_string())

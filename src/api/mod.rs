@@ -11,6 +11,7 @@ mod dashboard;
 mod domains;
 pub mod error;
 mod extract;
+mod guest;
 mod health;
 mod hostings;
 mod keys;
@@ -114,6 +115,7 @@ pub fn app_with_doc(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(domains::router())
         .merge(snapshots::router())
         .merge(sleep::router())
+        .merge(guest::router())
         .merge(vms::router())
         .merge(metrics::router())
         .merge(session::router())

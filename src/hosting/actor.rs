@@ -163,6 +163,9 @@ impl<E: Effects> Actor<E> {
             Input::Command(Command::SetSleep { enabled, reply }) => {
                 let _ = reply.send(self.set_sleep(enabled).await);
             }
+            Input::Command(Command::ConsolePassword { crypted, reply }) => {
+                let _ = reply.send(self.console_password(crypted).await);
+            }
             Input::Command(Command::Recover { done }) => {
                 let found = match &self.vm {
                     Some(_) => None,
@@ -380,6 +383,7 @@ pub(super) const READY_POLL: Duration = Duration::from_millis(100);
 
 mod apply;
 mod command;
+mod guest;
 mod inputs;
 mod registry;
 mod saga;

@@ -91,6 +91,13 @@ pub trait Effects: Send + Sync + 'static {
     fn presence(&self, id: HostingId) -> Arc<Presence>;
     /// Sets the guest's clock to the host's, through its guest agent.
     fn sync_clock(&self, h: &Hosting) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Sets the owner's password in the guest to the crypt(3) hash `crypted`, through its
+    /// guest agent (step `agent`).
+    fn set_password(
+        &self,
+        h: &Hosting,
+        crypted: &str,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// A guest became ready `boot` after its QEMU started; `creation`: the time since a
     /// new hosting was requested, on its first boot. For the metrics only.
     fn booted(&self, _boot: Duration, _creation: Option<Duration>) {}

@@ -11,6 +11,7 @@ pub mod capacity;
 mod console;
 pub mod core;
 mod effects;
+mod guest;
 pub mod lifecycle;
 mod manager;
 mod netrt;
@@ -74,6 +75,9 @@ pub enum HostingError {
     TooManySnapshots(usize),
     #[error("no such snapshot")]
     NoSuchSnapshot,
+    /// The guest agent in the VM did not do what was asked (not running, refused, silent).
+    #[error("the VM's guest agent did not answer; is qemu-guest-agent running in the VM?")]
+    GuestAgent,
     /// The account's operation budget is spent; the wait until the next one.
     #[error("too many operations on your hosting; try again in {} s", .0.as_secs().max(1))]
     RateLimited(Duration),

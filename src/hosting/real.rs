@@ -339,6 +339,13 @@ impl Effects for RealEffects {
             .map_err(|e| StepError::new("clock", chain(&e)))
     }
 
+    async fn set_password(&self, h: &Hosting, crypted: &str) -> Result<(), StepError> {
+        let sock = self.paths(h.id).agent_sock;
+        vm::agent::set_password(&sock, &h.slug, crypted, AGENT_DEADLINE)
+            .await
+            .map_err(|e| StepError::new("agent", chain(&e)))
+    }
+
     fn booted(&self, boot: Duration, creation: Option<Duration>) {
         self.lifecycle.booted(boot, creation);
     }

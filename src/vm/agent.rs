@@ -40,12 +40,33 @@ pub async fn set_time(
     let ns = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
-    tokio::time::timeout(deadline, exchange(socket, ns))
+    let set = serde_json::json!({"execute": "guest-set-time", "arguments": {"time": ns}});
+    tokio::time::timeout(deadline, exchange(socket, &set))
         .await
         .map_err(|_| AgentError::Timeout(deadline))?
 }
 
-async fn exchange(socket: &Path, ns: i64) -> Result<(), AgentError> {
+/// Sets `user`'s password in the guest to the crypt(3) hash `crypted` (the guest never
+/// sees the password itself).
+pub async fn set_password(
+    socket: &Path,
+    user: &str,
+    crypted: &str,
+    deadline: Duration,
+) -> Result<(), AgentError> {
+    use base64::Engine;
+    let set = serde_json::json!({"execute": "guest-set-user-password", "arguments": {
+        "username": user,
+        "password": base64::engine::general_purpose::STANDARD.encode(crypted),
+        "crypted": true,
+    }});
+    tokio::time::timeout(deadline, exchange(socket, &set))
+        .await
+        .map_err(|_| AgentError::Timeout(deadline))?
+}
+
+/// One command after a `guest-sync`; its answer must be `return`.
+async fn exchange(socket: &Path, command: &serde_json::Value) -> Result<(), AgentError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(AgentError::Connect)?;
@@ -53,7 +74,7 @@ async fn exchange(socket: &Path, ns: i64) -> Result<(), AgentError> {
     let mut lines = BufReader::new(r.take(MAX_READ)).lines();
     // An earlier client may have left a half-read answer in the channel: `guest-sync`
     // with a fresh id, and everything before its echo is dropped.
-    let id = ns.rem_euclid(1 << 40);
+    let id = i64::from(rand::random::<u32>());
     let sync = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});
     send(&mut w, &sync).await?;
     while answer(&mut lines)
@@ -62,8 +83,7 @@ async fn exchange(socket: &Path, ns: i64) -> Result<(), AgentError> {
         .and_then(|r| r.as_i64())
         != Some(id)
     {}
-    let set = serde_json::json!({"execute": "guest-set-time", "arguments": {"time": ns}});
-    send(&mut w, &set).await?;
+    send(&mut w, command).await?;
     let v = answer(&mut lines).await?;
     if v.get("return").is_some() {
         return Ok(());
@@ -160,6 +180,28 @@ mod tests {
             seen[1]["arguments"]["time"].as_i64(),
             Some(1_800_000_000 * 1_000_000_000)
         );
+    }
+
+    #[tokio::test]
+    async fn a_password_is_sent_as_its_crypt_hash_only() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().expect("tmp");
+        let (path, task) = agent(dir.path(), |v| {
+            sync_echo(v).or_else(|| Some("{\"return\": {}}\n".into()))
+        });
+        let hash = "$6$salt$abcdef";
+        set_password(&path, "alice", hash, Duration::from_secs(5))
+            .await
+            .expect("set");
+        let seen = task.await.expect("agent");
+        let args = &seen[1]["arguments"];
+        assert_eq!(seen[1]["execute"], "guest-set-user-password");
+        assert_eq!(args["username"], "alice");
+        assert_eq!(args["crypted"], true);
+        let sent = base64::engine::general_purpose::STANDARD
+            .decode(args["password"].as_str().expect("password"))
+            .expect("base64");
+        assert_eq!(sent, hash.as_bytes());
     }
 
     #[tokio::test]

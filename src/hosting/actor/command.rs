@@ -41,6 +41,12 @@ pub(in crate::hosting) enum Command {
     },
     /// The reconciler's periodic nudge.
     Tick,
+    /// The owner's new console password (its crypt(3) hash), set in the running guest
+    /// through its agent and then recorded; answered with the hosting.
+    ConsolePassword {
+        crypted: String,
+        reply: oneshot::Sender<Result<Hosting, HostingError>>,
+    },
     /// The owner's choice whether the VM sleeps while idle; answered with the hosting.
     SetSleep {
         enabled: bool,

@@ -15,6 +15,7 @@ use crate::store::{Hosting, HostingId, HostingState, Store};
 use fake::{Fake, FakeVm, World};
 
 mod fake;
+mod guest;
 mod sleep;
 mod snapshots;
 

@@ -286,6 +286,11 @@ impl Effects for Fake {
     async fn sync_clock(&self, _h: &Hosting) -> Result<(), StepError> {
         self.step("clock")
     }
+    async fn set_password(&self, _h: &Hosting, crypted: &str) -> Result<(), StepError> {
+        self.step("agent")?;
+        self.did(format!("password {crypted}"));
+        Ok(())
+    }
     async fn adopt(&self, _h: &Hosting) -> Option<(FakeVm, Option<RunState>)> {
         let vm = self.w().adoptable.take()?;
         self.w().vms.push(vm.clone());
