@@ -16,7 +16,9 @@
 //!    while the VM runs, and deletes the snapshot (the API agrees); the "Sleep while
 //!    idle" switch turns on and off (the API agrees; the VM is not left to fall asleep);
 //! 4. the console in two windows: log in on the serial console in one, run `hostname`,
-//!    and both terminals show the VM's name; both count 2 viewers;
+//!    and both terminals show the VM's name; both count 2 viewers; then a new console
+//!    password in the Power and console section: a short one is refused in words, a good
+//!    one is set (the guest's shadow entry is its hash);
 //! 5. an attack page on the user's own site (by path and by host name) cannot read the API
 //!    with the visitor's cookie, change anything (form posts, fetch), sign the visitor
 //!    into another account, or open the console; the server agrees (no key added, the
@@ -47,6 +49,9 @@ const USER: &str = "alice";
 const PASSWORD: &str = "alice-password-1";
 /// Lowercase letters, digits and '-' only: typed key by key on the serial console.
 const CONSOLE_PASSWORD: &str = "serial-pass-42";
+/// The console password set afterwards on the hosting page (checked in the guest's shadow
+/// file, never typed on the console).
+const NEW_CONSOLE_PASSWORD: &str = "console pass 2026";
 const ADMIN: &str = "root-admin";
 const ADMIN_PASSWORD: &str = "admin-password-1";
 /// The attacker's own account, for the login-CSRF attempt.
@@ -223,6 +228,10 @@ fn steps(st: &mut Stage) {
     console_in_two_windows(st);
     eprintln!("console step: {:?}", t.elapsed());
     console_clean(st, "the console");
+    let t = Instant::now();
+    console_password_section(st);
+    eprintln!("console password step: {:?}", t.elapsed());
+    console_clean(st, "the console password");
     let t = Instant::now();
     attack_from_the_users_site(st);
     eprintln!("attack step: {:?}", t.elapsed());
@@ -753,6 +762,69 @@ fn console_in_two_windows(st: &Stage) {
     b.wait_for("[data-testid=state]", Duration::from_secs(30));
 }
 
+/// (4) The Power and console section's console password, while the VM runs (after the
+/// console step, which logs in with the password from creation): a too-short one is
+/// refused in words, a good one is set, and the guest's shadow entry is its hash.
+fn console_password_section(st: &Stage) {
+    let b = &st.b;
+    let input = "[data-testid=console-password-input]";
+    let set = "[data-testid=console-password-set]";
+    let message = |what: &str, want: &str| {
+        poll(what, Duration::from_secs(90), || {
+            b.text("[data-testid=console-password-message]")
+                .filter(|m| m.contains(want))
+        })
+    };
+    poll(
+        "the console password button enabled",
+        Duration::from_secs(30),
+        || {
+            b.js(
+                "const x = document.querySelector(arguments[0]); return !!x && !x.disabled;",
+                vec![json!(set)],
+            )
+            .as_bool()
+            .filter(|on| *on)
+        },
+    );
+    let hint = b
+        .text("[data-testid=console-password-hint]")
+        .unwrap_or_default();
+    assert!(
+        hint.contains("when SSH does not work") && hint.contains("must be running"),
+        "{hint}"
+    );
+
+    // Too short: the server's 422, said next to the form.
+    b.type_into(input, "short", true);
+    b.click(set);
+    let m = message("the short password refused", "at least 8 characters");
+    assert!(m.starts_with("Password must"), "{m}");
+
+    b.type_into(input, NEW_CONSOLE_PASSWORD, true);
+    b.click(set);
+    message("the console password set", "Console password set.");
+    let state = b.js(
+        "const m = document.querySelector('[data-testid=console-password-message]'); \
+         return [document.querySelector(arguments[0]).value, m.classList.contains('ok')];",
+        vec![json!(input)],
+    );
+    assert_eq!(
+        state,
+        json!(["", true]),
+        "the field kept, or not said in green"
+    );
+
+    // It took inside the VM: the shadow entry is the new password's hash.
+    let line = ssh(st, &format!("sudo getent shadow {USER}"));
+    let hash = line.split(':').nth(1).unwrap_or_default();
+    assert!(
+        sha_crypt::sha512_check(NEW_CONSOLE_PASSWORD, hash).is_ok(),
+        "shadow: {line:?}"
+    );
+    assert!(sha_crypt::sha512_check(CONSOLE_PASSWORD, hash).is_err());
+}
+
 /// `console.open` entries in an audit listing.
 fn console_opens(audit: &Value) -> usize {
     audit
@@ -1210,6 +1282,8 @@ fn console_clean(st: &Stage, during: &str) {
                 || msg.contains("Cross-Origin-Opener-Policy header has been ignored")
                 // The taken snapshot name, given on purpose in step 3.
                 || msg.contains("/api/v1/host/snapshots - Failed to load resource: the server responded with a status of 409")
+                // The too-short console password, given on purpose in step 4.
+                || msg.contains("/api/v1/host/console-password - Failed to load resource: the server responded with a status of 422")
                 // The wrong current password, given on purpose in step 9.
                 || msg.contains("/api/v1/auth/password - Failed to load resource: the server responded with a status of 403");
             level == "SEVERE" && msg.starts_with(&origin) && !expected

@@ -1,8 +1,10 @@
 // "My hosting": the create form, or the hosting's live state, its site links and SSH
-// command, power buttons, sleeping while idle (sleep.js), disk snapshots (snapshots.js) and
-// deletion. The state follows GET /api/v1/host/events (SSE).
+// command, power buttons and the console password (console-password.js), sleeping while idle
+// (sleep.js), disk snapshots (snapshots.js) and deletion. The state follows
+// GET /api/v1/host/events (SSE).
 
 import { ApiError, del, get, post, seg, session } from "./api.js";
+import { consolePasswordForm } from "./console-password.js";
 import { h, replace, routeLink, timeEl } from "./dom.js";
 import { sleepSection } from "./sleep.js";
 import { snapshotsSection } from "./snapshots.js";
@@ -376,6 +378,7 @@ function hostingView(area, first, { apply, live, alive }) {
   const sites = h("ul", { class: "links", "data-testid": "site-links" }, h("li", { class: "muted" }, "Loading…"));
   const ssh = h("code", { id: "ssh-command", "data-testid": "ssh-command" }, "…");
   const sshWithKey = h("div", { id: "ssh-with-key", hidden: true });
+  const consolePassword = consolePasswordForm({ alive });
   const sleep = sleepSection({ alive });
   const snapshots = snapshotsSection({ alive });
 
@@ -501,6 +504,7 @@ function hostingView(area, first, { apply, live, alive }) {
       else li.removeAttribute("aria-current");
     });
     syncButtons();
+    consolePassword.update(cur);
     sleep.update(cur);
     snapshots.setState(cur.state);
     if (domainsChanged) renderSites();
@@ -544,6 +548,7 @@ function hostingView(area, first, { apply, live, alive }) {
       { class: "card", "aria-labelledby": "power-title" },
       h("h2", { id: "power-title" }, "Power and console"),
       h("div", { class: "actions left" }, buttons.start, buttons.stop, buttons.reboot),
+      consolePassword.el,
       h(
         "p",
         {},
