@@ -4,9 +4,9 @@
 // broken. Outcomes are said next to the form (`data-testid="console-password-message"`),
 // as in the Snapshots and Sleep while idle sections.
 
-import { ApiError, api, session } from "./api.js";
+import { api, session } from "./api.js";
 import { h } from "./dom.js";
-import { busy, showError } from "./ui.js";
+import { busy, sectionMessage } from "./ui.js";
 
 /** The VM runs, or sleeps (the server wakes it first): the guest agent can answer. */
 function reachable(hv) {
@@ -45,6 +45,11 @@ export function consolePasswordForm({ alive }) {
     "data-testid": "console-password-message",
     hidden: true,
   });
+  const { say, hush, failed } = sectionMessage(message, (text, e) => {
+    // api.js names the field ("Password: password must be…"): the sentence says it.
+    if (e.code === "invalid_field") text = text.replace(/^Password: /, "");
+    return text ? text[0].toUpperCase() + text.slice(1) : text;
+  });
   const el = h(
     "form",
     {
@@ -78,31 +83,8 @@ export function consolePasswordForm({ alive }) {
     message,
   );
 
-  function say(ok, text) {
-    message.textContent = text;
-    message.className = `small ${ok ? "ok" : "reason"}`;
-    message.setAttribute("role", ok ? "status" : "alert");
-    message.hidden = false;
-  }
 
-  function hush() {
-    message.hidden = true;
-    message.textContent = "";
-  }
 
-  // An API refusal as a sentence next to the form; anything else to the banner.
-  function failed(e) {
-    if (e && e.handled) return;
-    if (!(e instanceof ApiError)) {
-      showError(e);
-      return;
-    }
-    let text = e.message;
-    // api.js names the field ("Password: password must be…"): the sentence says it.
-    if (e.code === "invalid_field") text = text.replace(/^Password: /, "");
-    if (text) text = text[0].toUpperCase() + text.slice(1);
-    say(false, text);
-  }
 
   function sync() {
     submit.disabled = !reachable(hosting) || submit.hasAttribute("aria-busy");

@@ -5,7 +5,7 @@
 
 import { ApiError, api, get } from "./api.js";
 import { h } from "./dom.js";
-import { busy, showError } from "./ui.js";
+import { busy, sectionMessage } from "./ui.js";
 
 /** "15 minutes", "1 hour and 30 minutes", "2 days": an idle period in words. */
 function period(secs) {
@@ -53,6 +53,7 @@ export function sleepSection({ alive }) {
     " the next visit wakes it.",
   );
   const message = h("p", { class: "small", role: "status", "data-testid": "sleep-message", hidden: true });
+  const { say, hush, failed } = sectionMessage(message);
   const el = h(
     "section",
     { class: "card", id: "sleep", "aria-labelledby": "sleep-title", "data-testid": "sleep" },
@@ -62,27 +63,8 @@ export function sleepSection({ alive }) {
     message,
   );
 
-  function say(ok, text) {
-    message.textContent = text;
-    message.className = `small ${ok ? "ok" : "reason"}`;
-    message.setAttribute("role", ok ? "status" : "alert");
-    message.hidden = false;
-  }
 
-  function hush() {
-    message.hidden = true;
-    message.textContent = "";
-  }
 
-  // An API refusal as a sentence in the section; anything else to the banner.
-  function failed(e) {
-    if (e && e.handled) return;
-    if (!(e instanceof ApiError)) {
-      showError(e);
-      return;
-    }
-    say(false, e.message);
-  }
 
   function render() {
     const busyNow = toggle.hasAttribute("aria-busy");

@@ -5,7 +5,7 @@
 
 import { ApiError, del, get, post, seg } from "./api.js";
 import { h, keepFocus, replace, timeEl } from "./dom.js";
-import { busy, confirmDialog, showError } from "./ui.js";
+import { busy, confirmDialog, sectionMessage } from "./ui.js";
 
 // The hosting states the server takes, restores and deletes snapshots in (the hosting
 // actor decides; this only greys out buttons that would be refused).
@@ -22,6 +22,13 @@ export function snapshotsSection({ alive }) {
 
   const count = h("span", { class: "muted small", "data-testid": "snapshots-count" });
   const message = h("p", { class: "small", role: "status", "data-testid": "snapshot-message", hidden: true });
+  const { say, hush, failed } = sectionMessage(message, (text, e) => {
+    // api.js names the field `name` for the domains page: here it is the snapshot's.
+    if (e.code === "invalid_field") text = text.replace(/^(?:[A-Z][a-z ]*)?[Nn]ame: /, "");
+    if (text) text = text[0].toUpperCase() + text.slice(1);
+    if (e.code === "invalid_state" && /restore/.test(text)) text += " Stop the VM first.";
+    return text;
+  });
   const restoreHint = h(
     "p",
     { class: "hint", id: "snapshot-restore-hint", "data-testid": "snapshot-restore-hint", hidden: true },
@@ -89,32 +96,8 @@ export function snapshotsSection({ alive }) {
     message,
   );
 
-  function say(ok, text) {
-    message.textContent = text;
-    message.className = `small ${ok ? "ok" : "reason"}`;
-    message.setAttribute("role", ok ? "status" : "alert");
-    message.hidden = false;
-  }
 
-  function hush() {
-    message.hidden = true;
-    message.textContent = "";
-  }
 
-  // An API refusal as a sentence in the section; anything else to the banner.
-  function failed(e) {
-    if (e && e.handled) return;
-    if (!(e instanceof ApiError)) {
-      showError(e);
-      return;
-    }
-    let text = e.message;
-    // api.js names the field `name` for the domains page: here it is the snapshot's.
-    if (e.code === "invalid_field") text = text.replace(/^(?:[A-Z][a-z ]*)?[Nn]ame: /, "");
-    if (text) text = text[0].toUpperCase() + text.slice(1);
-    if (e.code === "invalid_state" && /restore/.test(text)) text += " Stop the VM first.";
-    say(false, text);
-  }
 
   async function load() {
     try {

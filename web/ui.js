@@ -1,6 +1,7 @@
-// Shared pieces of the interface: the error and notice banners, copy buttons, confirmation
-// dialogs, busy buttons.
+// Shared pieces of the interface: the error and notice banners, a section's own message
+// line, copy buttons, confirmation dialogs, busy buttons.
 
+import { ApiError } from "./api.js";
 import { h } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -212,4 +213,32 @@ export function confirmDialog({
     dialog.showModal();
     (input || cancel).focus();
   });
+}
+
+/**
+ * A section's own message line `message` (a hidden `<p>`): `say(ok, text)` shows a result
+ * (green when ok), `hush()` hides it, and `failed(e)` shows an API refusal there, as
+ * `reword(sentence, error)` makes it read, and anything else in the error banner (a 401 is
+ * the router's business).
+ */
+export function sectionMessage(message, reword = (text) => text) {
+  function say(ok, text) {
+    message.textContent = text;
+    message.className = `small ${ok ? "ok" : "reason"}`;
+    message.setAttribute("role", ok ? "status" : "alert");
+    message.hidden = false;
+  }
+  function hush() {
+    message.hidden = true;
+    message.textContent = "";
+  }
+  function failed(e) {
+    if (e && e.handled) return;
+    if (!(e instanceof ApiError)) {
+      showError(e);
+      return;
+    }
+    say(false, reword(e.message, e));
+  }
+  return { say, hush, failed };
 }
