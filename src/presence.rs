@@ -35,8 +35,9 @@ pub struct Presence {
     /// Rung by visitors that found the site asleep; a ring with nobody listening is kept
     /// (one), so the actor cannot miss it.
     bell: Notify,
-    /// The actor's word that the VM runs (`false`) or sleeps (`true`); visitors wait on it.
-    awake_tx: watch::Sender<bool>,
+    /// Bumped when the actor says the VM runs again; visitors wait on it (the state itself
+    /// is `asleep`).
+    awake_tx: watch::Sender<()>,
 }
 
 impl Presence {
@@ -47,7 +48,7 @@ impl Presence {
             last_ms: AtomicU64::new(0),
             asleep: AtomicBool::new(false),
             bell: Notify::new(),
-            awake_tx: watch::channel(false).0,
+            awake_tx: watch::channel(()).0,
         })
     }
 
@@ -122,14 +123,13 @@ impl Presence {
     /// Marks the site awake and lets every waiting visitor through.
     pub fn set_awake(&self) {
         self.asleep.store(false, Ordering::SeqCst);
-        self.awake_tx.send_replace(false);
+        self.awake_tx.send_replace(());
     }
 
     /// Marks the site asleep without the visit check (a sleeping VM found after a daemon
     /// restart).
     pub fn set_asleep(&self) {
         self.asleep.store(true, Ordering::SeqCst);
-        self.awake_tx.send_replace(true);
     }
 
     /// Resolves when a visitor rang. Cancel-safe (a ring stays stored until awaited).

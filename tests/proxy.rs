@@ -1422,25 +1422,20 @@ fn tls_clients_get_http2_by_alpn_and_the_handshake_has_a_deadline() {
     assert!(started.elapsed() < Duration::from_secs(25), "held open");
 }
 
-/// Polls `f` until it holds (or fails the test after 10 s).
-fn until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The presence behind `slug`'s route (as the hosting module keeps one per hosting).
+fn presence_of(h: &Harness, slug: &str) -> Arc<roost::presence::Presence> {
+    h.routes
+        .snapshot()
+        .get(slug)
+        .expect("route")
+        .presence
+        .clone()
 }
 
 #[test]
 fn a_request_to_a_sleeping_site_rings_and_is_served_once_it_wakes() {
     let h = Harness::default();
-    let p = h
-        .routes
-        .snapshot()
-        .get("alice")
-        .expect("alice")
-        .presence
-        .clone();
+    let p = presence_of(&h, "alice");
     assert!(p.doze(), "nobody visits");
     // The actor's part: wake on the ring, as a QMP `cont` would.
     let rang = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1458,15 +1453,11 @@ fn a_request_to_a_sleeping_site_rings_and_is_served_once_it_wakes() {
         rang.load(std::sync::atomic::Ordering::SeqCst),
         "served without a ring"
     );
-    until("the visit counted out", || p.open() == 0);
+    common::poll("the visit counted out", Duration::from_secs(10), || {
+        (p.open() == 0).then_some(())
+    });
     // Another site's sleep is not alice's.
-    assert!(!h
-        .routes
-        .snapshot()
-        .get("bob")
-        .expect("bob")
-        .presence
-        .asleep());
+    assert!(!presence_of(&h, "bob").asleep());
 }
 
 #[test]
@@ -1475,13 +1466,7 @@ fn a_sleeping_site_that_does_not_wake_in_time_gets_the_starting_page() {
         wake_timeout: Duration::from_millis(300),
         ..ProxyConfig::new(DOMAIN)
     });
-    let p = h
-        .routes
-        .snapshot()
-        .get("alice")
-        .expect("alice")
-        .presence
-        .clone();
+    let p = presence_of(&h, "alice");
     assert!(p.doze());
     let started = Instant::now();
     let r = client().get(h.url("/alice/")).send().expect("get");
@@ -1492,19 +1477,15 @@ fn a_sleeping_site_that_does_not_wake_in_time_gets_the_starting_page() {
         "reached the sleeping vm"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    until("the visit counted out", || p.open() == 0);
+    common::poll("the visit counted out", Duration::from_secs(10), || {
+        (p.open() == 0).then_some(())
+    });
 }
 
 #[test]
 fn a_visit_lasts_until_the_response_body_is_sent() {
     let h = Harness::default();
-    let p = h
-        .routes
-        .snapshot()
-        .get("alice")
-        .expect("alice")
-        .presence
-        .clone();
+    let p = presence_of(&h, "alice");
     let mut s = TcpStream::connect(h.proxy).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -1523,7 +1504,9 @@ fn a_visit_lasts_until_the_response_body_is_sent() {
     let mut body = Vec::new();
     s.read_to_end(&mut body).expect("body");
     assert!(body.len() >= n, "{}", body.len());
-    until("the visit counted out", || p.open() == 0);
+    common::poll("the visit counted out", Duration::from_secs(10), || {
+        (p.open() == 0).then_some(())
+    });
     assert!(p.doze());
 }
 

@@ -4,9 +4,9 @@
 // broken. Outcomes are said next to the form (`data-testid="console-password-message"`),
 // as in the Snapshots and Sleep while idle sections.
 
-import { api, session } from "./api.js";
+import { api } from "./api.js";
 import { h } from "./dom.js";
-import { busy, sectionMessage } from "./ui.js";
+import { busy, loginNameField, sectionMessage } from "./ui.js";
 
 /** The VM runs, or sleeps (the server wakes it first): the guest agent can answer. */
 function reachable(hv) {
@@ -59,16 +59,7 @@ export function consolePasswordForm({ alive }) {
       novalidate: true,
     },
     // For password managers: the console password belongs to this login name on the VM.
-    h("input", {
-      type: "text",
-      name: "username",
-      autocomplete: "username",
-      value: session.user ? session.user.username : "",
-      readonly: true,
-      hidden: true,
-      tabindex: "-1",
-      "aria-hidden": "true",
-    }),
+    loginNameField(),
     h(
       "div",
       { class: "field" },

@@ -8,7 +8,7 @@ import { consolePasswordForm } from "./console-password.js";
 import { h, replace, routeLink, timeEl } from "./dom.js";
 import { sleepSection } from "./sleep.js";
 import { snapshotsSection } from "./snapshots.js";
-import { busy, clearError, confirmDialog, copyButton, showError, showNotice } from "./ui.js";
+import { busy, clearError, confirmDialog, copyButton, loginNameField, showError, showNotice } from "./ui.js";
 
 // A generated private key, kept in memory (never stored) until the user says it is saved,
 // so that moving between pages does not lose it. A page reload does.
@@ -286,16 +286,7 @@ async function createForm(area, { onCreated, alive }) {
     { id: "create-form", class: "card", "data-testid": "create-form", novalidate: true },
     h("h2", {}, "Create your hosting"),
     // For password managers: the console password belongs to this login name on the VM.
-    h("input", {
-      type: "text",
-      name: "username",
-      autocomplete: "username",
-      value: session.user ? session.user.username : "",
-      readonly: true,
-      hidden: true,
-      tabindex: "-1",
-      "aria-hidden": "true",
-    }),
+    loginNameField(),
     h(
       "p",
       {},

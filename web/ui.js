@@ -1,7 +1,7 @@
 // Shared pieces of the interface: the error and notice banners, a section's own message
 // line, copy buttons, confirmation dialogs, busy buttons.
 
-import { ApiError } from "./api.js";
+import { ApiError, session } from "./api.js";
 import { h } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -241,4 +241,19 @@ export function sectionMessage(message, reword = (text) => text) {
     say(false, reword(e.message, e));
   }
   return { say, hush, failed };
+}
+
+/** A hidden, read-only field with the user's login name, so that password managers file a
+ * console password under it. */
+export function loginNameField() {
+  return h("input", {
+    type: "text",
+    name: "username",
+    autocomplete: "username",
+    value: session.user ? session.user.username : "",
+    readonly: true,
+    hidden: true,
+    tabindex: "-1",
+    "aria-hidden": "true",
+  });
 }
